@@ -1,0 +1,81 @@
+"""Every error triobus raises, in one place.
+
+All of them derive from :class:`TriobusError`; not-found errors are also
+:class:`LookupError`, timeouts are also :class:`TimeoutError`. Each message
+says what happened and what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TriobusError(Exception):
+    """The base class of every error raised by triobus."""
+
+
+# ---------------------------------------------------------------- mailbox
+
+
+class MailboxFull(TriobusError):
+    """A message was refused because the mailbox is at capacity.
+
+    Raised by the ``fail`` overflow policy, by ``tell_nowait`` on a full
+    ``block`` mailbox, and to the asker whose ask was evicted or dropped.
+    """
+
+
+class MailboxClosed(TriobusError):
+    """A message was offered to a mailbox that no longer takes messages."""
+
+
+# ---------------------------------------------------------------- actors
+
+
+class ActorStopped(TriobusError):
+    """The actor is stopped (or stopped before it replied to an ask).
+
+    The message is in dead letters; ``__cause__`` holds why the actor stopped
+    when that is known.
+    """
+
+
+class AskTimeout(TriobusError, TimeoutError):
+    """An ask got no reply within its timeout."""
+
+
+class DeadlockError(TriobusError):
+    """An ask would wait on an actor that is itself waiting on the asker.
+
+    ``chain`` lists the actor paths from the first asker to the target.
+    """
+
+    def __init__(self, message: str, chain: Sequence[str]) -> None:
+        super().__init__(message)
+        self.chain: tuple[str, ...] = tuple(chain)
+
+
+class ActorNameTaken(TriobusError, ValueError):
+    """A child with this name already exists under the same supervisor."""
+
+
+class ActorStartError(TriobusError):
+    """An actor's factory or ``on_start`` failed while it was being spawned."""
+
+
+# ---------------------------------------------------------------- supervision
+
+
+class SupervisorGaveUp(TriobusError):
+    """A supervisor exceeded its restart intensity and stopped.
+
+    ``__cause__`` holds the last failure; ``path`` names the supervisor.
+    """
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SystemClosed(TriobusError):
+    """The actor system is not running (not entered yet, or already left)."""

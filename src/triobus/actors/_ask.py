@@ -1,0 +1,168 @@
+"""The ask pattern: a one-shot reply slot that travels with the message.
+
+The asker parks with ``trio.lowlevel.wait_task_rescheduled`` and the actor
+reschedules it with the reply: no channel or event per call. Timeouts are
+not a cancel scope per call (that costs more than the ask itself) but one
+heap of deadlines per system, served by one timer task.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, final
+
+import outcome
+import trio
+
+from .._errors import ActorStopped, AskTimeout
+from ..mailbox import DeadLetterReason
+
+if TYPE_CHECKING:
+    from ._cell import ActorCell
+
+#: The default ``ask`` timeout in seconds.
+DEFAULT_ASK_TIMEOUT = 30.0
+
+
+@final
+class Ask:
+    """An ask in flight: the message, the parked asker and its reply slot.
+
+    Exactly one outcome is taken: the first of reply, failure, timeout or
+    the asker's cancellation. A later reply is a dead letter.
+    """
+
+    __slots__ = ("_outcome", "chain", "done", "message", "parked", "target", "task", "timeout")
+
+    def __init__(
+        self,
+        message: object,
+        target: ActorCell,
+        chain: tuple[ActorCell, ...],
+        timeout: float | None,
+    ) -> None:
+        self.message = message
+        self.target = target
+        self.chain = chain
+        self.timeout = timeout
+        self.task = trio.lowlevel.current_task()
+        self.done = False
+        self.parked = False
+        self._outcome: outcome.Outcome[Any] | None = None
+
+    def _settle(self, result: outcome.Outcome[Any]) -> None:
+        self.done = True
+        if self.parked:
+            trio.lowlevel.reschedule(self.task, result)
+        else:
+            self._outcome = result
+
+    def reply(self, value: object) -> None:
+        """Answer the asker; a reply to a settled ask becomes a dead letter."""
+        if self.done:
+            self.target.dead_letter(self.message, DeadLetterReason.LATE_REPLY)
+        else:
+            self._settle(outcome.Value(value))
+
+    def fail(self, error: BaseException) -> None:
+        """Raise ``error`` in the asker, unless the ask is already settled."""
+        if not self.done:
+            self._settle(outcome.Error(error))
+
+    def stopped(self, cause: BaseException | None = None) -> None:
+        """Tell the asker that the target stopped before replying."""
+        if not self.done:
+            error = ActorStopped(
+                f"{self.target.path} stopped before it replied to {type(self.message).__qualname__}"
+            )
+            error.__cause__ = cause
+            self._settle(outcome.Error(error))
+
+    def expire(self) -> None:
+        if not self.done:
+            self._settle(
+                outcome.Error(
+                    AskTimeout(
+                        f"ask to {self.target.path} with {type(self.message).__qualname__} "
+                        f"got no reply within {self.timeout} s: raise timeout= or look at "
+                        "why the actor is slow"
+                    )
+                )
+            )
+
+    def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
+        # The asker was cancelled: it abandons the reply.
+        self.done = True
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def wait(self) -> Any:
+        """Park the asker until the ask is settled, and return its outcome."""
+        if self._outcome is not None:
+            result, self._outcome = self._outcome, None
+            await trio.lowlevel.checkpoint()
+            return result.unwrap()
+        self.parked = True
+        return await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+
+@final
+class AskTimer:
+    """One heap of ask deadlines for a whole system, served by one task.
+
+    Settled asks are pruned from the top of the heap as they finish, so the
+    heap holds about as many entries as there are asks in flight.
+    """
+
+    __slots__ = ("_counter", "_heap", "_scope")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Ask]] = []
+        self._counter = itertools.count()
+        self._scope: trio.CancelScope | None = None
+
+    def add(self, ask: Ask, timeout: float) -> None:
+        deadline = trio.current_time() + timeout
+        heapq.heappush(self._heap, (deadline, next(self._counter), ask))
+        scope = self._scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    def prune(self) -> None:
+        heap = self._heap
+        while heap and heap[0][2].done:
+            heapq.heappop(heap)
+
+    async def run(self) -> None:
+        """Expire asks at their deadlines, until cancelled."""
+        heap = self._heap
+        while True:
+            self.prune()
+            deadline = heap[0][0] if heap else math.inf
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._scope = scope
+                await trio.sleep_forever()
+            self._scope = None
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                heapq.heappop(heap)[2].expire()
+
+
+@final
+class Frame:
+    """What an actor's handler task is doing, for deadlock detection."""
+
+    __slots__ = ("cell", "chain")
+
+    def __init__(self, cell: ActorCell) -> None:
+        self.cell = cell
+        self.chain: tuple[ActorCell, ...] = ()
+
+
+#: The frame of the actor handler running in this task, if any.
+current_frame: ContextVar[Frame | None] = ContextVar("triobus_current_frame", default=None)
+
+AbortFn = Callable[[Any], trio.lowlevel.Abort]

@@ -1,0 +1,387 @@
+"""The runtime side of an actor: its mailbox, current instance and task.
+
+A cell outlives the incarnations of its actor: the mailbox and the
+:class:`ActorRef` stay while the supervisor restarts the behavior.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, final
+
+import trio
+
+from .._errors import ActorStartError, DeadlockError, MailboxFull
+from .._lifecycle import ChildKind, ChildState, Restart
+from ..mailbox import DeadLetterReason, Mailbox, MailboxSpec
+from ._actor import Actor
+from ._ask import Ask, Frame, current_frame
+from ._ref import ActorRef
+from ._runtime import Parent, Runtime
+
+logger = logging.getLogger("triobus.actors")
+
+#: A busy actor yields to the scheduler after this many messages in a row.
+FAIRNESS_BUDGET = 64
+#: ``on_stop`` gets at most this long when the shutdown deadline is unlimited.
+ON_STOP_LIMIT = 5.0
+
+
+class _Signal(enum.Enum):
+    #: Finish the message in hand, keep the backlog (a restart follows).
+    STOP_FOR_RESTART = "stop_for_restart"
+    #: Handle the backlog, then end (the mailbox is already closed).
+    STOP_FINAL = "stop_final"
+
+
+# Wakes a worker parked on an empty mailbox so it reads the system lane.
+_WAKE = object()
+
+ActorFactory = Callable[[], Actor]
+
+
+def _single(error: Exception) -> Exception:
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+@final
+class ActorCell:
+    """One supervised actor: mailbox, address, current instance and task."""
+
+    __slots__ = (
+        "_ended",
+        "_instance",
+        "_redeliver",
+        "_scope",
+        "_stop_mode",
+        "busy",
+        "factory",
+        "incarnation",
+        "last_error",
+        "mailbox",
+        "max_concurrency",
+        "name",
+        "parent",
+        "path",
+        "ref",
+        "restart",
+        "restarts",
+        "runtime",
+        "shutdown",
+        "state",
+        "stopping",
+    )
+
+    kind = ChildKind.ACTOR
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        parent: Parent,
+        name: str,
+        path: str,
+        factory: ActorFactory,
+        mailbox: MailboxSpec,
+        max_concurrency: int,
+        restart: Restart,
+        shutdown: float,
+    ) -> None:
+        self.runtime = runtime
+        self.parent = parent
+        self.name = name
+        self.path = path
+        self.factory = factory
+        self.max_concurrency = max_concurrency
+        self.restart = restart
+        self.shutdown = shutdown
+        self.mailbox = Mailbox(mailbox, self._on_drop)
+        self.ref = ActorRef(self)
+        self.state = ChildState.NEW
+        self.restarts = 0
+        #: Counts starts, so that a stale exit report can be told apart.
+        self.incarnation = 0
+        #: Messages being handled right now.
+        self.busy = 0
+        #: True from the moment a supervisor asked this actor to stop.
+        self.stopping = False
+        self.last_error: BaseException | None = None
+        self._instance: Actor | None = None
+        self._scope: trio.CancelScope | None = None
+        self._ended: trio.Event | None = None
+        self._stop_mode: _Signal | None = None
+        self._redeliver: deque[object] | None = None
+
+    # ------------------------------------------------------------ start
+
+    async def start(self, nursery: trio.Nursery, cause: BaseException | None = None) -> None:
+        """Make a fresh instance, run its start hooks here, then run it in ``nursery``.
+
+        ``cause`` is given on a restart: ``on_restart(cause)`` runs first.
+
+        Raises:
+            ActorStartError: the factory or a start hook raised (chained).
+        """
+        restarting = self.state is not ChildState.NEW
+        self.state = ChildState.STARTING
+        try:
+            instance = self.factory()
+            if not isinstance(instance, Actor):
+                raise TypeError(
+                    f"the factory of {self.path} returned {type(instance).__qualname__}, "
+                    "not an Actor: pass an Actor subclass or a callable that returns one"
+                )
+            instance._ref = self.ref
+            if restarting:
+                await instance.on_restart(cause)
+            await instance.on_start()
+        except Exception as exc:
+            self.state = ChildState.RESTARTING if restarting else ChildState.NEW
+            raise ActorStartError(f"actor {self.path} failed to start: {exc!r}") from exc
+        self._instance = instance
+        self.incarnation += 1
+        self._stop_mode = None
+        self.stopping = False
+        self._ended = None
+        self._scope = scope = trio.CancelScope()
+        self.state = ChildState.RUNNING
+        nursery.start_soon(self._main, instance, scope, name=self.path)
+
+    @property
+    def running(self) -> bool:
+        """Whether an incarnation's task is alive."""
+        return self._scope is not None
+
+    # ------------------------------------------------------------ the task
+
+    async def _main(self, instance: Actor, scope: trio.CancelScope) -> None:
+        error: BaseException | None = None
+        try:
+            with scope:
+                if self.max_concurrency == 1:
+                    await self._loop(instance)
+                else:
+                    async with trio.open_nursery() as workers:
+                        for _ in range(self.max_concurrency):
+                            workers.start_soon(self._loop, instance)
+        except Exception as exc:
+            error = _single(exc)
+            self.last_error = error
+        finally:
+            await self._on_stop(instance)
+            self._scope = None
+            if self._ended is not None:
+                self._ended.set()
+        if not self.stopping:
+            self.state = ChildState.RESTARTING
+            self.parent.child_exited(self, self.incarnation, error)
+
+    async def _loop(self, instance: Actor) -> None:
+        receive = instance.receive
+        mailbox = self.mailbox
+        recv = mailbox._recv
+        receive_nowait = recv.receive_nowait
+        frame = Frame(self)
+        current_frame.set(frame)
+        budget = FAIRNESS_BUDGET
+        while True:
+            if (mailbox._system or self._stop_mode is not None) and self._read_signals():
+                return
+            if instance._stop_requested:
+                self._wake_idle()
+                return
+            if self._redeliver:
+                item = self._redeliver.popleft()
+            else:
+                try:
+                    item = receive_nowait()
+                except trio.WouldBlock:
+                    if self._stop_mode is _Signal.STOP_FINAL:
+                        return
+                    try:
+                        item = await recv.receive()
+                    except trio.EndOfChannel:
+                        return
+                    budget = FAIRNESS_BUDGET
+                except trio.EndOfChannel:
+                    return
+                if item is _WAKE:
+                    continue
+            self.busy += 1
+            if type(item) is Ask:
+                frame.chain = item.chain
+                try:
+                    result = await receive(item.message)
+                except Exception as exc:
+                    self.busy -= 1
+                    item.fail(exc)
+                    raise
+                except BaseException:
+                    self.busy -= 1
+                    self._interrupted(item)
+                    raise
+                self.busy -= 1
+                item.reply(result)
+            else:
+                frame.chain = ()
+                try:
+                    await receive(item)
+                except Exception as exc:
+                    self.busy -= 1
+                    self.dead_letter(item, DeadLetterReason.CRASHED, exc)
+                    raise
+                except BaseException:
+                    self.busy -= 1
+                    self._interrupted(item)
+                    raise
+                self.busy -= 1
+            budget -= 1
+            if not budget:
+                budget = FAIRNESS_BUDGET
+                await trio.lowlevel.checkpoint()
+
+    def _read_signals(self) -> bool:
+        """Apply waiting system signals; True when this worker must return now."""
+        signal = self.mailbox.take_system()
+        while signal is not None:
+            if self._stop_mode is not _Signal.STOP_FOR_RESTART:
+                assert isinstance(signal, _Signal)
+                self._stop_mode = signal
+            signal = self.mailbox.take_system()
+        return self._stop_mode is _Signal.STOP_FOR_RESTART
+
+    def _interrupted(self, item: object) -> None:
+        # A handler cancelled by the runtime is not a failure: on a final
+        # stop the message is a shutdown dead letter, otherwise it is handled
+        # first by the next incarnation.
+        if self._stop_mode is _Signal.STOP_FINAL:
+            self._dead_letter_item(item, DeadLetterReason.SHUTDOWN)
+        else:
+            if self._redeliver is None:
+                self._redeliver = deque()
+            self._redeliver.appendleft(item)
+
+    def _wake_idle(self) -> None:
+        waiting = self.mailbox._recv.statistics().tasks_waiting_receive
+        for _ in range(waiting):
+            try:
+                self.mailbox._send.send_nowait(_WAKE)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                return
+
+    async def _on_stop(self, instance: Actor) -> None:
+        limit = self.shutdown if self.shutdown != float("inf") else ON_STOP_LIMIT
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + limit) as scope:
+            try:
+                await instance.on_stop()
+            except Exception:
+                logger.exception("on_stop of %s raised", self.path)
+        if scope.cancelled_caught:
+            logger.warning("on_stop of %s overstayed its %s s deadline", self.path, limit)
+
+    # ------------------------------------------------------------ stop
+
+    async def stop(self, *, final: bool) -> None:
+        """Stop the running incarnation; wait for it, at most the shutdown deadline.
+
+        ``final=False`` (a stop for a restart) lets the message in hand finish
+        and keeps the backlog. ``final=True`` closes the mailbox, lets the
+        backlog be handled within the deadline and dead-letters the rest.
+        After the deadline the task is cancelled (and reported). Call only
+        from the supervisor that owns this cell.
+        """
+        self.stopping = True
+        if final:
+            self.mailbox.close()
+        if self._scope is not None:
+            self.state = ChildState.STOPPING
+            self.mailbox.post_system(_Signal.STOP_FINAL if final else _Signal.STOP_FOR_RESTART)
+            self._wake_idle()
+            ended = self._ended = trio.Event()
+            with trio.move_on_after(self.shutdown):
+                await ended.wait()
+            if self._scope is not None:
+                logger.warning(
+                    "%s did not stop within its shutdown deadline of %s s: cancelling it "
+                    "(a handler that never reaches a checkpoint cannot be cancelled)",
+                    self.path,
+                    self.shutdown,
+                )
+                self._scope.cancel()
+                await ended.wait()
+        if final:
+            self.finalize(DeadLetterReason.SHUTDOWN)
+        else:
+            self.state = ChildState.RESTARTING
+
+    def pause(self) -> None:
+        """Make the running incarnation end after its message in hand.
+
+        The system lane is read before the next user message, so nothing
+        sent from now on reaches the old incarnation: a restart round that
+        follows is seen by every sender at once.
+        """
+        self.stopping = True
+        if self._scope is not None:
+            self.mailbox.post_system(_Signal.STOP_FOR_RESTART)
+            self._wake_idle()
+
+    def cancel(self) -> None:
+        """Cancel the running incarnation at once (a firm stop)."""
+        self.stopping = True
+        self._stop_mode = _Signal.STOP_FINAL
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def finalize(self, reason: DeadLetterReason, cause: BaseException | None = None) -> None:
+        """Close the mailbox for good and dead-letter everything left in it."""
+        self.stopping = True
+        self.state = ChildState.STOPPED
+        left: list[object] = list(self._redeliver) if self._redeliver else []
+        self._redeliver = None
+        left.extend(self.mailbox.drain())
+        for item in left:
+            if item is not _WAKE:
+                self._dead_letter_item(item, reason, cause)
+
+    # ------------------------------------------------------------ dead letters
+
+    def dead_letter(
+        self, message: object, reason: DeadLetterReason, error: BaseException | None = None
+    ) -> None:
+        self.runtime.dead_letters.record(message, self.path, reason, error)
+
+    def _dead_letter_item(
+        self, item: object, reason: DeadLetterReason, cause: BaseException | None = None
+    ) -> None:
+        if type(item) is Ask:
+            self.dead_letter(item.message, reason, cause)
+            item.stopped(cause)
+        else:
+            self.dead_letter(item, reason, cause)
+
+    def _on_drop(self, item: object, error: MailboxFull) -> None:
+        if type(item) is Ask:
+            self.dead_letter(item.message, DeadLetterReason.MAILBOX_FULL, error)
+            item.fail(error)
+        else:
+            self.dead_letter(item, DeadLetterReason.MAILBOX_FULL, error)
+
+    def deadlock(self, chain: tuple[ActorCell, ...]) -> DeadlockError:
+        paths = [cell.path for cell in chain] + [self.path]
+        return DeadlockError(
+            f"ask would deadlock: {' -> '.join(paths)}; {self.path} handles "
+            f"{self.max_concurrency} message(s) at a time and is waiting on this ask. "
+            "Use tell for the call back, or raise max_concurrency",
+            paths,
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        return {"busy": self.busy, "mailbox": self.mailbox.statistics()}
+
+    def __repr__(self) -> str:
+        return f"<ActorCell {self.path} {self.state.value}>"

@@ -1,0 +1,147 @@
+"""Dead letters: where every message that could not be delivered ends up.
+
+A bounded ring of frozen records. Nothing triobus refuses, drops or fails
+is dropped silently: it is recorded here with the reason, logged, and
+handed to every subscriber.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, final
+
+import attrs
+import trio
+
+logger = logging.getLogger("triobus.dead_letters")
+
+DEFAULT_DEAD_LETTER_CAPACITY = 10_000
+
+
+class DeadLetterReason(enum.StrEnum):
+    """Why a message became a dead letter."""
+
+    #: Sent to an actor (or endpoint) that was already stopped.
+    STOPPED = "stopped"
+    #: Still queued (or in hand) when its actor stopped for good.
+    SHUTDOWN = "shutdown"
+    #: Its handler raised; the exception is attached.
+    CRASHED = "crashed"
+    #: Dropped by the mailbox's ``drop_oldest`` / ``drop_newest`` policy.
+    MAILBOX_FULL = "mailbox_full"
+    #: A reply that arrived after its ask had timed out, been cancelled or
+    #: already been answered.
+    LATE_REPLY = "late_reply"
+    #: Every delivery attempt failed; the last exception is attached.
+    FAILED = "failed"
+    #: A message released by a handler could not be delivered.
+    UNDELIVERABLE = "undeliverable"
+
+
+@final
+@attrs.frozen
+class DeadLetter:
+    """One message that could not be delivered."""
+
+    #: The message itself (never the internal wrapper around an ask).
+    message: object
+    #: The path of the actor or endpoint the message was meant for.
+    recipient: str
+    #: Why it could not be delivered.
+    reason: DeadLetterReason
+    #: The exception that made it a dead letter, if one did.
+    exception: BaseException | None = None
+    #: The message context (ids, headers) when the bus knows it.
+    context: Mapping[str, Any] | None = None
+    #: ``trio.current_time()`` when it was recorded (``None`` outside trio).
+    time: float | None = None
+
+
+Subscriber = Callable[[DeadLetter], None]
+
+
+def _now() -> float | None:
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return None
+
+
+@final
+class DeadLetters:
+    """A bounded ring of :class:`DeadLetter` records.
+
+    When the ring is full the oldest record is evicted and counted in
+    :attr:`evicted`; :attr:`total` counts every record ever made.
+    Subscribers are plain callables called synchronously with each record;
+    a subscriber that raises is logged and kept.
+    """
+
+    __slots__ = ("_records", "_subscribers", "evicted", "total")
+
+    def __init__(self, capacity: int = DEFAULT_DEAD_LETTER_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError(f"dead letter capacity must be at least 1, got {capacity!r}")
+        self._records: deque[DeadLetter] = deque(maxlen=capacity)
+        self._subscribers: list[Subscriber] = []
+        #: Records pushed out of the full ring.
+        self.evicted = 0
+        #: Records made since the ring was created.
+        self.total = 0
+
+    @property
+    def capacity(self) -> int:
+        """How many records the ring keeps."""
+        maxlen = self._records.maxlen
+        assert maxlen is not None
+        return maxlen
+
+    def record(
+        self,
+        message: object,
+        recipient: str,
+        reason: DeadLetterReason,
+        exception: BaseException | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> DeadLetter:
+        """Record one dead letter, log it and tell the subscribers."""
+        letter = DeadLetter(message, recipient, reason, exception, context, _now())
+        if len(self._records) == self._records.maxlen:
+            self.evicted += 1
+        self._records.append(letter)
+        self.total += 1
+        logger.info(
+            "dead letter to %s (%s): %r", recipient, reason.value, message, exc_info=exception
+        )
+        for subscriber in tuple(self._subscribers):
+            try:
+                subscriber(letter)
+            except Exception:
+                logger.exception("dead letter subscriber %r raised", subscriber)
+        return letter
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call ``subscriber`` with every new record; returns the unsubscribe call."""
+        self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    def clear(self) -> None:
+        """Forget every kept record (the counters stay)."""
+        self._records.clear()
+
+    def __iter__(self) -> Iterator[DeadLetter]:
+        return iter(tuple(self._records))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __repr__(self) -> str:
+        return f"<DeadLetters kept={len(self)} total={self.total} evicted={self.evicted}>"
