@@ -8,15 +8,60 @@ from ._errors import ActorNameTaken as ActorNameTaken
 from ._errors import ActorStartError as ActorStartError
 from ._errors import ActorStopped as ActorStopped
 from ._errors import AskTimeout as AskTimeout
+from ._errors import BusClosed as BusClosed
 from ._errors import DeadlockError as DeadlockError
+from ._errors import EventHandlerAlreadyRegistered as EventHandlerAlreadyRegistered
+from ._errors import HandlerNotLocated as HandlerNotLocated
 from ._errors import MailboxClosed as MailboxClosed
 from ._errors import MailboxFull as MailboxFull
+from ._errors import ModuleFrozen as ModuleFrozen
+from ._errors import NoRouteError as NoRouteError
+from ._errors import PipelineBehaviorAlreadyRegistered as PipelineBehaviorAlreadyRegistered
+from ._errors import PublishError as PublishError
+from ._errors import RequestHandlerAlreadyRegistered as RequestHandlerAlreadyRegistered
+from ._errors import RequestHandlerNotFound as RequestHandlerNotFound
 from ._errors import SupervisorGaveUp as SupervisorGaveUp
 from ._errors import SystemClosed as SystemClosed
 from ._errors import TriobusError as TriobusError
+from ._errors import WiringError as WiringError
 from .actors import DEFAULT_ASK_TIMEOUT as DEFAULT_ASK_TIMEOUT
 from .actors import Actor as Actor
 from .actors import ActorRef as ActorRef
+from .bus import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
+from .bus import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
+from .bus import DEFAULT_INVOKE_TIMEOUT as DEFAULT_INVOKE_TIMEOUT
+from .bus import DEFAULT_REQUEST_ENDPOINT as DEFAULT_REQUEST_ENDPOINT
+from .bus import BusRunner as BusRunner
+from .bus import Command as Command
+from .bus import Delivery as Delivery
+from .bus import DispatchEvent as DispatchEvent
+from .bus import DispatchKind as DispatchKind
+from .bus import Endpoint as Endpoint
+from .bus import Event as Event
+from .bus import EventHandler as EventHandler
+from .bus import IMessageBus as IMessageBus
+from .bus import IPublisher as IPublisher
+from .bus import ISender as ISender
+from .bus import MessageBus as MessageBus
+from .bus import MessageContext as MessageContext
+from .bus import Module as Module
+from .bus import NameDetector as NameDetector
+from .bus import Next as Next
+from .bus import Phase as Phase
+from .bus import PipelineBehavior as PipelineBehavior
+from .bus import PluginHandle as PluginHandle
+from .bus import Request as Request
+from .bus import RequestHandler as RequestHandler
+from .bus import RetryPolicy as RetryPolicy
+from .bus import Route as Route
+from .bus import TransactionalBehavior as TransactionalBehavior
+from .bus import UnitOfWork as UnitOfWork
+from .bus import current_context as current_context
+from .bus import default_message_name as default_message_name
+from .bus import local_queue as local_queue
+from .bus import open_bus as open_bus
+from .bus import route as route
+from .bus import route_module as route_module
 from .mailbox import DeadLetter as DeadLetter
 from .mailbox import DeadLetterReason as DeadLetterReason
 from .mailbox import DeadLetters as DeadLetters
@@ -47,6 +92,16 @@ __all__ = [
     "ActorStartError",
     "SupervisorGaveUp",
     "SystemClosed",
+    "BusClosed",
+    "EventHandlerAlreadyRegistered",
+    "HandlerNotLocated",
+    "ModuleFrozen",
+    "NoRouteError",
+    "PipelineBehaviorAlreadyRegistered",
+    "PublishError",
+    "RequestHandlerAlreadyRegistered",
+    "RequestHandlerNotFound",
+    "WiringError",
     # mailbox
     "Mailbox",
     "MailboxSpec",
@@ -68,6 +123,42 @@ __all__ = [
     "Strategy",
     "SupervisorRef",
     "TreeNode",
+    # bus
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_ENDPOINT",
+    "DEFAULT_INVOKE_TIMEOUT",
+    "DEFAULT_REQUEST_ENDPOINT",
+    "BusRunner",
+    "Command",
+    "Delivery",
+    "DispatchEvent",
+    "DispatchKind",
+    "Endpoint",
+    "Event",
+    "EventHandler",
+    "IMessageBus",
+    "IPublisher",
+    "ISender",
+    "MessageBus",
+    "MessageContext",
+    "Module",
+    "NameDetector",
+    "Next",
+    "Phase",
+    "PipelineBehavior",
+    "PluginHandle",
+    "Request",
+    "RequestHandler",
+    "RetryPolicy",
+    "Route",
+    "TransactionalBehavior",
+    "UnitOfWork",
+    "current_context",
+    "default_message_name",
+    "local_queue",
+    "open_bus",
+    "route",
+    "route_module",
 ]
 
 

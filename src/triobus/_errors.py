@@ -79,3 +79,58 @@ class SupervisorGaveUp(TriobusError):
 
 class SystemClosed(TriobusError):
     """The actor system is not running (not entered yet, or already left)."""
+
+
+# ---------------------------------------------------------------- bus
+
+
+class RequestHandlerNotFound(TriobusError, LookupError):
+    """``invoke`` found no handler bound for the request's name and version."""
+
+
+class NoRouteError(TriobusError, LookupError):
+    """``send`` found no handler, so no endpoint, for the command."""
+
+
+class HandlerNotLocated(TriobusError, LookupError):
+    """A plugin routed a message to a handler id that no locator resolved."""
+
+
+class RequestHandlerAlreadyRegistered(TriobusError):
+    """A second handler was bound for a request (or command) that has one."""
+
+
+class EventHandlerAlreadyRegistered(TriobusError):
+    """The same handler was bound twice for one event."""
+
+
+class PipelineBehaviorAlreadyRegistered(TriobusError):
+    """The same pipeline behavior was bound twice for one message type."""
+
+
+class ModuleFrozen(TriobusError):
+    """A module was changed after a bus started with it."""
+
+
+class WiringError(TriobusError):
+    """The bus configuration has mistakes; ``problems`` lists every one."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"the bus cannot start, {len(self.problems)} wiring mistake(s):\n{lines}")
+
+
+class PublishError(TriobusError):
+    """Some endpoints refused a published event; ``endpoints`` names them.
+
+    The endpoints not named accepted it.
+    """
+
+    def __init__(self, message: str, endpoints: Sequence[str]) -> None:
+        super().__init__(message)
+        self.endpoints: tuple[str, ...] = tuple(endpoints)
+
+
+class BusClosed(TriobusError):
+    """The bus is not running (not entered yet, or already left)."""

@@ -130,6 +130,14 @@ class ActorRef:
                 timer.prune()
         return await ask.wait()
 
+    def _would_deadlock(self) -> bool:
+        """Whether an ask from the current task would wait on itself (see ``ask``)."""
+        frame = current_frame.get()
+        if frame is None:
+            return False
+        cell = self._cell
+        return (cell is frame.cell or cell in frame.chain) and cell.busy >= cell.max_concurrency
+
     async def stop(self) -> None:
         """Stop the actor for good and remove it from its supervisor.
 

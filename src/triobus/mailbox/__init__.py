@@ -3,6 +3,7 @@
 from ._dead_letters import (
     DEFAULT_DEAD_LETTER_CAPACITY as DEFAULT_DEAD_LETTER_CAPACITY,
 )
+from ._dead_letters import Carrier as Carrier
 from ._dead_letters import DeadLetter as DeadLetter
 from ._dead_letters import DeadLetterReason as DeadLetterReason
 from ._dead_letters import DeadLetters as DeadLetters
@@ -15,6 +16,7 @@ from ._mailbox import Overflow as Overflow
 __all__ = [
     "DEFAULT_DEAD_LETTER_CAPACITY",
     "DEFAULT_MAILBOX_CAPACITY",
+    "Carrier",
     "DeadLetter",
     "DeadLetterReason",
     "DeadLetters",

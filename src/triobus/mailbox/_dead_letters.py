@@ -7,6 +7,7 @@ handed to every subscriber.
 
 from __future__ import annotations
 
+import abc
 import enum
 import logging
 from collections import deque
@@ -63,6 +64,23 @@ class DeadLetter:
 Subscriber = Callable[[DeadLetter], None]
 
 
+class Carrier(abc.ABC):
+    """Base of the internal wrappers that carry a user message through a mailbox.
+
+    A dead letter records the carried message and its context, never the
+    wrapper; :meth:`dead_lettered` lets the wrapper's owner account for it.
+    """
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def carried(self) -> tuple[object, Mapping[str, Any] | None]:
+        """The user message and its context."""
+
+    def dead_lettered(self, reason: DeadLetterReason) -> None:  # noqa: B027 - optional hook
+        """Called once the carried message is recorded as a dead letter."""
+
+
 def _now() -> float | None:
     try:
         return trio.current_time()
@@ -107,7 +125,14 @@ class DeadLetters:
         exception: BaseException | None = None,
         context: Mapping[str, Any] | None = None,
     ) -> DeadLetter:
-        """Record one dead letter, log it and tell the subscribers."""
+        """Record one dead letter, log it and tell the subscribers.
+
+        A :class:`Carrier` is recorded as the message it carries, with its context.
+        """
+        carrier = message if isinstance(message, Carrier) else None
+        if carrier is not None:
+            message, carried_context = carrier.carried()
+            context = context if context is not None else carried_context
         letter = DeadLetter(message, recipient, reason, exception, context, _now())
         if len(self._records) == self._records.maxlen:
             self.evicted += 1
@@ -121,6 +146,8 @@ class DeadLetters:
                 subscriber(letter)
             except Exception:
                 logger.exception("dead letter subscriber %r raised", subscriber)
+        if carrier is not None:
+            carrier.dead_lettered(reason)
         return letter
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:

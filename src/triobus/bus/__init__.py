@@ -1,0 +1,75 @@
+"""The message bus: invoke, send and publish over supervised endpoint actors."""
+
+from ._behaviors import TransactionalBehavior as TransactionalBehavior
+from ._behaviors import UnitOfWork as UnitOfWork
+from ._bus import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
+from ._bus import DEFAULT_INVOKE_TIMEOUT as DEFAULT_INVOKE_TIMEOUT
+from ._bus import MessageBus as MessageBus
+from ._context import MessageContext as MessageContext
+from ._context import current_context as current_context
+from ._handlers import EventHandler as EventHandler
+from ._handlers import Next as Next
+from ._handlers import PipelineBehavior as PipelineBehavior
+from ._handlers import RequestHandler as RequestHandler
+from ._messages import Command as Command
+from ._messages import Event as Event
+from ._messages import NameDetector as NameDetector
+from ._messages import Request as Request
+from ._messages import default_message_name as default_message_name
+from ._module import Module as Module
+from ._open import BusRunner as BusRunner
+from ._open import open_bus as open_bus
+from ._plugins import DispatchEvent as DispatchEvent
+from ._plugins import DispatchKind as DispatchKind
+from ._plugins import Phase as Phase
+from ._plugins import PluginHandle as PluginHandle
+from ._protocols import IMessageBus as IMessageBus
+from ._protocols import IPublisher as IPublisher
+from ._protocols import ISender as ISender
+from ._routing import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
+from ._routing import DEFAULT_REQUEST_ENDPOINT as DEFAULT_REQUEST_ENDPOINT
+from ._routing import Delivery as Delivery
+from ._routing import Endpoint as Endpoint
+from ._routing import RetryPolicy as RetryPolicy
+from ._routing import Route as Route
+from ._routing import local_queue as local_queue
+from ._routing import route as route
+from ._routing import route_module as route_module
+
+__all__ = [
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_ENDPOINT",
+    "DEFAULT_INVOKE_TIMEOUT",
+    "DEFAULT_REQUEST_ENDPOINT",
+    "BusRunner",
+    "Command",
+    "Delivery",
+    "DispatchEvent",
+    "DispatchKind",
+    "Endpoint",
+    "Event",
+    "EventHandler",
+    "IMessageBus",
+    "IPublisher",
+    "ISender",
+    "MessageBus",
+    "MessageContext",
+    "Module",
+    "NameDetector",
+    "Next",
+    "Phase",
+    "PipelineBehavior",
+    "PluginHandle",
+    "Request",
+    "RequestHandler",
+    "RetryPolicy",
+    "Route",
+    "TransactionalBehavior",
+    "UnitOfWork",
+    "current_context",
+    "default_message_name",
+    "local_queue",
+    "open_bus",
+    "route",
+    "route_module",
+]

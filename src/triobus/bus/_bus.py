@@ -1,0 +1,521 @@
+"""The message bus: an address book over supervised endpoint actors.
+
+``invoke`` asks the endpoint a request is routed to, ``send`` tells it, and
+``publish`` tells every endpoint that has subscribers. Plans (names, routes,
+behaviors) are computed once at start-up; dispatch only looks them up.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar, final, overload
+
+import trio
+
+from .._errors import (
+    ActorStopped,
+    BusClosed,
+    MailboxFull,
+    NoRouteError,
+    PublishError,
+    RequestHandlerNotFound,
+    TriobusError,
+)
+from ..mailbox import DeadLetterReason, DeadLetters
+from ._context import Envelope, Handling, current_handling
+from ._endpoint import hold, release, run_step, tell_in_order
+from ._messages import (
+    Identity,
+    NameDetector,
+    Request,
+    default_message_name,
+    describe,
+    message_version,
+)
+from ._plans import EndpointRuntime, Failed, Kind, Plan, Step
+from ._plugins import DispatchEvent, DispatchKind, Phase, Plugin, PluginHandle, Plugins
+from ._routing import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_REQUEST_ENDPOINT,
+)
+
+logger = logging.getLogger("triobus.bus")
+
+R = TypeVar("R")
+
+#: ``invoke`` waits this long for a response unless told otherwise.
+DEFAULT_INVOKE_TIMEOUT: Final = 30.0
+#: Leaving ``open_bus`` waits this long for the bus to be quiet.
+DEFAULT_DRAIN_TIMEOUT: Final = 10.0
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "<bus default>"
+
+
+_DEFAULT: Final = _Default()
+
+
+def _actor_name(uri: str) -> str:
+    return uri.replace("/", "%2F")
+
+
+@final
+class MessageBus:
+    """The bus: ``invoke`` (ask), ``send`` (tell), ``publish`` (broadcast).
+
+    It is :class:`IMessageBus`, :class:`ISender` and :class:`IPublisher` at
+    once. Make one with :func:`open_bus`.
+    """
+
+    def __init__(
+        self,
+        *,
+        dead_letters: DeadLetters,
+        rng: random.Random,
+        id_factory: Callable[[], str],
+        name_detector: NameDetector | None,
+        collect_listener_exceptions: bool,
+        invoke_timeout: float | None,
+    ) -> None:
+        self.dead_letters = dead_letters
+        self.random = rng
+        self.new_id = id_factory
+        self._detector = name_detector
+        self._collect = collect_listener_exceptions
+        self._invoke_timeout = invoke_timeout
+        self._plugins = Plugins()
+        self._requests: dict[Identity, Plan] = {}
+        self._events: dict[Identity, tuple[Plan, ...]] = {}
+        self._request_cache: dict[type, Plan] = {}
+        self._event_cache: dict[type, tuple[Plan, ...]] = {}
+        self.endpoints: dict[str, EndpointRuntime] = {}
+        self._inflight = 0
+        self._quiet: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+        self._open = False
+
+    # ------------------------------------------------------------ accounting
+
+    def accepted(self) -> None:
+        """One more message is in flight."""
+        self._inflight += 1
+
+    def settled(self) -> None:
+        """One message is done: handled, dead-lettered or dropped with its handler."""
+        self._inflight -= 1
+        if not self._inflight and self._quiet is not None:
+            self._quiet.set()
+            self._quiet = None
+
+    @property
+    def in_flight(self) -> int:
+        """Messages accepted and not yet settled (queued, running or held)."""
+        return self._inflight
+
+    async def wait_quiet(self) -> None:
+        """Return once no message is in flight (cascades included)."""
+        while self._inflight > 0:
+            if self._quiet is None:
+                self._quiet = trio.Event()
+            await self._quiet.wait()
+
+    def release_later(self, items: list[tuple[EndpointRuntime, Envelope]]) -> None:
+        if self._nursery is None:
+            for _, envelope in items:
+                self.dead_letters.record(
+                    envelope, envelope.plan.endpoint.uri, DeadLetterReason.UNDELIVERABLE
+                )
+            return
+        self._nursery.start_soon(tell_in_order, items)
+
+    # ------------------------------------------------------------ lookups
+
+    def _identity(self, message: object) -> Identity:
+        name = None
+        if self._detector is not None:
+            name = self._detector(message)
+        if name is None:
+            name = default_message_name(message)
+        return (name, message_version(message))
+
+    def _cacheable(self, cls: type) -> bool:
+        return self._detector is None and not issubclass(cls, str | Mapping)
+
+    def _request_plan(self, message: object, error: type[TriobusError]) -> Plan:
+        if not self._open:
+            raise BusClosed("the bus is not running: dispatch inside 'async with open_bus(...)'")
+        identity = self._identity(message)
+        plan = self._requests.get(identity)
+        if plan is None:
+            what = "invoke" if error is RequestHandlerNotFound else "send"
+            raise error(
+                f"no handler is bound for {identity[0]!r} (version {identity[1]}), so it cannot "
+                f"be {what}d: bind one with Module(...).bind_request({describe(type(message))}, "
+                "handler)"
+            )
+        if self._cacheable(type(message)):
+            self._request_cache[type(message)] = plan
+        return plan
+
+    def _event_plans(self, message: object) -> tuple[Plan, ...]:
+        if not self._open:
+            raise BusClosed("the bus is not running: publish inside 'async with open_bus(...)'")
+        plans = self._events.get(self._identity(message), ())
+        if self._cacheable(type(message)):
+            self._event_cache[type(message)] = plans
+        return plans
+
+    def _timeout(self, timeout: float | _Default | None) -> float | None:
+        return self._invoke_timeout if isinstance(timeout, _Default) else timeout
+
+    # ------------------------------------------------------------ invoke
+
+    @overload
+    async def invoke(
+        self,
+        request: Request[R],
+        *,
+        timeout: float | _Default | None = ...,
+        headers: Mapping[str, str] | None = ...,
+        correlation_id: str | None = ...,
+        reply_to: str | None = ...,
+    ) -> R: ...
+
+    @overload
+    async def invoke(
+        self,
+        request: object,
+        *,
+        timeout: float | _Default | None = ...,
+        headers: Mapping[str, str] | None = ...,
+        correlation_id: str | None = ...,
+        reply_to: str | None = ...,
+    ) -> Any: ...
+
+    async def invoke(
+        self,
+        request: object,
+        *,
+        timeout: float | _Default | None = _DEFAULT,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> Any:
+        """Ask the one handler of ``request`` and return its response.
+
+        Args:
+            timeout: seconds to wait (default 30 s, ``None`` waits for ever).
+            headers: headers for the message (merged over the chain's).
+            correlation_id: the chain's id, when this call continues one.
+
+        Raises:
+            RequestHandlerNotFound: nothing handles this request.
+            AskTimeout: no response within ``timeout`` (a ``TimeoutError``).
+            Exception: whatever the handler (or a behavior) raised.
+        """
+        if self._plugins:
+            return await self._invoke_with_plugins(request, timeout, headers, correlation_id)
+        plan = self._request_cache.get(type(request)) or self._request_plan(
+            request, RequestHandlerNotFound
+        )
+        handling = current_handling.get()
+        envelope = Envelope(
+            request,
+            plan,
+            None if handling is None else handling.envelope,
+            headers,
+            correlation_id,
+            reply_to,
+        )
+        envelope.asked = True
+        return await self._ask(plan, envelope, timeout, handling)
+
+    async def _ask(
+        self,
+        plan: Plan,
+        envelope: Envelope,
+        timeout: float | _Default | None,
+        handling: Handling | None,
+    ) -> Any:
+        ref = plan.ref or plan.endpoint.pick(envelope.message)
+        if handling is not None and ref._would_deadlock():
+            return await self._invoke_inline(envelope)
+        self._inflight += 1
+        try:
+            result = await ref.ask(envelope, timeout=self._timeout(timeout))
+        finally:
+            self.settled()
+        if type(result) is Failed:
+            raise result.error
+        return result
+
+    async def _invoke_inline(self, envelope: Envelope) -> Any:
+        # A re-entrant invoke whose endpoint is busy waiting on this very
+        # call runs here, in the caller, instead of deadlocking.
+        handling = Handling(envelope)
+        token = current_handling.set(handling)
+        try:
+            result = await run_step(envelope.plan.steps[0], envelope.message)
+            if handling.held:
+                release(handling)
+            return result
+        finally:
+            current_handling.reset(token)
+
+    # ------------------------------------------------------------ send
+
+    async def send(
+        self,
+        command: object,
+        *,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> None:
+        """Hand ``command`` to the endpoint of its one handler.
+
+        Returns once the endpoint accepted it (with the ``block`` policy,
+        once there was room). Inside a handler the command is held and
+        released after the handler's pipeline succeeded.
+
+        Raises:
+            NoRouteError: nothing handles this command.
+            ActorStopped: the endpoint is stopped (the command is a dead letter).
+            MailboxFull: the endpoint is full and its policy is ``fail``.
+        """
+        if self._plugins:
+            await self._dispatch_with_plugins(command, DispatchKind.SEND, headers, correlation_id)
+            return
+        plan = self._request_cache.get(type(command)) or self._request_plan(command, NoRouteError)
+        handling = current_handling.get()
+        if handling is None:
+            envelope = Envelope(command, plan, None, headers, correlation_id, reply_to)
+            ref = plan.ref or plan.endpoint.pick(command)
+            try:
+                ref._send_nowait(envelope)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                await ref.tell(envelope)
+            self._inflight += 1
+        else:
+            envelope = Envelope(command, plan, handling.envelope, headers, correlation_id, reply_to)
+            hold(handling, plan.endpoint, envelope)
+
+    # ------------------------------------------------------------ publish
+
+    async def publish(
+        self,
+        event: object,
+        *,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> None:
+        """Hand ``event`` to every endpoint with subscribers; none is a no-op.
+
+        Each subscription is its own delivery: a failing handler is retried
+        and dead-lettered on its own, and never stops the others. In
+        listener-exception-collection mode this waits for every handler and
+        raises one ``ExceptionGroup`` of the failures.
+
+        Raises:
+            PublishError: some endpoints refused the event (named); the
+                others accepted it.
+        """
+        if self._plugins:
+            await self._dispatch_with_plugins(event, DispatchKind.PUBLISH, headers, correlation_id)
+            return
+        plans = self._event_cache.get(type(event))
+        if plans is None:
+            plans = self._event_plans(event)
+        if not plans:
+            return
+        if self._collect:
+            await self._publish_collecting(event, plans, headers, correlation_id, reply_to)
+            return
+        handling = current_handling.get()
+        parent = None if handling is None else handling.envelope
+        first: Envelope | None = None
+        refused: list[str] = []
+        for plan in plans:
+            envelope = Envelope(event, plan, parent, headers, correlation_id, reply_to)
+            if first is None:
+                first = envelope
+            else:
+                # One published event is one message with one id.
+                envelope._id = first.message_id
+                envelope._correlation_id = first.correlation_id
+            if handling is not None:
+                hold(handling, plan.endpoint, envelope)
+                continue
+            ref = plan.ref or plan.endpoint.pick(event)
+            try:
+                ref._send_nowait(envelope)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                try:
+                    await ref.tell(envelope)
+                except (ActorStopped, MailboxFull):
+                    refused.append(plan.endpoint.uri)
+                    continue
+            self._inflight += 1
+        if refused:
+            raise PublishError(
+                f"{default_message_name(event)!r} was refused by endpoint(s) {refused}; "
+                "the other subscribers got it (see dead letters)",
+                refused,
+            )
+
+    async def _publish_collecting(
+        self,
+        event: object,
+        plans: tuple[Plan, ...],
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        reply_to: str | None,
+    ) -> None:
+        handling = current_handling.get()
+        parent = None if handling is None else handling.envelope
+        failures: list[Exception] = []
+        first: Envelope | None = None
+
+        async def deliver(plan: Plan, envelope: Envelope) -> None:
+            try:
+                await self._ask(plan, envelope, None, handling)
+            except Exception as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for plan in plans:
+                for step in plan.steps:
+                    single = Plan(self, plan.name, plan.version, plan.kind, plan.endpoint, [step])
+                    envelope = Envelope(event, single, parent, headers, correlation_id, reply_to)
+                    envelope.asked = True
+                    if first is None:
+                        first = envelope
+                    else:
+                        envelope._id = first.message_id
+                        envelope._correlation_id = first.correlation_id
+                    nursery.start_soon(deliver, single, envelope)
+        if failures:
+            raise ExceptionGroup(
+                f"{len(failures)} handler(s) of {plans[0].name!r} failed", failures
+            )
+
+    # ------------------------------------------------------------ plugins
+
+    def attach(self, phase: Phase | str, plugin: Plugin, *, priority: int = 0) -> PluginHandle:
+        """Attach a plugin to a dispatch phase; higher ``priority`` runs first."""
+        return self._plugins.attach(phase, plugin, priority)
+
+    def detach(self, handle: PluginHandle) -> None:
+        """Detach a plugin attached with :meth:`attach`."""
+        self._plugins.detach(handle)
+
+    async def _invoke_with_plugins(
+        self,
+        request: object,
+        timeout: float | _Default | None,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+    ) -> Any:
+        return await self._dispatch_with_plugins(
+            request, DispatchKind.INVOKE, headers, correlation_id, timeout
+        )
+
+    async def _dispatch_with_plugins(
+        self,
+        message: object,
+        kind: DispatchKind,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        timeout: float | _Default | None = _DEFAULT,
+    ) -> Any:
+        event = DispatchEvent(message, kind)
+        plugins = self._plugins
+        try:
+            await plugins.run(Phase.INITIALIZE, event)
+            await plugins.run(Phase.DETECT_MESSAGE_NAME, event)
+            if event.message_name is None:
+                event.message_name = self._identity(message)[0]
+            await plugins.run(Phase.ROUTE, event)
+            plans = self._plugin_plans(event, message)
+        except Exception as exc:
+            event.exception = exc
+            await plugins.run(Phase.FINALIZE, event)
+            if event.exception is not None:
+                raise event.exception from None
+            return event.result
+        handling = current_handling.get()
+        parent = None if handling is None else handling.envelope
+        first: Envelope | None = None
+        results: list[Any] = []
+        for plan in plans:
+            envelope = Envelope(message, plan, parent, headers, correlation_id)
+            envelope.dispatch = event
+            if first is None:
+                first = envelope
+            else:
+                envelope._id = first.message_id
+            if kind is DispatchKind.INVOKE:
+                envelope.asked = True
+                results.append(await self._ask(plan, envelope, timeout, handling))
+            elif handling is not None:
+                hold(handling, plan.endpoint, envelope)
+            else:
+                await plan.endpoint.pick(message).tell(envelope)
+                self._inflight += 1
+        return results[0] if results else None
+
+    def _plugin_plans(self, event: DispatchEvent, message: object) -> tuple[Plan, ...]:
+        assert event.message_name is not None
+        identity = (event.message_name, message_version(message))
+        if event.kind is DispatchKind.PUBLISH:
+            if event.handlers is not None:
+                return self._routed_plans(event, event.handlers, Kind.EVENT)
+            return self._events.get(identity, ())
+        if event.handler is not None:
+            return self._routed_plans(event, [event.handler], Kind.REQUEST)
+        plan = self._requests.get(identity)
+        if plan is None:
+            error = RequestHandlerNotFound if event.kind is DispatchKind.INVOKE else NoRouteError
+            raise error(
+                f"no handler is bound or routed for {event.message_name!r}: bind one, or "
+                "set event.handler in a route plugin"
+            )
+        return (plan,)
+
+    def _routed_plans(
+        self, event: DispatchEvent, handlers: Sequence[Any], kind: Kind
+    ) -> tuple[Plan, ...]:
+        default = (
+            DEFAULT_REQUEST_ENDPOINT if event.kind is DispatchKind.INVOKE else DEFAULT_ENDPOINT
+        )
+        uri = event.endpoint or default
+        endpoint = self.endpoints.get(uri)
+        if endpoint is None:
+            raise NoRouteError(
+                f"a plugin routed {event.message_name!r} to unknown endpoint {uri!r}"
+            )
+        steps = [Step(None, (), raw=handler) for handler in handlers]
+        assert event.message_name is not None
+        return (Plan(self, event.message_name, 1, kind, endpoint, steps),)
+
+    # ------------------------------------------------------------ views
+
+    def topology(self) -> str:
+        """Which message goes to which endpoint and handlers, as text."""
+        lines: list[str] = []
+        for (name, version), plan in sorted(self._requests.items()):
+            lines.append(f"request {name} v{version} -> {plan.endpoint.uri}: {plan.steps[0].label}")
+        for (name, version), plans in sorted(self._events.items()):
+            for plan in plans:
+                labels = ", ".join(step.label for step in plan.steps)
+                lines.append(f"event {name} v{version} -> {plan.endpoint.uri}: {labels}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        state = "open" if self._open else "closed"
+        return f"<MessageBus {state} endpoints={list(self.endpoints)} in_flight={self._inflight}>"

@@ -1,0 +1,217 @@
+"""The endpoint actor: handlers run here as behaviors of a supervised actor.
+
+A handler failure never crashes the endpoint. For an ask (``invoke``) the
+exception goes back to the caller; for a told message (``send``,
+``publish``) each handler is its own delivery: it is retried in place by the
+endpoint's retry policy, then dead-lettered with the last exception, and the
+other handlers of the message still run. Messages a handler sends or
+publishes are held and released only once its whole pipeline succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .._errors import ActorStopped, HandlerNotLocated, MailboxFull
+from ..actors import Actor, ActorRef
+from ..mailbox import DeadLetterReason
+from ._context import Envelope, Handling, current_handling
+from ._handlers import Callee, call_handler, run_pipeline
+from ._plans import EndpointRuntime, Failed, Step
+from ._plugins import DispatchEvent, Phase
+from ._routing import Endpoint
+
+if TYPE_CHECKING:
+    from ._bus import MessageBus
+
+logger = logging.getLogger("triobus.bus")
+
+
+async def run_step(step: Step, message: object) -> Any:
+    """Run one handler inside its behaviors."""
+    assert step.handler is not None
+    if not step.behaviors:
+        return await call_handler(step.handler, message)
+    handler = step.handler
+    return await run_pipeline(step.behaviors, message, lambda: call_handler(handler, message))
+
+
+class EndpointActor(Actor):
+    """Handles the envelopes routed to one endpoint (or one of its partitions)."""
+
+    def __init__(self, bus: MessageBus, spec: Endpoint, path: str) -> None:
+        self.bus = bus
+        self.spec = spec
+        self.path = path
+
+    async def receive(self, message: Any) -> Any:
+        envelope: Envelope = message
+        handling = Handling(envelope)
+        current_handling.set(handling)
+        if envelope.dispatch is not None:
+            return await self._receive_with_plugins(envelope, envelope.dispatch, handling)
+        if envelope.asked:
+            try:
+                result = await run_step(envelope.plan.steps[0], envelope.message)
+            except Exception as exc:
+                return Failed(exc)
+            if handling.held:
+                release(handling)
+            return result
+        steps = envelope.plan.steps
+        while envelope.progress < len(steps):
+            await self._deliver(envelope, steps[envelope.progress], handling)
+            envelope.progress += 1
+        self.bus.settled()
+        return None
+
+    async def _receive_with_plugins(
+        self, envelope: Envelope, dispatch: DispatchEvent, handling: Handling
+    ) -> Any:
+        steps = envelope.plan.steps
+        if envelope.asked:
+            try:
+                result = await self._attempt_with_plugins(dispatch, steps[0], envelope)
+            except Exception as exc:
+                return Failed(exc)
+            if handling.held:
+                release(handling)
+            return result
+        while envelope.progress < len(steps):
+            step = steps[envelope.progress]
+            event = dispatch.for_handler(step.raw) if len(steps) > 1 else dispatch
+            await self._deliver(envelope, step, handling, event)
+            envelope.progress += 1
+        self.bus.settled()
+        return None
+
+    async def _attempt_with_plugins(
+        self, event: DispatchEvent, step: Step, envelope: Envelope
+    ) -> Any:
+        plugins = self.bus._plugins
+        event.exception = None
+        try:
+            if step.handler is None:
+                event.handler = step.raw
+                if isinstance(event.handler, str):
+                    await plugins.run(Phase.LOCATE_HANDLER, event)
+                if event.handler is None or isinstance(event.handler, str):
+                    raise HandlerNotLocated(
+                        f"no locate plugin resolved the handler id {step.raw!r} of "
+                        f"{event.message_name!r}: attach one at Phase.LOCATE_HANDLER"
+                    )
+                step = Step(Callee(event.handler), ())
+            else:
+                event.handler = step.handler.target
+                await plugins.run(Phase.LOCATE_HANDLER, event)
+            await plugins.run(Phase.INVOKE_HANDLER, event)
+            event.result = await run_step(step, envelope.message)
+        except Exception as exc:
+            event.exception = exc
+        await plugins.run(Phase.FINALIZE, event)
+        if event.exception is not None:
+            raise event.exception
+        return event.result
+
+    async def _deliver(
+        self,
+        envelope: Envelope,
+        step: Step,
+        handling: Handling,
+        event: DispatchEvent | None = None,
+    ) -> None:
+        policy = self.spec.retry
+        attempt = 1
+        while True:
+            envelope.attempt = attempt
+            try:
+                if event is None:
+                    await run_step(step, envelope.message)
+                else:
+                    await self._attempt_with_plugins(event, step, envelope)
+            except Exception as exc:
+                drop_held(handling)
+                logger.warning(
+                    "%s failed on %s id=%s at %s (attempt %d of %d): %r",
+                    step.label,
+                    envelope.plan.name,
+                    envelope.message_id,
+                    self.path,
+                    attempt,
+                    policy.retries + 1,
+                    exc,
+                )
+                if attempt > policy.retries:
+                    self.bus.dead_letters.record(
+                        envelope.message,
+                        self.path,
+                        DeadLetterReason.FAILED,
+                        exc,
+                        {
+                            **attrs.asdict(envelope.context()),
+                            "handler": step.label,
+                            "attempts": attempt,
+                        },
+                    )
+                    return
+                if policy.backoff is not None:
+                    await trio.sleep(policy.backoff.delay(attempt - 1, self.bus.random))
+                attempt += 1
+                continue
+            if handling.held:
+                release(handling)
+            return
+
+
+def hold(handling: Handling, endpoint: EndpointRuntime, envelope: Envelope) -> None:
+    """Keep a message a handler sent until its pipeline succeeded."""
+    if handling.held is None:
+        handling.held = []
+    handling.held.append((endpoint, envelope))
+    envelope.plan.bus.accepted()
+
+
+def drop_held(handling: Handling) -> None:
+    """The handler failed: what it sent is dropped with it (a retry sends it again)."""
+    held = handling.held
+    if held:
+        handling.held = None
+        for _, envelope in held:
+            envelope.plan.bus.settled()
+
+
+def release(handling: Handling) -> None:
+    """Deliver, in order, what a handler sent; never block the releasing actor."""
+    held = handling.held
+    assert held is not None
+    handling.held = None
+    for index, (endpoint, envelope) in enumerate(held):
+        ref = endpoint.pick(envelope.message)
+        try:
+            ref.tell_nowait(envelope)
+        except MailboxFull:
+            # Full: the rest goes out in order from a task of the bus, so
+            # this actor (which may be the target) is never blocked.
+            envelope.plan.bus.release_later(held[index:])
+            return
+        except ActorStopped:
+            pass  # recorded as a dead letter (and settled) by the refusal
+
+
+async def tell_in_order(items: list[tuple[EndpointRuntime, Envelope]]) -> None:
+    """Deliver held messages that found a full mailbox, waiting for room."""
+    for endpoint, envelope in items:
+        ref: ActorRef = endpoint.pick(envelope.message)
+        try:
+            await ref.tell(envelope)
+        except ActorStopped:
+            pass
+        except MailboxFull as exc:
+            ref_path = ref.path
+            envelope.plan.bus.dead_letters.record(
+                envelope, ref_path, DeadLetterReason.UNDELIVERABLE, exc
+            )

@@ -1,0 +1,137 @@
+"""``Module``: a named group of handler bindings, built fluently."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Self, final
+
+import attrs
+
+from .._errors import (
+    EventHandlerAlreadyRegistered,
+    ModuleFrozen,
+    PipelineBehaviorAlreadyRegistered,
+    RequestHandlerAlreadyRegistered,
+)
+from ._handlers import Callee
+from ._messages import Identity, binding_identity, describe
+
+
+@final
+@attrs.frozen
+class RequestBinding:
+    """One request (or command) bound to its one handler."""
+
+    identity: Identity
+    target: type | str
+    handler: Callee
+    behaviors: tuple[Callee, ...]
+    module: Module
+
+
+@final
+@attrs.frozen
+class EventBinding:
+    """One event bound to one of its handlers."""
+
+    identity: Identity
+    target: type | str
+    handler: Callee
+    behaviors: tuple[Callee, ...]
+    module: Module
+
+
+def _behaviors(target: object, behaviors: Iterable[object]) -> tuple[Callee, ...]:
+    callees: list[Callee] = []
+    for behavior in behaviors:
+        callee = Callee(behavior)
+        if callee in callees:
+            raise PipelineBehaviorAlreadyRegistered(
+                f"behavior {callee.label} is bound twice for {describe(target)}: bind it once"
+            )
+        callees.append(callee)
+    return tuple(callees)
+
+
+@final
+class Module:
+    """A named group of bindings: ``Module("orders").bind_request(T, H).bind_event(E, [H1, H2])``.
+
+    A module freezes when a bus starts with it; binding afterwards raises
+    :class:`ModuleFrozen`.
+    """
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a module name is a non-empty string, got {name!r}")
+        self.name = name
+        self.requests: dict[Identity, RequestBinding] = {}
+        self.events: dict[Identity, list[EventBinding]] = {}
+        self.frozen = False
+
+    def _check_open(self) -> None:
+        if self.frozen:
+            raise ModuleFrozen(
+                f"module {self.name!r} is in use by a running bus: bind before open_bus"
+            )
+
+    def bind_request(
+        self,
+        request: type | str,
+        handler: object,
+        *,
+        behaviors: Iterable[object] = (),
+        version: int | None = None,
+    ) -> Self:
+        """Bind the one handler of a request or command (a class or a message name).
+
+        Raises:
+            RequestHandlerAlreadyRegistered: this module already binds one.
+            PipelineBehaviorAlreadyRegistered: a behavior is listed twice.
+        """
+        self._check_open()
+        identity = binding_identity(request, version)
+        if identity in self.requests:
+            raise RequestHandlerAlreadyRegistered(
+                f"{describe(request)} (version {identity[1]}) already has the handler "
+                f"{self.requests[identity].handler.label} in module {self.name!r}: "
+                "a request has exactly one handler"
+            )
+        self.requests[identity] = RequestBinding(
+            identity, request, Callee(handler), _behaviors(request, behaviors), self
+        )
+        return self
+
+    def bind_event(
+        self,
+        event: type | str,
+        handlers: Iterable[object],
+        *,
+        behaviors: Iterable[object] = (),
+        version: int | None = None,
+    ) -> Self:
+        """Subscribe ``handlers`` to an event (a class or a message name).
+
+        Raises:
+            EventHandlerAlreadyRegistered: a handler is bound twice for this event.
+            PipelineBehaviorAlreadyRegistered: a behavior is listed twice.
+        """
+        self._check_open()
+        identity = binding_identity(event, version)
+        bound = self.events.setdefault(identity, [])
+        chain = _behaviors(event, behaviors)
+        for handler in handlers:
+            callee = Callee(handler)
+            if any(b.handler == callee for b in bound):
+                raise EventHandlerAlreadyRegistered(
+                    f"{callee.label} is already subscribed to {describe(event)} in module "
+                    f"{self.name!r}: subscribe it once"
+                )
+            bound.append(EventBinding(identity, event, callee, chain, self))
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"<Module {self.name!r} requests={len(self.requests)} "
+            f"events={sum(len(v) for v in self.events.values())}>"
+        )

@@ -1,0 +1,364 @@
+"""``open_bus``: wire modules, endpoints and routes, then run the bus.
+
+Wiring is checked as a whole before any endpoint starts: every mistake is
+reported in one :class:`WiringError`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import final
+
+import trio
+
+from .._errors import PipelineBehaviorAlreadyRegistered, WiringError
+from ..mailbox import MailboxSpec
+from ..supervision import ActorSystem, SupervisorRef
+from ._bus import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INVOKE_TIMEOUT, MessageBus
+from ._context import default_id_factory
+from ._endpoint import EndpointActor
+from ._handlers import Callee
+from ._messages import Identity, NameDetector, describe, is_command, type_name
+from ._module import EventBinding, Module, RequestBinding
+from ._plans import EndpointRuntime, Kind, Plan, Step
+from ._routing import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_REQUEST_ENDPOINT,
+    Endpoint,
+    Route,
+    default_endpoints,
+)
+
+
+def _actor_name(uri: str) -> str:
+    return uri.replace("/", "%2F")
+
+
+@final
+class _Wiring:
+    """The checked configuration: endpoints, bindings and routes."""
+
+    def __init__(
+        self,
+        modules: Sequence[Module],
+        endpoints: Iterable[Endpoint],
+        routing: Iterable[Route],
+        pipeline: Iterable[object],
+    ) -> None:
+        problems: list[str] = []
+        self.modules = list(modules)
+        self.endpoints = default_endpoints()
+        declared: set[str] = set()
+        for endpoint in endpoints:
+            if not isinstance(endpoint, Endpoint):
+                problems.append(f"{endpoint!r} is not an endpoint: declare it with local_queue()")
+                continue
+            if endpoint.uri in declared:
+                problems.append(f"endpoint {endpoint.uri!r} is declared twice")
+            declared.add(endpoint.uri)
+            self.endpoints[endpoint.uri] = endpoint
+        self.pipeline: list[Callee] = []
+        for behavior in pipeline:
+            callee = Callee(behavior)
+            if callee in self.pipeline:
+                raise PipelineBehaviorAlreadyRegistered(
+                    f"global behavior {callee.label} is listed twice in pipeline=: list it once"
+                )
+            self.pipeline.append(callee)
+        self.requests: dict[Identity, RequestBinding] = {}
+        self.events: dict[Identity, list[EventBinding]] = {}
+        self._check_modules(problems)
+        self.type_routes: dict[str, str] = {}
+        self.module_routes: dict[int, str] = {}
+        self._check_routes(routing, problems)
+        if problems:
+            raise WiringError(problems)
+
+    def _check_modules(self, problems: list[str]) -> None:
+        names: set[str] = set()
+        classes: dict[Identity, type] = {}
+        for module in self.modules:
+            if not isinstance(module, Module):
+                problems.append(f"{module!r} is not a Module")
+                continue
+            if module.name in names:
+                problems.append(f"two modules are named {module.name!r}")
+            names.add(module.name)
+            bindings: list[RequestBinding | EventBinding] = list(module.requests.values())
+            for subscribers in module.events.values():
+                bindings.extend(subscribers)
+            for binding in bindings:
+                if isinstance(binding.target, type):
+                    seen = classes.setdefault(binding.identity, binding.target)
+                    if seen is not binding.target:
+                        problems.append(
+                            f"{describe(seen)} and {describe(binding.target)} share the identity "
+                            f"{binding.identity}: give one its own message_name or version"
+                        )
+            for identity, request in module.requests.items():
+                if identity in self.requests:
+                    other = self.requests[identity]
+                    problems.append(
+                        f"{describe(request.target)} has a handler in module "
+                        f"{other.module.name!r} ({other.handler.label}) and in "
+                        f"{module.name!r} ({request.handler.label}): "
+                        "a request has exactly one handler"
+                    )
+                    continue
+                if identity in self.events:
+                    problems.append(f"{identity[0]!r} is bound both as a request and as an event")
+                self.requests[identity] = request
+            for identity, subscribers in module.events.items():
+                if identity in self.requests:
+                    problems.append(f"{identity[0]!r} is bound both as a request and as an event")
+                self.events.setdefault(identity, []).extend(subscribers)
+
+    def _check_routes(self, routing: Iterable[Route], problems: list[str]) -> None:
+        bound_names = {identity[0] for identity in (*self.requests, *self.events)}
+        for route in routing:
+            if not isinstance(route, Route):
+                problems.append(f"{route!r} is not a route: use route(T).to(uri)")
+                continue
+            if route.uri not in self.endpoints:
+                problems.append(
+                    f"a route goes to {route.uri!r}, which is not declared: add "
+                    f"local_queue({route.uri!r}) to endpoints="
+                )
+            if route.module is not None:
+                if all(route.module is not m for m in self.modules):
+                    problems.append(
+                        f"route_module({route.module.name!r}) names a module the bus was not given"
+                    )
+                key = id(route.module)
+                if key in self.module_routes and self.module_routes[key] != route.uri:
+                    problems.append(f"module {route.module.name!r} is routed to two endpoints")
+                self.module_routes[key] = route.uri
+                continue
+            assert route.message_type is not None
+            name = (
+                route.message_type
+                if isinstance(route.message_type, str)
+                else type_name(route.message_type)
+            )
+            if name not in bound_names:
+                problems.append(
+                    f"{describe(route.message_type)} is routed to {route.uri!r} but no module "
+                    "binds a handler for it"
+                )
+            if name in self.type_routes and self.type_routes[name] != route.uri:
+                problems.append(f"{describe(route.message_type)} is routed to two endpoints")
+            self.type_routes[name] = route.uri
+
+    def endpoint_for(
+        self, identity: Identity, module: Module, target: type | str, event: bool
+    ) -> str:
+        uri = self.type_routes.get(identity[0]) or self.module_routes.get(id(module))
+        if uri is not None:
+            return uri
+        if event or is_command(target):
+            return DEFAULT_ENDPOINT
+        return DEFAULT_REQUEST_ENDPOINT
+
+
+async def _start_endpoints(
+    bus: MessageBus, supervisor: SupervisorRef, wiring: _Wiring
+) -> dict[str, EndpointRuntime]:
+    runtimes: dict[str, EndpointRuntime] = {}
+    for spec in wiring.endpoints.values():
+        mailbox = MailboxSpec(capacity=spec.capacity, overflow=spec.overflow)
+        name = _actor_name(spec.uri)
+
+        def factory(
+            spec: Endpoint = spec, path: str = f"{supervisor.path}/{name}"
+        ) -> EndpointActor:
+            return EndpointActor(bus, spec, path)
+
+        if spec.partition_by is None:
+            refs = [
+                await supervisor.spawn(
+                    factory,
+                    name=name,
+                    mailbox=mailbox,
+                    max_concurrency=spec.max_concurrency,
+                    shutdown=spec.shutdown,
+                )
+            ]
+        else:
+            refs = [
+                await supervisor.spawn(
+                    factory, name=f"{name}#{index}", mailbox=mailbox, shutdown=spec.shutdown
+                )
+                for index in range(spec.max_concurrency)
+            ]
+        runtimes[spec.uri] = EndpointRuntime(spec, refs)
+    return runtimes
+
+
+def _make_plans(bus: MessageBus, wiring: _Wiring) -> None:
+    endpoints = bus.endpoints
+    for identity, binding in wiring.requests.items():
+        uri = wiring.endpoint_for(identity, binding.module, binding.target, event=False)
+        step = Step(binding.handler, (*wiring.pipeline, *binding.behaviors))
+        bus._requests[identity] = Plan(
+            bus, identity[0], identity[1], Kind.REQUEST, endpoints[uri], [step]
+        )
+    for identity, subscribers in wiring.events.items():
+        grouped: dict[str, list[Step]] = {}
+        for subscriber in subscribers:
+            uri = wiring.endpoint_for(identity, subscriber.module, subscriber.target, event=True)
+            grouped.setdefault(uri, []).append(
+                Step(subscriber.handler, (*wiring.pipeline, *subscriber.behaviors))
+            )
+        bus._events[identity] = tuple(
+            Plan(bus, identity[0], identity[1], Kind.EVENT, endpoints[uri], steps)
+            for uri, steps in grouped.items()
+        )
+
+
+@final
+class BusRunner:
+    """The ``async with`` of :func:`open_bus`."""
+
+    def __init__(
+        self,
+        modules: Sequence[Module],
+        *,
+        endpoints: Iterable[Endpoint],
+        routing: Iterable[Route],
+        pipeline: Iterable[object],
+        system: ActorSystem | None,
+        name: str,
+        name_detector: NameDetector | None,
+        collect_listener_exceptions: bool,
+        drain_timeout: float,
+        invoke_timeout: float | None,
+        id_factory: Callable[[], str] | None,
+        rng: random.Random | None,
+    ) -> None:
+        self._wiring = _Wiring(modules, endpoints, routing, pipeline)
+        self._system = system
+        self._own_system: ActorSystem | None = None
+        self._name = name
+        self._detector = name_detector
+        self._collect = collect_listener_exceptions
+        self._drain_timeout = drain_timeout
+        self._invoke_timeout = invoke_timeout
+        self._id_factory = id_factory
+        self._rng = rng
+        self._bus: MessageBus | None = None
+        self._supervisor: SupervisorRef | None = None
+        self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
+
+    async def __aenter__(self) -> MessageBus:
+        system = self._system
+        if system is None:
+            system = self._own_system = ActorSystem("triobus", max_restarts=10, within=5.0)
+            await system.__aenter__()
+        try:
+            return await self._start(system)
+        except BaseException as exc:
+            if self._own_system is not None:
+                await self._own_system.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    async def _start(self, system: ActorSystem) -> MessageBus:
+        for module in self._wiring.modules:
+            module.frozen = True
+        bus = self._bus = MessageBus(
+            dead_letters=system.dead_letters,
+            rng=self._rng or system._runtime.random,
+            id_factory=self._id_factory or default_id_factory(),
+            name_detector=self._detector,
+            collect_listener_exceptions=self._collect,
+            invoke_timeout=self._invoke_timeout,
+        )
+        self._supervisor = await system.spawn_supervisor(self._name, max_restarts=10, within=5.0)
+        manager = self._nursery_manager = trio.open_nursery()
+        bus._nursery = await manager.__aenter__()
+        bus.endpoints = await _start_endpoints(bus, self._supervisor, self._wiring)
+        _make_plans(bus, self._wiring)
+        bus._open = True
+        return bus
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        bus, supervisor, manager = self._bus, self._supervisor, self._nursery_manager
+        assert bus is not None and supervisor is not None and manager is not None
+        try:
+            if exc is None:
+                with trio.move_on_after(self._drain_timeout):
+                    await bus.wait_quiet()
+            bus._open = False
+            if exc is None:
+                await supervisor.stop()
+            else:
+                supervisor._cell.cancel()
+        finally:
+            bus._open = False
+            await manager.__aexit__(None, None, None)
+            bus._nursery = None
+            for module in self._wiring.modules:
+                module.frozen = False
+            if self._own_system is not None:
+                await self._own_system.__aexit__(exc_type, exc, tb)
+        return False
+
+
+def open_bus(
+    *modules: Module,
+    endpoints: Iterable[Endpoint] = (),
+    routing: Iterable[Route] = (),
+    pipeline: Iterable[object] = (),
+    system: ActorSystem | None = None,
+    name: str = "bus",
+    name_detector: NameDetector | None = None,
+    collect_listener_exceptions: bool = False,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    invoke_timeout: float | None = DEFAULT_INVOKE_TIMEOUT,
+    id_factory: Callable[[], str] | None = None,
+    rng: random.Random | None = None,
+) -> BusRunner:
+    """Wire ``modules`` and run a bus: ``async with open_bus(orders) as bus: ...``.
+
+    Args:
+        endpoints: declared endpoints (see :func:`local_queue`); ``"default"``
+            (commands and events, in order) and ``"requests"`` (up to 100
+            requests at once) exist unless redeclared.
+        routing: ``route(T).to(uri)`` and ``route_module(M).to(uri)``.
+        pipeline: global behaviors, the first outermost, around every handler.
+        system: run the endpoints under this actor system (else a private one).
+        name: the name of the bus's supervisor under the system's root.
+        name_detector: names messages first; ``None`` falls back to the default rule.
+        collect_listener_exceptions: ``publish`` runs every handler as an ask,
+            waits for all and raises one ``ExceptionGroup`` of the failures.
+        drain_timeout: how long leaving the block waits for the bus to be quiet.
+        invoke_timeout: the default ``invoke`` timeout (``None``: none).
+        id_factory: makes message ids (default: random prefix and counter).
+
+    Raises:
+        WiringError: every wiring mistake, at once, before anything starts.
+    """
+    if not drain_timeout >= 0 or math.isnan(drain_timeout):
+        raise ValueError(f"drain_timeout must be >= 0 seconds, got {drain_timeout!r}")
+    return BusRunner(
+        modules,
+        endpoints=endpoints,
+        routing=routing,
+        pipeline=pipeline,
+        system=system,
+        name=name,
+        name_detector=name_detector,
+        collect_listener_exceptions=collect_listener_exceptions,
+        drain_timeout=drain_timeout,
+        invoke_timeout=invoke_timeout,
+        id_factory=id_factory,
+        rng=rng,
+    )
