@@ -23,6 +23,7 @@ from .._errors import (
     RequestHandlerNotFound,
     TriobusError,
 )
+from ..actors import ActorRef
 from ..mailbox import DeadLetterReason, DeadLetters
 from ._context import Envelope, Handling, current_handling
 from ._endpoint import hold, release, run_step, tell_in_order
@@ -35,6 +36,7 @@ from ._messages import (
     message_version,
 )
 from ._plans import EndpointRuntime, Failed, Kind, Plan, Step
+from ._probe import Probe
 from ._plugins import DispatchEvent, DispatchKind, Phase, Plugin, PluginHandle, Plugins
 from ._routing import (
     DEFAULT_ENDPOINT,
@@ -97,6 +99,8 @@ class MessageBus:
         self._quiet: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
         self._open = False
+        #: The testing kit's observer and fault injector; ``None`` in production.
+        self._probe: Probe | None = None
 
     # ------------------------------------------------------------ accounting
 
@@ -124,13 +128,14 @@ class MessageBus:
             await self._quiet.wait()
 
     def release_later(self, items: list[tuple[EndpointRuntime, Envelope]]) -> None:
+        """Deliver held messages, in order, from a task of the bus."""
         if self._nursery is None:
             for _, envelope in items:
                 self.dead_letters.record(
                     envelope, envelope.plan.endpoint.uri, DeadLetterReason.UNDELIVERABLE
                 )
             return
-        self._nursery.start_soon(tell_in_order, items)
+        self._nursery.start_soon(tell_in_order, items, self._probe)
 
     # ------------------------------------------------------------ lookups
 
@@ -232,6 +237,8 @@ class MessageBus:
             reply_to,
         )
         envelope.asked = True
+        if self._probe is not None:
+            self._probe.dispatched(DispatchKind.INVOKE, envelope)
         return await self._ask(plan, envelope, timeout, handling)
 
     async def _ask(
@@ -292,17 +299,44 @@ class MessageBus:
             return
         plan = self._request_cache.get(type(command)) or self._request_plan(command, NoRouteError)
         handling = current_handling.get()
-        if handling is None:
-            envelope = Envelope(command, plan, None, headers, correlation_id, reply_to)
-            ref = plan.ref or plan.endpoint.pick(command)
-            try:
-                ref._send_nowait(envelope)
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                await ref.tell(envelope)
-            self._inflight += 1
-        else:
+        if handling is not None:
             envelope = Envelope(command, plan, handling.envelope, headers, correlation_id, reply_to)
             hold(handling, plan.endpoint, envelope)
+            if self._probe is not None:
+                self._probe.dispatched(DispatchKind.SEND, envelope)
+            return
+        envelope = Envelope(command, plan, None, headers, correlation_id, reply_to)
+        if self._probe is not None:
+            self._probe.dispatched(DispatchKind.SEND, envelope)
+            await self._probe.deliver(plan.endpoint, envelope)
+            return
+        ref = plan.ref or plan.endpoint.pick(command)
+        self._inflight += 1
+        try:
+            ref._send_nowait(envelope)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            await self._tell_waiting(ref, envelope)
+
+    async def tell(self, endpoint: EndpointRuntime, envelope: Envelope) -> None:
+        """Put ``envelope`` in its endpoint (counted in flight until settled)."""
+        ref = endpoint.pick(envelope.message)
+        self._inflight += 1
+        try:
+            ref._send_nowait(envelope)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            await self._tell_waiting(ref, envelope)
+
+    async def _tell_waiting(self, ref: ActorRef, envelope: Envelope) -> None:
+        # The slow path of a tell already counted in flight: a refusal by a
+        # stopped endpoint is a dead letter, which settles it; anything else
+        # that keeps the message out settles it here.
+        try:
+            await ref.tell(envelope)
+        except ActorStopped:
+            raise
+        except BaseException:
+            self.settled()
+            raise
 
     # ------------------------------------------------------------ publish
 
@@ -338,6 +372,7 @@ class MessageBus:
             return
         handling = current_handling.get()
         parent = None if handling is None else handling.envelope
+        probe = self._probe
         first: Envelope | None = None
         refused: list[str] = []
         for plan in plans:
@@ -348,19 +383,18 @@ class MessageBus:
                 # One published event is one message with one id.
                 envelope._id = first.message_id
                 envelope._correlation_id = first.correlation_id
+            if probe is not None:
+                probe.dispatched(DispatchKind.PUBLISH, envelope)
             if handling is not None:
                 hold(handling, plan.endpoint, envelope)
                 continue
-            ref = plan.ref or plan.endpoint.pick(event)
             try:
-                ref._send_nowait(envelope)
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                try:
-                    await ref.tell(envelope)
-                except (ActorStopped, MailboxFull):
-                    refused.append(plan.endpoint.uri)
-                    continue
-            self._inflight += 1
+                if probe is not None:
+                    await probe.deliver(plan.endpoint, envelope)
+                else:
+                    await self.tell(plan.endpoint, envelope)
+            except (ActorStopped, MailboxFull):
+                refused.append(plan.endpoint.uri)
         if refused:
             raise PublishError(
                 f"{default_message_name(event)!r} was refused by endpoint(s) {refused}; "
@@ -465,8 +499,7 @@ class MessageBus:
             elif handling is not None:
                 hold(handling, plan.endpoint, envelope)
             else:
-                await plan.endpoint.pick(message).tell(envelope)
-                self._inflight += 1
+                await self.tell(plan.endpoint, envelope)
         return results[0] if results else None
 
     def _plugin_plans(self, event: DispatchEvent, message: object) -> tuple[Plan, ...]:

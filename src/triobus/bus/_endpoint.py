@@ -17,12 +17,13 @@ import attrs
 import trio
 
 from .._errors import ActorStopped, HandlerNotLocated, MailboxFull
-from ..actors import Actor, ActorRef
+from ..actors import Actor
 from ..mailbox import DeadLetterReason
 from ._context import Envelope, Handling, current_handling
 from ._handlers import Callee, call_handler, run_pipeline
 from ._plans import EndpointRuntime, Failed, Step
 from ._plugins import DispatchEvent, Phase
+from ._probe import Probe
 from ._routing import Endpoint
 
 if TYPE_CHECKING:
@@ -55,10 +56,19 @@ class EndpointActor(Actor):
         if envelope.dispatch is not None:
             return await self._receive_with_plugins(envelope, envelope.dispatch, handling)
         if envelope.asked:
+            probe = self.bus._probe
+            step = envelope.plan.steps[0]
             try:
-                result = await run_step(envelope.plan.steps[0], envelope.message)
+                if probe is not None:
+                    probe.before_handle(envelope, step, self.path)
+                result = await run_step(step, envelope.message)
             except Exception as exc:
+                drop_held(handling)
+                if probe is not None:
+                    probe.failed(envelope, step, self.path, exc, False)
                 return Failed(exc)
+            if probe is not None:
+                probe.handled(envelope, step, self.path)
             if handling.held:
                 release(handling)
             return result
@@ -125,16 +135,21 @@ class EndpointActor(Actor):
         event: DispatchEvent | None = None,
     ) -> None:
         policy = self.spec.retry
+        probe = self.bus._probe
         attempt = 1
         while True:
             envelope.attempt = attempt
             try:
+                if probe is not None:
+                    probe.before_handle(envelope, step, self.path)
                 if event is None:
                     await run_step(step, envelope.message)
                 else:
                     await self._attempt_with_plugins(event, step, envelope)
             except Exception as exc:
                 drop_held(handling)
+                if probe is not None:
+                    probe.failed(envelope, step, self.path, exc, attempt <= policy.retries)
                 logger.warning(
                     "%s failed on %s id=%s at %s (attempt %d of %d): %r",
                     step.label,
@@ -162,6 +177,8 @@ class EndpointActor(Actor):
                     await trio.sleep(policy.backoff.delay(attempt - 1, self.bus.random))
                 attempt += 1
                 continue
+            if probe is not None:
+                probe.handled(envelope, step, self.path)
             if handling.held:
                 release(handling)
             return
@@ -189,6 +206,10 @@ def release(handling: Handling) -> None:
     held = handling.held
     assert held is not None
     handling.held = None
+    bus = held[0][1].plan.bus
+    if bus._probe is not None:
+        bus.release_later(held)
+        return
     for index, (endpoint, envelope) in enumerate(held):
         ref = endpoint.pick(envelope.message)
         try:
@@ -196,22 +217,25 @@ def release(handling: Handling) -> None:
         except MailboxFull:
             # Full: the rest goes out in order from a task of the bus, so
             # this actor (which may be the target) is never blocked.
-            envelope.plan.bus.release_later(held[index:])
+            bus.release_later(held[index:])
             return
         except ActorStopped:
             pass  # recorded as a dead letter (and settled) by the refusal
 
 
-async def tell_in_order(items: list[tuple[EndpointRuntime, Envelope]]) -> None:
-    """Deliver held messages that found a full mailbox, waiting for room."""
+async def tell_in_order(
+    items: list[tuple[EndpointRuntime, Envelope]], probe: Probe | None = None
+) -> None:
+    """Deliver held messages in order, waiting for room (already counted in flight)."""
     for endpoint, envelope in items:
-        ref: ActorRef = endpoint.pick(envelope.message)
+        bus = envelope.plan.bus
+        bus.settled()  # bus.tell and the probe count it again
         try:
-            await ref.tell(envelope)
+            if probe is not None:
+                await probe.deliver(endpoint, envelope)
+            else:
+                await bus.tell(endpoint, envelope)
         except ActorStopped:
             pass
         except MailboxFull as exc:
-            ref_path = ref.path
-            envelope.plan.bus.dead_letters.record(
-                envelope, ref_path, DeadLetterReason.UNDELIVERABLE, exc
-            )
+            bus.dead_letters.record(envelope, endpoint.uri, DeadLetterReason.UNDELIVERABLE, exc)
