@@ -56,6 +56,7 @@ from .bus import RetryPolicy as RetryPolicy
 from .bus import Route as Route
 from .bus import TransactionalBehavior as TransactionalBehavior
 from .bus import UnitOfWork as UnitOfWork
+from .bus import current_bus as current_bus
 from .bus import current_context as current_context
 from .bus import default_message_name as default_message_name
 from .bus import local_queue as local_queue
@@ -153,6 +154,7 @@ __all__ = [
     "Route",
     "TransactionalBehavior",
     "UnitOfWork",
+    "current_bus",
     "current_context",
     "default_message_name",
     "local_queue",

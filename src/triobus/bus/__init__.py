@@ -6,6 +6,7 @@ from ._bus import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 from ._bus import DEFAULT_INVOKE_TIMEOUT as DEFAULT_INVOKE_TIMEOUT
 from ._bus import MessageBus as MessageBus
 from ._context import MessageContext as MessageContext
+from ._context import current_bus as current_bus
 from ._context import current_context as current_context
 from ._handlers import EventHandler as EventHandler
 from ._handlers import Next as Next
@@ -66,6 +67,7 @@ __all__ = [
     "Route",
     "TransactionalBehavior",
     "UnitOfWork",
+    "current_bus",
     "current_context",
     "default_message_name",
     "local_queue",

@@ -36,8 +36,8 @@ from ._messages import (
     message_version,
 )
 from ._plans import EndpointRuntime, Failed, Kind, Plan, Step
-from ._probe import Probe
 from ._plugins import DispatchEvent, DispatchKind, Phase, Plugin, PluginHandle, Plugins
+from ._probe import Probe
 from ._routing import (
     DEFAULT_ENDPOINT,
     DEFAULT_REQUEST_ENDPOINT,

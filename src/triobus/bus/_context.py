@@ -21,6 +21,7 @@ import attrs
 from ..mailbox import Carrier, DeadLetterReason
 
 if TYPE_CHECKING:
+    from ._bus import MessageBus
     from ._plans import Plan
     from ._plugins import DispatchEvent
 
@@ -113,6 +114,22 @@ class Envelope(Carrier):
             self._correlation_id = self.message_id
         return self._correlation_id
 
+    def duplicate(self) -> Envelope:
+        """A second delivery of the same message: same id and context, fresh progress."""
+        copy = Envelope.__new__(Envelope)
+        copy.message = self.message
+        copy.plan = self.plan
+        copy._id = self.message_id
+        copy._correlation_id = self.correlation_id
+        copy.causation_id = self.causation_id
+        copy.headers = self.headers
+        copy.reply_to = self.reply_to
+        copy.progress = 0
+        copy.attempt = 1
+        copy.asked = self.asked
+        copy.dispatch = self.dispatch
+        return copy
+
     def context(self) -> MessageContext:
         return MessageContext(
             message_id=self.message_id,
@@ -153,3 +170,18 @@ def current_context() -> MessageContext | None:
     """The context of the message whose handler is running here, or ``None``."""
     handling = current_handling.get()
     return None if handling is None else handling.envelope.context()
+
+
+def current_bus() -> MessageBus:
+    """The bus whose handler is running here: send, invoke or publish on it.
+
+    Raises:
+        RuntimeError: no handler of a bus is running in this task.
+    """
+    handling = current_handling.get()
+    if handling is None:
+        raise RuntimeError(
+            "current_bus() works inside a bus handler (or behavior) only: pass the bus "
+            "to code that runs elsewhere"
+        )
+    return handling.envelope.plan.bus

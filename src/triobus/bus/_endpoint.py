@@ -51,6 +51,8 @@ class EndpointActor(Actor):
 
     async def receive(self, message: Any) -> Any:
         envelope: Envelope = message
+        if self.bus._probe is not None:
+            self.bus._probe.before_receive(envelope, self.path)
         handling = Handling(envelope)
         current_handling.set(handling)
         if envelope.dispatch is not None:

@@ -23,6 +23,9 @@ class Probe(Protocol):
     async def deliver(self, endpoint: EndpointRuntime, envelope: Envelope) -> None:
         """Put ``envelope`` into ``endpoint`` (via ``bus.tell``), maybe with a fault."""
 
+    def before_receive(self, envelope: Envelope, endpoint: str) -> None:
+        """An endpoint actor took ``envelope``; raising here crashes the actor."""
+
     def before_handle(self, envelope: Envelope, step: Step, endpoint: str) -> None:
         """A handler is about to run; raising here fails this attempt."""
 

@@ -1,0 +1,272 @@
+"""Tracked sessions: record everything a bus does, and wait until it is quiet."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, final
+
+import trio
+
+from ..bus import DispatchKind, MessageBus
+from ..bus._context import Envelope
+from ..bus._plans import EndpointRuntime, Step
+from ..mailbox import DeadLetter
+from ._records import QuietTimeout, Record, RecordKind
+
+if TYPE_CHECKING:
+    from ._faults import FaultInjector
+
+#: How long :meth:`TrackedSession.wait_quiet` waits by default, in seconds.
+DEFAULT_QUIET_TIMEOUT = 10.0
+
+
+_DISPATCH_KINDS = {
+    DispatchKind.SEND: RecordKind.SENT,
+    DispatchKind.INVOKE: RecordKind.INVOKED,
+    DispatchKind.PUBLISH: RecordKind.PUBLISHED,
+}
+
+
+def _matches(record: Record, message_type: type | str | None) -> bool:
+    if message_type is None:
+        return True
+    if isinstance(message_type, str):
+        return record.message_name == message_type
+    return isinstance(record.message, message_type)
+
+
+@final
+class TrackedSession:
+    """Everything one bus did while the session was open (see :func:`tracked`).
+
+    The bus reports each dispatch, delivery, handling and failure to it
+    through its probe, and dead letters arrive by subscription.
+    """
+
+    def __init__(
+        self,
+        bus: MessageBus,
+        faults: FaultInjector | None = None,
+        quiet_timeout: float = DEFAULT_QUIET_TIMEOUT,
+    ) -> None:
+        self.bus = bus
+        self.faults = faults
+        self.quiet_timeout = quiet_timeout
+        #: Every record, in the order it happened.
+        self.records: list[Record] = []
+
+    # ------------------------------------------------------------ recording
+
+    def record(
+        self,
+        kind: RecordKind,
+        envelope: Envelope,
+        *,
+        endpoint: str | None = None,
+        handler: str | None = None,
+        attempt: int | None = None,
+        exception: BaseException | None = None,
+        **detail: Any,
+    ) -> None:
+        """Add a record about ``envelope`` (used by the bus probe and fault injector)."""
+        self.records.append(
+            Record(
+                kind=kind,
+                message=envelope.message,
+                message_name=envelope.plan.name,
+                message_id=envelope.message_id,
+                correlation_id=envelope.correlation_id,
+                causation_id=envelope.causation_id,
+                endpoint=endpoint,
+                handler=handler,
+                attempt=attempt,
+                exception=exception,
+                time=trio.current_time(),
+                detail=detail,
+            )
+        )
+
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        context = dict(letter.context or {})
+        self.records.append(
+            Record(
+                kind=RecordKind.DEAD_LETTERED,
+                message=letter.message,
+                message_name=context.get("message_name"),
+                message_id=context.get("message_id"),
+                correlation_id=context.get("correlation_id"),
+                causation_id=context.get("causation_id"),
+                endpoint=letter.recipient,
+                handler=context.get("handler"),
+                attempt=context.get("attempts"),
+                exception=letter.exception,
+                time=letter.time or 0.0,
+                detail={"reason": letter.reason},
+            )
+        )
+
+    # ------------------------------------------------------------ waiting
+
+    async def wait_quiet(self, timeout: float | None = None) -> None:
+        """Return once no message is in flight anywhere on the bus.
+
+        In flight means queued, being handled, held by a handler, waiting
+        for a retry, or delayed or held back by an injected fault: cascades
+        a handler starts are waited for too.
+
+        Raises:
+            QuietTimeout: still busy after ``timeout`` seconds (default
+                :attr:`quiet_timeout`); an ``AssertionError``, so the test fails.
+        """
+        limit = self.quiet_timeout if timeout is None else timeout
+        with trio.move_on_after(limit) as scope:
+            await self.bus.wait_quiet()
+        if scope.cancelled_caught:
+            last = [f"{r.kind} {r.message_name}" for r in self.records[-5:]]
+            raise QuietTimeout(
+                f"the bus was not quiet after {limit} s: {self.bus.in_flight} message(s) "
+                f"still in flight; the last records: {last}"
+            )
+
+    # ------------------------------------------------------------ queries
+
+    def of_kind(self, kind: RecordKind, message_type: type | str | None = None) -> list[Record]:
+        """The records of ``kind`` (about ``message_type``, a class or a name, if given)."""
+        return [r for r in self.records if r.kind is kind and _matches(r, message_type)]
+
+    def messages(self, kind: RecordKind, message_type: type | str | None = None) -> list[Any]:
+        """The messages of the records of ``kind``, in order."""
+        return [r.message for r in self.of_kind(kind, message_type)]
+
+    def sent(self, message_type: type | str | None = None) -> list[Record]:
+        return self.of_kind(RecordKind.SENT, message_type)
+
+    def invoked(self, message_type: type | str | None = None) -> list[Record]:
+        return self.of_kind(RecordKind.INVOKED, message_type)
+
+    def published(self, message_type: type | str | None = None) -> list[Record]:
+        return self.of_kind(RecordKind.PUBLISHED, message_type)
+
+    def handled(self, message_type: type | str | None = None) -> list[Record]:
+        return self.of_kind(RecordKind.HANDLED, message_type)
+
+    def failed(self, message_type: type | str | None = None) -> list[Record]:
+        return self.of_kind(RecordKind.FAILED, message_type)
+
+    def retried(self, message_type: type | str | None = None) -> list[Record]:
+        return self.of_kind(RecordKind.RETRIED, message_type)
+
+    def faults_injected(self) -> list[Record]:
+        """The records of every injected fault, in order."""
+        kinds = {
+            RecordKind.DROPPED,
+            RecordKind.DUPLICATED,
+            RecordKind.DELAYED,
+            RecordKind.REORDERED,
+            RecordKind.CRASHED,
+        }
+        return [r for r in self.records if r.kind in kinds]
+
+    @property
+    def dead_letters(self) -> list[Record]:
+        """The dead letters recorded while the session was open."""
+        return self.of_kind(RecordKind.DEAD_LETTERED)
+
+    def chain(self, correlation_id: str) -> list[Record]:
+        """Every record of one chain of messages."""
+        return [r for r in self.records if r.correlation_id == correlation_id]
+
+    def __repr__(self) -> str:
+        return f"<TrackedSession records={len(self.records)} in_flight={self.bus.in_flight}>"
+
+
+@final
+class _SessionProbe:
+    """The bus's probe: reports what the bus does to a session and its faults."""
+
+    def __init__(self, session: TrackedSession) -> None:
+        self.session = session
+        self.bus = session.bus
+        self.faults = session.faults
+
+    def dispatched(self, kind: DispatchKind, envelope: Envelope) -> None:
+        self.session.record(_DISPATCH_KINDS[kind], envelope, endpoint=envelope.plan.endpoint.uri)
+
+    async def deliver(self, endpoint: EndpointRuntime, envelope: Envelope) -> None:
+        if self.faults is not None:
+            await self.faults.deliver(self.session, endpoint, envelope)
+        else:
+            await self.bus.tell(endpoint, envelope)
+
+    def before_receive(self, envelope: Envelope, endpoint: str) -> None:
+        if self.faults is not None:
+            self.faults.before_receive(self.session, envelope, endpoint)
+
+    def before_handle(self, envelope: Envelope, step: Step, endpoint: str) -> None:
+        if self.faults is not None:
+            self.faults.before_handle(self.session, envelope, step, endpoint)
+
+    def handled(self, envelope: Envelope, step: Step, endpoint: str) -> None:
+        self.session.record(
+            RecordKind.HANDLED,
+            envelope,
+            endpoint=endpoint,
+            handler=step.label,
+            attempt=envelope.attempt,
+        )
+
+    def failed(
+        self, envelope: Envelope, step: Step, endpoint: str, error: Exception, retrying: bool
+    ) -> None:
+        self.session.record(
+            RecordKind.FAILED,
+            envelope,
+            endpoint=endpoint,
+            handler=step.label,
+            attempt=envelope.attempt,
+            exception=error,
+        )
+        if retrying:
+            self.session.record(
+                RecordKind.RETRIED,
+                envelope,
+                endpoint=endpoint,
+                handler=step.label,
+                attempt=envelope.attempt + 1,
+            )
+
+
+@asynccontextmanager
+async def tracked(
+    bus: MessageBus,
+    *,
+    faults: FaultInjector | None = None,
+    quiet_timeout: float = DEFAULT_QUIET_TIMEOUT,
+) -> AsyncIterator[TrackedSession]:
+    """Record everything ``bus`` does inside the block.
+
+    ``faults`` injects drops, duplicates, delays, reorders and crashes. On a
+    normal exit the session waits until the bus is quiet (so nothing leaks
+    into the next session), then detaches.
+
+    Raises:
+        RuntimeError: another session is tracking this bus.
+        QuietTimeout: the bus did not become quiet on exit.
+    """
+    if bus._probe is not None:
+        raise RuntimeError("this bus is tracked by another session already: nest none")
+    if not quiet_timeout > 0 or math.isnan(quiet_timeout):
+        raise ValueError(
+            f"quiet_timeout must be a positive number of seconds, got {quiet_timeout!r}"
+        )
+    session = TrackedSession(bus, faults, quiet_timeout)
+    bus._probe = _SessionProbe(session)
+    unsubscribe = bus.dead_letters.subscribe(session._dead_letter)
+    try:
+        yield session
+        await session.wait_quiet()
+    finally:
+        unsubscribe()
+        bus._probe = None
