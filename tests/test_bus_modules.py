@@ -349,10 +349,6 @@ async def test_a_module_is_reusable_by_a_later_bus() -> None:
         assert await bus.invoke(Ask(2)) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: leaving one bus unfreezes its modules even while another bus still runs them",
-)
 async def test_a_module_stays_frozen_while_any_bus_runs_it() -> None:
     module = Module("shared").bind_request(Ask, handle_ask)
     async with open_bus(module):
@@ -362,10 +358,6 @@ async def test_a_module_stays_frozen_while_any_bus_runs_it() -> None:
             module.bind_request(Do, handle_do)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a bus that fails to start (e.g. its name is taken) leaves its modules frozen",
-)
 async def test_a_bus_that_fails_to_start_leaves_its_modules_unfrozen() -> None:
     module = Module("late")
     async with ActorSystem("app") as system, open_bus(Module("first"), system=system):

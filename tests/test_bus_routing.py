@@ -568,11 +568,6 @@ async def test_a_handler_may_release_more_than_its_own_endpoint_holds(
     assert handled == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a release refused by a full 'fail' endpoint is settled twice "
-    "(in_flight goes negative, wait_quiet returns while messages are still queued)",
-)
 async def test_a_release_refused_by_a_full_endpoint_keeps_wait_quiet_exact() -> None:
     gate = trio.Event()
     started = trio.Event()

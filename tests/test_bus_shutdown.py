@@ -173,11 +173,6 @@ async def test_dispatch_after_the_bus_exited_raises_bus_closed() -> None:
     assert list(bus.dead_letters) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after the bus exits, a message type dispatched before skips the BusClosed "
-    "check (cached plan) and gets ActorStopped / PublishError plus a dead letter",
-)
 async def test_dispatch_of_a_type_used_before_raises_bus_closed_after_exit() -> None:
     async def work(command: Work) -> None:
         pass
@@ -375,11 +370,6 @@ async def test_cancellation_from_outside_stops_at_once_and_never_counts_as_failu
     assert not [d for d in bus.dead_letters if d.reason is DeadLetterReason.FAILED]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cancelling open_bus from outside loses the queued messages: they are never "
-    "dead-lettered (the private system's exit is cut short by the Cancelled group)",
-)
 async def test_cancellation_from_outside_dead_letters_what_is_queued(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -399,11 +389,6 @@ async def test_cancellation_from_outside_dead_letters_what_is_queued(
     assert bus.in_flight == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: over an existing ActorSystem, a cancelled or failing open_bus leaves its "
-    "supervisor and endpoints behind (queued messages not dead-lettered, name still taken)",
-)
 @pytest.mark.parametrize("how", ["cancelled", "failing body"])
 async def test_a_firm_stop_over_an_existing_system_leaves_no_bus_behind(
     how: str, autojump_clock: trio.testing.MockClock

@@ -280,12 +280,6 @@ async def test_cancelling_the_host_nursery_stops_everything_cleanly(
     assert [e for e in log if e[0] == "done"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the host nursery is cancelled, the system's __aexit__ raises the "
-    "nursery's Cancelled group before it finalizes the tree: queued messages are lost "
-    "(not dead-lettered) and the tree still says 'running'",
-)
 async def test_cancelling_the_host_nursery_dead_letters_what_is_queued(
     autojump_clock: MockClock,
 ) -> None:
@@ -339,12 +333,6 @@ async def test_no_task_outlives_the_async_with(autojump_clock: MockClock) -> Non
     assert all_tasks() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a cancellation from outside leaves the async with as a nested "
-    "BaseExceptionGroup of Cancelled from the system's internal nursery, not as the "
-    "bare Cancelled the body raised",
-)
 async def test_cancellation_from_outside_leaves_the_async_with_as_a_bare_cancelled(
     autojump_clock: MockClock,
 ) -> None:

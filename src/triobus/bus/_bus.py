@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar, final, overload
 
+import attrs
 import trio
 
 from .._errors import (
@@ -102,6 +103,14 @@ class MessageBus:
         #: The testing kit's observer and fault injector; ``None`` in production.
         self._probe: Probe | None = None
 
+    def close(self) -> None:
+        """Refuse new dispatches from now on (``BusClosed``)."""
+        self._open = False
+        # Cached plans skip the open check: drop them, so every dispatch
+        # goes through a lookup that raises BusClosed.
+        self._request_cache.clear()
+        self._event_cache.clear()
+
     # ------------------------------------------------------------ accounting
 
     def accepted(self) -> None:
@@ -126,6 +135,23 @@ class MessageBus:
             if self._quiet is None:
                 self._quiet = trio.Event()
             await self._quiet.wait()
+
+    def dead_letter(
+        self,
+        envelope: Envelope,
+        recipient: str,
+        reason: DeadLetterReason,
+        error: BaseException | None = None,
+        **context: Any,
+    ) -> None:
+        """Record ``envelope``'s message as a dead letter without settling it."""
+        self.dead_letters.record(
+            envelope.message,
+            recipient,
+            reason,
+            error,
+            {**attrs.asdict(envelope.context()), **context},
+        )
 
     def release_later(self, items: list[tuple[EndpointRuntime, Envelope]]) -> None:
         """Deliver held messages, in order, from a task of the bus."""

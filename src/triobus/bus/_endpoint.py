@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import trio
 
 from .._errors import ActorStopped, HandlerNotLocated, MailboxFull
@@ -163,16 +162,13 @@ class EndpointActor(Actor):
                     exc,
                 )
                 if attempt > policy.retries:
-                    self.bus.dead_letters.record(
-                        envelope.message,
+                    self.bus.dead_letter(
+                        envelope,
                         self.path,
                         DeadLetterReason.FAILED,
                         exc,
-                        {
-                            **attrs.asdict(envelope.context()),
-                            "handler": step.label,
-                            "attempts": attempt,
-                        },
+                        handler=step.label,
+                        attempts=attempt,
                     )
                     return
                 if policy.backoff is not None:
@@ -229,7 +225,7 @@ async def tell_in_order(
     items: list[tuple[EndpointRuntime, Envelope]], probe: Probe | None = None
 ) -> None:
     """Deliver held messages in order, waiting for room (already counted in flight)."""
-    for endpoint, envelope in items:
+    for index, (endpoint, envelope) in enumerate(items):
         bus = envelope.plan.bus
         bus.settled()  # bus.tell and the probe count it again
         try:
@@ -238,6 +234,12 @@ async def tell_in_order(
             else:
                 await bus.tell(endpoint, envelope)
         except ActorStopped:
-            pass
+            pass  # a dead letter already
         except MailboxFull as exc:
-            bus.dead_letters.record(envelope, endpoint.uri, DeadLetterReason.UNDELIVERABLE, exc)
+            bus.dead_letter(envelope, endpoint.uri, DeadLetterReason.UNDELIVERABLE, exc)
+        except BaseException:
+            # Shutdown: what was not delivered yet is a dead letter, never lost.
+            bus.dead_letter(envelope, endpoint.uri, DeadLetterReason.SHUTDOWN)
+            for later, left in items[index + 1 :]:
+                bus.dead_letters.record(left, later.uri, DeadLetterReason.SHUTDOWN)
+            raise

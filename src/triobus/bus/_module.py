@@ -67,7 +67,18 @@ class Module:
         self.name = name
         self.requests: dict[Identity, RequestBinding] = {}
         self.events: dict[Identity, list[EventBinding]] = {}
-        self.frozen = False
+        self._users = 0
+
+    @property
+    def frozen(self) -> bool:
+        """Whether a running bus uses this module (binding raises then)."""
+        return self._users > 0
+
+    def _freeze(self) -> None:
+        self._users += 1
+
+    def _thaw(self) -> None:
+        self._users -= 1
 
     def _check_open(self) -> None:
         if self.frozen:

@@ -16,6 +16,7 @@ from typing import final
 import trio
 
 from .._errors import PipelineBehaviorAlreadyRegistered, WiringError
+from .._structured import exit_nursery, what_leaves
 from ..mailbox import MailboxSpec
 from ..supervision import ActorSystem, SupervisorRef
 from ._bus import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INVOKE_TIMEOUT, MessageBus
@@ -32,6 +33,9 @@ from ._routing import (
     Route,
     default_endpoints,
 )
+
+#: Seconds a firm stop may take (cancel the endpoints, dead-letter their backlog).
+FIRM_STOP_LIMIT = 5.0
 
 
 def _actor_name(uri: str) -> str:
@@ -252,6 +256,7 @@ class BusRunner:
         self._bus: MessageBus | None = None
         self._supervisor: SupervisorRef | None = None
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._frozen = False
 
     async def __aenter__(self) -> MessageBus:
         system = self._system
@@ -261,13 +266,15 @@ class BusRunner:
         try:
             return await self._start(system)
         except BaseException as exc:
+            await self._undo_start()
             if self._own_system is not None:
                 await self._own_system.__aexit__(type(exc), exc, exc.__traceback__)
             raise
 
     async def _start(self, system: ActorSystem) -> MessageBus:
         for module in self._wiring.modules:
-            module.frozen = True
+            module._freeze()
+        self._frozen = True
         bus = self._bus = MessageBus(
             dead_letters=system.dead_letters,
             rng=self._rng or system._runtime.random,
@@ -284,6 +291,25 @@ class BusRunner:
         bus._open = True
         return bus
 
+    async def _undo_start(self) -> None:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + FIRM_STOP_LIMIT):
+            if self._bus is not None:
+                self._bus.close()
+            if self._supervisor is not None:
+                self._supervisor._cell.cancel()
+                await self._supervisor.stop()
+            if self._nursery_manager is not None:
+                assert self._bus is not None and self._bus._nursery is not None
+                self._bus._nursery.cancel_scope.cancel()
+                await exit_nursery(self._nursery_manager)
+        self._thaw()
+
+    def _thaw(self) -> None:
+        if self._frozen:
+            self._frozen = False
+            for module in self._wiring.modules:
+                module._thaw()
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -292,23 +318,38 @@ class BusRunner:
     ) -> bool | None:
         bus, supervisor, manager = self._bus, self._supervisor, self._nursery_manager
         assert bus is not None and supervisor is not None and manager is not None
+        assert bus._nursery is not None
+        stop_error: BaseException | None = None
         try:
             if exc is None:
                 with trio.move_on_after(self._drain_timeout):
                     await bus.wait_quiet()
-            bus._open = False
-            if exc is None:
+                bus.close()
                 await supervisor.stop()
-            else:
+        except BaseException as error:
+            stop_error = error
+        bus.close()
+        if exc is not None or stop_error is not None:
+            # A firm stop: cancel the endpoints at once, dead-letter their backlog.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + FIRM_STOP_LIMIT):
                 supervisor._cell.cancel()
-        finally:
-            bus._open = False
-            await manager.__aexit__(None, None, None)
-            bus._nursery = None
-            for module in self._wiring.modules:
-                module.frozen = False
-            if self._own_system is not None:
-                await self._own_system.__aexit__(exc_type, exc, tb)
+                await supervisor.stop()
+        bus._nursery.cancel_scope.cancel()
+        internal = await exit_nursery(manager)
+        bus._nursery = None
+        self._thaw()
+        failure = exc or stop_error
+        if self._own_system is not None:
+            await self._own_system.__aexit__(
+                type(failure) if failure else None,
+                failure,
+                failure.__traceback__ if failure else None,
+            )
+        leaving = what_leaves(failure, internal, None)
+        if leaving is not None:
+            raise leaving
+        if exc is None and stop_error is not None:
+            raise stop_error
         return False
 
 

@@ -12,6 +12,7 @@ import trio
 
 from .._errors import SupervisorGaveUp, SystemClosed
 from .._lifecycle import Restart
+from .._structured import exit_nursery, what_leaves
 from ..actors import Actor, ActorRef
 from ..actors._cell import ActorFactory
 from ..actors._runtime import Runtime
@@ -97,17 +98,24 @@ class ActorSystem:
     ) -> bool:
         assert self._nursery is not None and self._nursery_manager is not None
         nursery, manager = self._nursery, self._nursery_manager
+        stop_error: BaseException | None = None
         try:
             if exc is None and self._failure is None:
                 await self._root.stop(final=True)
-        finally:
-            self._root.cancel()
-            nursery.cancel_scope.cancel()
-            await manager.__aexit__(None, None, None)
-            self._nursery = None
-            self._root.finalize(DeadLetterReason.SHUTDOWN, self._failure)
-        if self._failure is not None:
-            raise self._failure
+        except BaseException as error:  # cancelled while stopping: stop firmly
+            stop_error = error
+        # Everything left is a firm stop: cancel, wait for the tasks, and
+        # dead-letter what is still queued.
+        self._root.cancel()
+        nursery.cancel_scope.cancel()
+        internal = await exit_nursery(manager)
+        self._nursery = None
+        self._root.finalize(DeadLetterReason.SHUTDOWN, self._failure)
+        leaving = what_leaves(exc or stop_error, internal, self._failure)
+        if leaving is not None:
+            raise leaving
+        if exc is None and stop_error is not None:
+            raise stop_error
         return False
 
     def child_exited(self, child: object, incarnation: int, error: BaseException | None) -> None:
