@@ -84,6 +84,7 @@ class World:
 
 def build_modules(world: World, *, idempotent: bool) -> list[Module]:
     """The flow's modules; ``idempotent`` picks the fixed payment handler."""
+
     async def reserve_stock(command: PlaceOrder) -> None:
         if command.order_id not in world.reserved:
             world.stock[command.sku] -= command.quantity

@@ -59,6 +59,8 @@ class ActorCell:
         "_redeliver",
         "_scope",
         "_stop_mode",
+        "_worker_count",
+        "_workers",
         "busy",
         "factory",
         "incarnation",
@@ -115,6 +117,8 @@ class ActorCell:
         self._ended: trio.Event | None = None
         self._stop_mode: _Signal | None = None
         self._redeliver: deque[object] | None = None
+        self._workers: trio.Nursery | None = None
+        self._worker_count = 1
 
     # ------------------------------------------------------------ start
 
@@ -165,13 +169,17 @@ class ActorCell:
                 if self.max_concurrency == 1:
                     await self._loop(instance)
                 else:
+                    # An elastic pool: one worker to begin with, another each
+                    # time every worker is busy, up to max_concurrency.
                     async with trio.open_nursery() as workers:
-                        for _ in range(self.max_concurrency):
-                            workers.start_soon(self._loop, instance)
+                        self._workers = workers
+                        self._worker_count = 1
+                        workers.start_soon(self._loop, instance)
         except Exception as exc:
             error = _single(exc)
             self.last_error = error
         finally:
+            self._workers = None
             await self._on_stop(instance)
             self._scope = None
             if self._ended is not None:
@@ -188,6 +196,7 @@ class ActorCell:
         frame = Frame(self)
         current_frame.set(frame)
         budget = FAIRNESS_BUDGET
+        pool = self.max_concurrency > 1
         while True:
             if (mailbox._system or self._stop_mode is not None) and self._read_signals():
                 return
@@ -212,6 +221,8 @@ class ActorCell:
                 if item is _WAKE:
                     continue
             self.busy += 1
+            if pool and self.busy >= self._worker_count < self.max_concurrency:
+                self._grow(instance)
             if type(item) is Ask:
                 frame.chain = item.chain
                 try:
@@ -243,6 +254,11 @@ class ActorCell:
             if not budget:
                 budget = FAIRNESS_BUDGET
                 await trio.lowlevel.checkpoint()
+
+    def _grow(self, instance: Actor) -> None:
+        if self._workers is not None:
+            self._worker_count += 1
+            self._workers.start_soon(self._loop, instance)
 
     def _read_signals(self) -> bool:
         """Apply waiting system signals; True when this worker must return now."""
