@@ -486,11 +486,6 @@ async def test_cancelled_asker_abandons_the_reply_to_dead_letters(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ask's timeout does not cover waiting for room in a full 'block' mailbox; "
-    "the asker hangs for ever",
-)
 async def test_ask_timeout_covers_waiting_for_room_in_a_full_mailbox(
     autojump_clock: MockClock,
 ) -> None:
@@ -612,11 +607,6 @@ async def test_ask_gets_actor_stopped_when_its_target_is_stopped_before_replying
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an ask in hand when a sibling worker of a max_concurrency pool crashes is "
-    "re-delivered to the next incarnation instead of failing with ActorStopped",
-)
 async def test_ask_in_hand_gets_actor_stopped_when_its_pool_crashes(
     autojump_clock: MockClock,
 ) -> None:
@@ -945,11 +935,6 @@ async def test_unbounded_mailbox_never_blocks_tell(autojump_clock: MockClock) ->
     assert log == list(range(3000))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an actor that asks itself from on_start (its task not running yet) is not "
-    "detected as re-entrant: the ask hangs until AskTimeout instead of failing fast",
-)
 async def test_an_actor_asking_itself_from_on_start_fails_fast(autojump_clock: MockClock) -> None:
     seen: list[BaseException] = []
 

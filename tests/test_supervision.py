@@ -171,11 +171,6 @@ async def test_rest_for_one_failure_of_the_last_child_restarts_only_it(
         assert events(log) == [("stop", "c"), ("restart", "c", "Crash('c')"), ("start", "c")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bystanders of a one_for_all/rest_for_one round are paused all at once and "
-    "run their on_stop concurrently, not one after the other in reverse start order",
-)
 @pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
 async def test_restart_round_stops_bystanders_one_at_a_time_in_reverse_order(
     autojump_clock: MockClock, strategy: str
@@ -199,11 +194,6 @@ async def test_restart_round_stops_bystanders_one_at_a_time_in_reverse_order(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when a bystander's on_stop awaits, the supervisor posts a second stop "
-    "signal that the next incarnation reads: it exits at once and the round repeats for ever",
-)
 @pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
 async def test_restart_round_restarts_each_child_once_when_on_stop_takes_time(
     autojump_clock: MockClock, strategy: str
@@ -350,12 +340,6 @@ async def test_temporary_bystander_is_stopped_and_dropped_in_a_restart_round(
         ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an actor that calls 'await self.ref.stop()' in receive waits on itself for "
-    "its whole shutdown deadline, is cancelled, and stays in the tree for ever in state "
-    "'stopping' with its name taken",
-)
 async def test_an_actor_can_stop_itself_through_its_ref(autojump_clock: MockClock) -> None:
     class SelfStopping(Actor):
         async def receive(self, message: Any) -> Any:
@@ -702,12 +686,6 @@ async def test_backoff_jitter_spreads_the_delay_and_follows_the_system_rng(
     assert await one_restart(7) == pytest.approx(expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with a backoff, a failure that arrives while the supervisor waits out "
-    "another child's backoff is counted when it is handled (after that backoff), not at "
-    "failure time, so two failures 1 s apart do not exceed 1 restart within 5 s",
-)
 async def test_with_a_backoff_restarts_still_count_at_failure_time(
     autojump_clock: MockClock,
 ) -> None:
@@ -733,11 +711,6 @@ async def test_leaving_the_system_during_a_backoff_does_not_wait_for_it(
     assert system.tree().state is ChildState.STOPPED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: leaving the system while a child waits in its backoff starts a new "
-    "incarnation of it (on_restart, on_start) during the shutdown",
-)
 async def test_leaving_the_system_during_a_backoff_does_not_restart_the_child(
     autojump_clock: MockClock,
 ) -> None:

@@ -83,6 +83,7 @@ class Ask:
             self._settle(outcome.Error(error))
 
     def expire(self) -> None:
+        """The timeout passed: raise ``AskTimeout`` in the asker (unless settled)."""
         if not self.done:
             self._settle(
                 outcome.Error(

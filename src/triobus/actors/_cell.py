@@ -31,6 +31,8 @@ ON_STOP_LIMIT = 5.0
 
 
 class _Signal(enum.Enum):
+    #: Take no new message until a stop follows (a restart round is coming).
+    PAUSE = "pause"
     #: Finish the message in hand, keep the backlog (a restart follows).
     STOP_FOR_RESTART = "stop_for_restart"
     #: Handle the backlog, then end (the mailbox is already closed).
@@ -56,8 +58,12 @@ class ActorCell:
     __slots__ = (
         "_ended",
         "_instance",
+        "_orphans",
         "_redeliver",
+        "_remove_requested",
+        "_resume",
         "_scope",
+        "_starter",
         "_stop_mode",
         "_worker_count",
         "_workers",
@@ -116,6 +122,10 @@ class ActorCell:
         self._scope: trio.CancelScope | None = None
         self._ended: trio.Event | None = None
         self._stop_mode: _Signal | None = None
+        self._resume: trio.Event | None = None
+        self._orphans: list[Ask] | None = None
+        self._starter: trio.lowlevel.Task | None = None
+        self._remove_requested = False
         self._redeliver: deque[object] | None = None
         self._workers: trio.Nursery | None = None
         self._worker_count = 1
@@ -132,6 +142,7 @@ class ActorCell:
         """
         restarting = self.state is not ChildState.NEW
         self.state = ChildState.STARTING
+        self._starter = trio.lowlevel.current_task()
         try:
             instance = self.factory()
             if not isinstance(instance, Actor):
@@ -146,6 +157,11 @@ class ActorCell:
         except Exception as exc:
             self.state = ChildState.RESTARTING if restarting else ChildState.NEW
             raise ActorStartError(f"actor {self.path} failed to start: {exc!r}") from exc
+        finally:
+            self._starter = None
+        if self.mailbox._system:
+            self.mailbox._system.clear()  # signals meant for an earlier incarnation
+        self._resume = None
         self._instance = instance
         self.incarnation += 1
         self._stop_mode = None
@@ -180,6 +196,13 @@ class ActorCell:
             self.last_error = error
         finally:
             self._workers = None
+            if self._orphans:
+                # Asks cut off mid-handling get ActorStopped (with the crash, if any) at once.
+                orphans, self._orphans = self._orphans, None
+                reason = DeadLetterReason.SHUTDOWN if error is None else DeadLetterReason.CRASHED
+                for ask in orphans:
+                    self.dead_letter(ask.message, reason, error)
+                    ask.stopped(error)
             await self._on_stop(instance)
             self._scope = None
             if self._ended is not None:
@@ -198,7 +221,7 @@ class ActorCell:
         budget = FAIRNESS_BUDGET
         pool = self.max_concurrency > 1
         while True:
-            if (mailbox._system or self._stop_mode is not None) and self._read_signals():
+            if (mailbox._system or self._stop_mode is not None) and await self._serve_signals():
                 return
             if instance._stop_requested:
                 self._wake_idle()
@@ -260,15 +283,23 @@ class ActorCell:
             self._worker_count += 1
             self._workers.start_soon(self._loop, instance)
 
-    def _read_signals(self) -> bool:
-        """Apply waiting system signals; True when this worker must return now."""
-        signal = self.mailbox.take_system()
-        while signal is not None:
-            if self._stop_mode is not _Signal.STOP_FOR_RESTART:
-                assert isinstance(signal, _Signal)
-                self._stop_mode = signal
+    async def _serve_signals(self) -> bool:
+        """Apply waiting system signals; True when this worker must return now.
+
+        While paused, wait here (holding no message) until a stop arrives.
+        """
+        while True:
             signal = self.mailbox.take_system()
-        return self._stop_mode is _Signal.STOP_FOR_RESTART
+            while signal is not None:
+                if self._stop_mode is not _Signal.STOP_FOR_RESTART:
+                    assert isinstance(signal, _Signal)
+                    self._stop_mode = signal
+                signal = self.mailbox.take_system()
+            if self._stop_mode is not _Signal.PAUSE:
+                return self._stop_mode is _Signal.STOP_FOR_RESTART
+            if self._resume is None:
+                self._resume = trio.Event()
+            await self._resume.wait()
 
     def _interrupted(self, item: object) -> None:
         # A handler cancelled by the runtime is not a failure: on a final
@@ -276,6 +307,10 @@ class ActorCell:
         # first by the next incarnation.
         if self._stop_mode is _Signal.STOP_FINAL:
             self._dead_letter_item(item, DeadLetterReason.SHUTDOWN)
+        elif type(item) is Ask:
+            if self._orphans is None:
+                self._orphans = []
+            self._orphans.append(item)
         else:
             if self._redeliver is None:
                 self._redeliver = deque()
@@ -317,6 +352,7 @@ class ActorCell:
             self.state = ChildState.STOPPING
             self.mailbox.post_system(_Signal.STOP_FINAL if final else _Signal.STOP_FOR_RESTART)
             self._wake_idle()
+            self._release_pause()
             ended = self._ended = trio.Event()
             with trio.move_on_after(self.shutdown):
                 await ended.wait()
@@ -327,6 +363,8 @@ class ActorCell:
                     self.path,
                     self.shutdown,
                 )
+                if final:
+                    self._stop_mode = _Signal.STOP_FINAL
                 self._scope.cancel()
                 await ended.wait()
         if final:
@@ -335,21 +373,38 @@ class ActorCell:
             self.state = ChildState.RESTARTING
 
     def pause(self) -> None:
-        """Make the running incarnation end after its message in hand.
+        """Let the running incarnation take no new message until it is stopped.
 
-        The system lane is read before the next user message, so nothing
-        sent from now on reaches the old incarnation: a restart round that
-        follows is seen by every sender at once.
+        The message in hand finishes; nothing sent from now on reaches the
+        old incarnation, so a restart round that follows is seen by every
+        sender at once, and the supervisor still stops its children one at
+        a time, in reverse order.
         """
         self.stopping = True
-        if self._scope is not None:
-            self.mailbox.post_system(_Signal.STOP_FOR_RESTART)
+        if self._scope is not None and self._stop_mode is None:
+            self._stop_mode = _Signal.PAUSE
             self._wake_idle()
+
+    def _release_pause(self) -> None:
+        if self._resume is not None:
+            self._resume.set()
+            self._resume = None
+
+    def request_removal(self) -> None:
+        """The actor stops itself for good: handle the backlog, then leave the tree."""
+        self._remove_requested = True
+        self.mailbox.close()
+        self._stop_mode = _Signal.STOP_FINAL
+
+    @property
+    def remove_requested(self) -> bool:
+        return self._remove_requested
 
     def cancel(self) -> None:
         """Cancel the running incarnation at once (a firm stop)."""
         self.stopping = True
         self._stop_mode = _Signal.STOP_FINAL
+        self._release_pause()
         if self._scope is not None:
             self._scope.cancel()
 
@@ -357,6 +412,7 @@ class ActorCell:
         """Close the mailbox for good and dead-letter everything left in it."""
         self.stopping = True
         self.state = ChildState.STOPPED
+        self._release_pause()
         left: list[object] = list(self._redeliver) if self._redeliver else []
         self._redeliver = None
         left.extend(self.mailbox.drain())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, final
 
 import trio
@@ -105,6 +106,8 @@ class ActorRef:
         frame = current_frame.get()
         if frame is None:
             chain: tuple[ActorCell, ...] = ()
+            if cell._starter is not None and cell._starter is trio.lowlevel.current_task():
+                raise cell.deadlock(())  # asked from its own start hook: it cannot run yet
         else:
             chain = (*frame.chain, frame.cell)
             if cell in chain and cell.busy >= cell.max_concurrency:
@@ -115,10 +118,7 @@ class ActorRef:
         try:
             self._send_nowait(ask)
         except trio.WouldBlock:
-            try:
-                await cell.mailbox.put(ask)
-            except MailboxClosed:
-                raise self._refused(message) from None
+            timeout = await self._put_waiting(ask, timeout)
         except trio.ClosedResourceError:
             raise self._refused(message) from None
         timer = cell.runtime.timer
@@ -129,6 +129,25 @@ class ActorRef:
             finally:
                 timer.prune()
         return await ask.wait()
+
+    async def _put_waiting(self, ask: Ask, timeout: float | None) -> float | None:
+        """Wait for room for ``ask`` (``block`` policy); the wait counts against the timeout.
+
+        Returns the time left for the reply.
+        """
+        cell = self._cell
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        try:
+            with trio.move_on_at(deadline):
+                await cell.mailbox.put(ask)
+        except MailboxClosed:
+            raise self._refused(ask.message) from None
+        if timeout is None:
+            return None
+        left = deadline - trio.current_time()
+        if left <= 0:
+            ask.expire()  # never queued: the asker times out now
+        return max(left, 0.0)
 
     def _would_deadlock(self) -> bool:
         """Whether an ask from the current task would wait on itself (see ``ask``)."""
@@ -144,6 +163,11 @@ class ActorRef:
         The backlog is handled within the actor's shutdown deadline; what is
         left goes to dead letters. Stopping a stopped actor does nothing.
         """
+        frame = current_frame.get()
+        if frame is not None and frame.cell is self._cell:
+            # From its own handler: waiting for itself would deadlock.
+            self._cell.request_removal()
+            return
         await self._cell.parent.remove_child(self._cell)
 
     def _refused(self, message: object) -> ActorStopped:

@@ -47,6 +47,9 @@ class Child(Protocol):
     @property
     def kind(self) -> ChildKind: ...
 
+    @property
+    def remove_requested(self) -> bool: ...
+
     async def start(self, nursery: trio.Nursery, cause: BaseException | None = None) -> None: ...
 
     async def stop(self, *, final: bool) -> None: ...
@@ -116,7 +119,7 @@ class SupervisorCell:
         self._last_failure = -math.inf
         self._lock = trio.Lock()
         self._events_send, self._events_recv = trio.open_memory_channel[
-            tuple[_Event, Any, int, BaseException | None]
+            tuple[_Event, Any, int, BaseException | None, float]
         ](math.inf)
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
@@ -195,17 +198,18 @@ class SupervisorCell:
             started.append(child)
 
     async def _supervise(self) -> None:
-        async for event, child, incarnation, error in self._events_recv:
+        async for event, child, incarnation, error, failed_at in self._events_recv:
             if event is _Event.STOP:
                 await self._stop_children(final=bool(child))
                 return
             async with self._lock:
-                await self._handle_exit(child, incarnation, error)
+                await self._handle_exit(child, incarnation, error, failed_at)
 
     # ------------------------------------------------------------ failures
 
     def child_exited(self, child: object, incarnation: int, error: BaseException | None) -> None:
-        self._events_send.send_nowait((_Event.EXIT, child, incarnation, error))
+        # A failure counts at the time it happened, not when it is handled.
+        self._events_send.send_nowait((_Event.EXIT, child, incarnation, error, trio.current_time()))
         if self.strategy is not Strategy.ONE_FOR_ONE and child in self.children:
             # Pause the bystanders now, before any other task runs: a message
             # sent after the failure never reaches an old incarnation.
@@ -217,6 +221,8 @@ class SupervisorCell:
 
     def _will_restart(self, child: Child, incarnation: int, error: BaseException | None) -> bool:
         if child not in self.children or child.incarnation != incarnation or child.stopping:
+            return False
+        if child.remove_requested:
             return False
         return child.restart is Restart.PERMANENT or (
             child.restart is Restart.TRANSIENT and error is not None
@@ -230,6 +236,10 @@ class SupervisorCell:
             return list(self.children)
         return self.children[self.children.index(failed) :]
 
+    @property
+    def remove_requested(self) -> bool:
+        return False
+
     def pause(self) -> None:
         """Pause every actor below (see :meth:`ActorCell.pause`)."""
         self.stopping = True
@@ -237,7 +247,7 @@ class SupervisorCell:
             child.pause()
 
     async def _handle_exit(
-        self, child: Child, incarnation: int, error: BaseException | None
+        self, child: Child, incarnation: int, error: BaseException | None, failed_at: float
     ) -> None:
         if child not in self.children or child.incarnation != incarnation or child.stopping:
             return  # a stale report: the child was stopped or restarted meanwhile
@@ -247,11 +257,12 @@ class SupervisorCell:
             self.children.remove(child)
             child.finalize(DeadLetterReason.SHUTDOWN, error)
             return
-        now = trio.current_time()
-        if not self._allow_restart(now):
+        if not self._allow_restart(failed_at):
             await self._give_up(error)
         targets = await self._stop_for_strategy(child)
-        await self._wait_backoff(now)
+        await self._wait_backoff(failed_at)
+        if self.stopping:
+            return  # stopped during the backoff: no restart; the stop finalizes them
         assert self._nursery is not None
         for target in targets:
             target.restarts += 1
@@ -260,7 +271,9 @@ class SupervisorCell:
             except Exception as exc:
                 # A restart that fails is retried later and counts again.
                 logger.warning("restart of %s failed: %r", target.path, exc)
-                self._events_send.send_nowait((_Event.EXIT, target, target.incarnation, exc))
+                self._events_send.send_nowait(
+                    (_Event.EXIT, target, target.incarnation, exc, trio.current_time())
+                )
 
     def _allow_restart(self, now: float) -> bool:
         times = self._restart_times
@@ -324,7 +337,7 @@ class SupervisorCell:
         if self._scope is not None:
             self.state = ChildState.STOPPING
             ended = self._ended = trio.Event()
-            self._events_send.send_nowait((_Event.STOP, final, 0, None))
+            self._events_send.send_nowait((_Event.STOP, final, 0, None, 0.0))
             if self._wait_scope is not None:
                 self._wait_scope.cancel()
             with trio.move_on_after(self.shutdown):
