@@ -1022,10 +1022,6 @@ async def test_an_invoke_timeout_names_the_endpoint_and_the_timeout(
     assert "3 s" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AskTimeout from invoke names the internal 'Envelope', not the request type",
-)
 async def test_an_invoke_timeout_names_the_request_type(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -1040,11 +1036,6 @@ async def test_an_invoke_timeout_names_the_request_type(
     assert "Envelope" not in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an inline (re-entrant) invoke whose handler fails keeps what it sent counted "
-    "in flight, so wait_quiet never returns",
-)
 async def test_a_failing_inline_invoke_drops_what_it_sent(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -524,7 +524,6 @@ async def test_plugins_keep_headers_and_correlation() -> None:
     assert seen == [("corr-1", {"tenant": "t1"})]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with a plugin attached, invoke and send drop reply_to")
 async def test_plugins_keep_reply_to() -> None:
     seen: list[str | None] = []
 
@@ -542,10 +541,6 @@ async def test_plugins_keep_reply_to() -> None:
     assert seen == ["replies", "replies"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with a plugin attached, collect_listener_exceptions is ignored by publish",
-)
 async def test_plugins_keep_listener_exception_collection() -> None:
     async def bad(event: Happened) -> None:
         raise Failure("bad")
@@ -559,10 +554,6 @@ async def test_plugins_keep_listener_exception_collection() -> None:
     assert [type(e) for e in info.value.exceptions] == [Failure]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a handler routed by a plugin skips the global pipeline behaviors",
-)
 async def test_global_behaviors_wrap_a_plugin_routed_handler() -> None:
     log: list[str] = []
 
@@ -588,11 +579,6 @@ class Then(Command):
     n: int
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with a plugin attached, an invoke whose handler fails keeps what it sent "
-    "counted in flight, so wait_quiet never returns",
-)
 async def test_with_plugins_a_failing_invoke_drops_what_it_sent(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -637,11 +623,6 @@ async def test_with_plugins_messages_sent_by_a_handler_are_held_until_it_succeed
     assert log == ["handler done", "then"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with plugins attached, subscribers of one event on different endpoints share "
-    "one DispatchEvent, so one subscriber's failure fails (and retries) another's success",
-)
 async def test_with_plugins_one_subscribers_failure_never_fails_another(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

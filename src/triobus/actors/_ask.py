@@ -19,7 +19,7 @@ import outcome
 import trio
 
 from .._errors import ActorStopped, AskTimeout
-from ..mailbox import DeadLetterReason
+from ..mailbox import Carrier, DeadLetterReason
 
 if TYPE_CHECKING:
     from ._cell import ActorCell
@@ -77,7 +77,7 @@ class Ask:
         """Tell the asker that the target stopped before replying."""
         if not self.done:
             error = ActorStopped(
-                f"{self.target.path} stopped before it replied to {type(self.message).__qualname__}"
+                f"{self.target.path} stopped before it replied to {self._message_type()}"
             )
             error.__cause__ = cause
             self._settle(outcome.Error(error))
@@ -88,12 +88,18 @@ class Ask:
             self._settle(
                 outcome.Error(
                     AskTimeout(
-                        f"ask to {self.target.path} with {type(self.message).__qualname__} "
+                        f"ask to {self.target.path} with {self._message_type()} "
                         f"got no reply within {self.timeout} s: raise timeout= or look at "
                         "why the actor is slow"
                     )
                 )
             )
+
+    def _message_type(self) -> str:
+        message = self.message
+        if isinstance(message, Carrier):
+            message = message.carried_message()
+        return type(message).__qualname__
 
     def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
         # The asker was cancelled: it abandons the reply.

@@ -41,6 +41,8 @@ class _Signal(enum.Enum):
 
 # Wakes a worker parked on an empty mailbox so it reads the system lane.
 _WAKE = object()
+# Marks "nothing taken yet" in the loop.
+_EMPTY = object()
 
 ActorFactory = Callable[[], Actor]
 
@@ -216,6 +218,7 @@ class ActorCell:
         mailbox = self.mailbox
         recv = mailbox._recv
         receive_nowait = recv.receive_nowait
+        waiting = mailbox._waiting
         frame = Frame(self)
         current_frame.set(frame)
         budget = FAIRNESS_BUDGET
@@ -229,9 +232,16 @@ class ActorCell:
             if self._redeliver:
                 item = self._redeliver.popleft()
             else:
-                try:
-                    item = receive_nowait()
-                except trio.WouldBlock:
+                item = _EMPTY
+                if waiting:
+                    try:
+                        item = receive_nowait()
+                    except trio.WouldBlock:
+                        pass
+                    except trio.EndOfChannel:
+                        return
+                if item is _EMPTY:
+                    # Nothing queued: park (one schedule point per idle period).
                     if self._stop_mode is _Signal.STOP_FINAL:
                         return
                     try:
@@ -239,10 +249,8 @@ class ActorCell:
                     except trio.EndOfChannel:
                         return
                     budget = FAIRNESS_BUDGET
-                except trio.EndOfChannel:
-                    return
-                if item is _WAKE:
-                    continue
+                    if item is _WAKE:
+                        continue
             self.busy += 1
             if pool and self.busy >= self._worker_count < self.max_concurrency:
                 self._grow(instance)

@@ -121,14 +121,17 @@ class ActorRef:
             timeout = await self._put_waiting(ask, timeout)
         except trio.ClosedResourceError:
             raise self._refused(message) from None
+        if ask.done:
+            return await ask.wait()  # refused or dropped before it was queued
+        ask.parked = True
+        if timeout is None:
+            return await trio.lowlevel.wait_task_rescheduled(ask._abort)
         timer = cell.runtime.timer
-        if timeout is not None and not ask.done:
-            timer.add(ask, timeout)
-            try:
-                return await ask.wait()
-            finally:
-                timer.prune()
-        return await ask.wait()
+        timer.add(ask, timeout)
+        try:
+            return await trio.lowlevel.wait_task_rescheduled(ask._abort)
+        finally:
+            timer.prune()
 
     async def _put_waiting(self, ask: Ask, timeout: float | None) -> float | None:
         """Wait for room for ``ask`` (``block`` policy); the wait counts against the timeout.

@@ -27,7 +27,8 @@ from .._errors import (
 from ..actors import ActorRef
 from ..mailbox import DeadLetterReason, DeadLetters
 from ._context import Envelope, Handling, current_handling
-from ._endpoint import hold, release, run_step, tell_in_order
+from ._endpoint import drop_held, hold, release, run_step, tell_in_order
+from ._handlers import Callee
 from ._messages import (
     Identity,
     NameDetector,
@@ -91,6 +92,10 @@ class MessageBus:
         self._collect = collect_listener_exceptions
         self._invoke_timeout = invoke_timeout
         self._plugins = Plugins()
+        #: Whether any plugin is attached (a plain flag: checked on every dispatch).
+        self._hooked = False
+        #: The global behaviors, also around handlers a plugin routes to.
+        self._pipeline: tuple[Callee, ...] = ()
         self._requests: dict[Identity, Plan] = {}
         self._events: dict[Identity, tuple[Plan, ...]] = {}
         self._request_cache: dict[type, Plan] = {}
@@ -248,8 +253,10 @@ class MessageBus:
             AskTimeout: no response within ``timeout`` (a ``TimeoutError``).
             Exception: whatever the handler (or a behavior) raised.
         """
-        if self._plugins:
-            return await self._invoke_with_plugins(request, timeout, headers, correlation_id)
+        if self._hooked:
+            return await self._dispatch_with_plugins(
+                request, DispatchKind.INVOKE, headers, correlation_id, reply_to, timeout
+            )
         plan = self._request_cache.get(type(request)) or self._request_plan(
             request, RequestHandlerNotFound
         )
@@ -265,7 +272,20 @@ class MessageBus:
         envelope.asked = True
         if self._probe is not None:
             self._probe.dispatched(DispatchKind.INVOKE, envelope)
-        return await self._ask(plan, envelope, timeout, handling)
+        ref = plan.ref or plan.endpoint.pick(request)
+        if handling is not None and ref._would_deadlock():
+            return await self._invoke_inline(envelope)
+        self._inflight += 1
+        try:
+            result = await ref.ask(
+                envelope,
+                timeout=self._invoke_timeout if isinstance(timeout, _Default) else timeout,
+            )
+        finally:
+            self.settled()
+        if type(result) is Failed:
+            raise result.error
+        return result
 
     async def _ask(
         self,
@@ -293,11 +313,14 @@ class MessageBus:
         token = current_handling.set(handling)
         try:
             result = await run_step(envelope.plan.steps[0], envelope.message)
-            if handling.held:
-                release(handling)
-            return result
+        except BaseException:
+            drop_held(handling)
+            raise
         finally:
             current_handling.reset(token)
+        if handling.held:
+            release(handling)
+        return result
 
     # ------------------------------------------------------------ send
 
@@ -320,8 +343,10 @@ class MessageBus:
             ActorStopped: the endpoint is stopped (the command is a dead letter).
             MailboxFull: the endpoint is full and its policy is ``fail``.
         """
-        if self._plugins:
-            await self._dispatch_with_plugins(command, DispatchKind.SEND, headers, correlation_id)
+        if self._hooked:
+            await self._dispatch_with_plugins(
+                command, DispatchKind.SEND, headers, correlation_id, reply_to
+            )
             return
         plan = self._request_cache.get(type(command)) or self._request_plan(command, NoRouteError)
         handling = current_handling.get()
@@ -385,8 +410,10 @@ class MessageBus:
             PublishError: some endpoints refused the event (named); the
                 others accepted it.
         """
-        if self._plugins:
-            await self._dispatch_with_plugins(event, DispatchKind.PUBLISH, headers, correlation_id)
+        if self._hooked:
+            await self._dispatch_with_plugins(
+                event, DispatchKind.PUBLISH, headers, correlation_id, reply_to
+            )
             return
         plans = self._event_cache.get(type(event))
         if plans is None:
@@ -417,8 +444,13 @@ class MessageBus:
             try:
                 if probe is not None:
                     await probe.deliver(plan.endpoint, envelope)
-                else:
-                    await self.tell(plan.endpoint, envelope)
+                    continue
+                ref = plan.ref or plan.endpoint.pick(event)
+                self._inflight += 1
+                try:
+                    ref._send_nowait(envelope)
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    await self._tell_waiting(ref, envelope)
             except (ActorStopped, MailboxFull):
                 refused.append(plan.endpoint.uri)
         if refused:
@@ -435,6 +467,7 @@ class MessageBus:
         headers: Mapping[str, str] | None,
         correlation_id: str | None,
         reply_to: str | None,
+        dispatch: DispatchEvent | None = None,
     ) -> None:
         handling = current_handling.get()
         parent = None if handling is None else handling.envelope
@@ -453,6 +486,8 @@ class MessageBus:
                     single = Plan(self, plan.name, plan.version, plan.kind, plan.endpoint, [step])
                     envelope = Envelope(event, single, parent, headers, correlation_id, reply_to)
                     envelope.asked = True
+                    if dispatch is not None:
+                        envelope.dispatch = dispatch.for_handler(step.raw)
                     if first is None:
                         first = envelope
                     else:
@@ -468,22 +503,14 @@ class MessageBus:
 
     def attach(self, phase: Phase | str, plugin: Plugin, *, priority: int = 0) -> PluginHandle:
         """Attach a plugin to a dispatch phase; higher ``priority`` runs first."""
-        return self._plugins.attach(phase, plugin, priority)
+        handle = self._plugins.attach(phase, plugin, priority)
+        self._hooked = True
+        return handle
 
     def detach(self, handle: PluginHandle) -> None:
         """Detach a plugin attached with :meth:`attach`."""
         self._plugins.detach(handle)
-
-    async def _invoke_with_plugins(
-        self,
-        request: object,
-        timeout: float | _Default | None,
-        headers: Mapping[str, str] | None,
-        correlation_id: str | None,
-    ) -> Any:
-        return await self._dispatch_with_plugins(
-            request, DispatchKind.INVOKE, headers, correlation_id, timeout
-        )
+        self._hooked = bool(self._plugins)
 
     async def _dispatch_with_plugins(
         self,
@@ -491,6 +518,7 @@ class MessageBus:
         kind: DispatchKind,
         headers: Mapping[str, str] | None,
         correlation_id: str | None,
+        reply_to: str | None,
         timeout: float | _Default | None = _DEFAULT,
     ) -> Any:
         event = DispatchEvent(message, kind)
@@ -508,12 +536,17 @@ class MessageBus:
             if event.exception is not None:
                 raise event.exception from None
             return event.result
+        if kind is DispatchKind.PUBLISH and self._collect and plans:
+            await self._publish_collecting(
+                message, plans, headers, correlation_id, reply_to, dispatch=event
+            )
+            return None
         handling = current_handling.get()
         parent = None if handling is None else handling.envelope
         first: Envelope | None = None
         results: list[Any] = []
         for plan in plans:
-            envelope = Envelope(message, plan, parent, headers, correlation_id)
+            envelope = Envelope(message, plan, parent, headers, correlation_id, reply_to)
             envelope.dispatch = event
             if first is None:
                 first = envelope
@@ -558,7 +591,7 @@ class MessageBus:
             raise NoRouteError(
                 f"a plugin routed {event.message_name!r} to unknown endpoint {uri!r}"
             )
-        steps = [Step(None, (), raw=handler) for handler in handlers]
+        steps = [Step(None, self._pipeline, raw=handler) for handler in handlers]
         assert event.message_name is not None
         return (Plan(self, event.message_name, 1, kind, endpoint, steps),)
 

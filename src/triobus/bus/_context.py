@@ -140,6 +140,9 @@ class Envelope(Carrier):
             reply_to=self.reply_to,
         )
 
+    def carried_message(self) -> object:
+        return self.message
+
     def carried(self) -> tuple[object, Mapping[str, Any] | None]:
         return self.message, attrs.asdict(self.context())
 

@@ -19,7 +19,7 @@ from .._errors import ActorStopped, HandlerNotLocated, MailboxFull
 from ..actors import Actor
 from ..mailbox import DeadLetterReason
 from ._context import Envelope, Handling, current_handling
-from ._handlers import Callee, call_handler, run_pipeline
+from ._handlers import Callee
 from ._plans import EndpointRuntime, Failed, Step
 from ._plugins import DispatchEvent, Phase
 from ._probe import Probe
@@ -33,11 +33,7 @@ logger = logging.getLogger("triobus.bus")
 
 async def run_step(step: Step, message: object) -> Any:
     """Run one handler inside its behaviors."""
-    assert step.handler is not None
-    if not step.behaviors:
-        return await call_handler(step.handler, message)
-    handler = step.handler
-    return await run_pipeline(step.behaviors, message, lambda: call_handler(handler, message))
+    return await step.call(message)
 
 
 class EndpointActor(Actor):
@@ -50,19 +46,59 @@ class EndpointActor(Actor):
 
     async def receive(self, message: Any) -> Any:
         envelope: Envelope = message
-        if self.bus._probe is not None:
-            self.bus._probe.before_receive(envelope, self.path)
+        bus = self.bus
+        if bus._probe is not None or envelope.dispatch is not None:
+            return await self._receive_observed(envelope)
         handling = Handling(envelope)
         current_handling.set(handling)
-        if envelope.dispatch is not None:
-            return await self._receive_with_plugins(envelope, envelope.dispatch, handling)
         if envelope.asked:
-            probe = self.bus._probe
-            step = envelope.plan.steps[0]
+            try:
+                result = await envelope.plan.steps[0].call(envelope.message)
+            except Exception as exc:
+                if handling.held:
+                    drop_held(handling)
+                return Failed(exc)
+            if handling.held:
+                release(handling)
+            return result
+        steps = envelope.plan.steps
+        if envelope.progress == 0 and len(steps) == 1:
+            step = steps[0]
+            try:
+                await step.call(envelope.message)
+            except Exception as exc:
+                if handling.held:
+                    drop_held(handling)
+                await self._deliver(envelope, step, handling, first_error=exc)
+            else:
+                if handling.held:
+                    release(handling)
+        else:
+            while envelope.progress < len(steps):
+                await self._deliver(envelope, steps[envelope.progress], handling)
+                envelope.progress += 1
+        bus.settled()
+        return None
+
+    async def _receive_observed(self, envelope: Envelope) -> Any:
+        """The path with a probe (testing kit) or plugins attached."""
+        bus = self.bus
+        probe = bus._probe
+        if probe is not None:
+            probe.before_receive(envelope, self.path)
+        handling = Handling(envelope)
+        current_handling.set(handling)
+        dispatch = envelope.dispatch
+        steps = envelope.plan.steps
+        if envelope.asked:
+            step = steps[0]
             try:
                 if probe is not None:
                     probe.before_handle(envelope, step, self.path)
-                result = await run_step(step, envelope.message)
+                if dispatch is None:
+                    result = await step.call(envelope.message)
+                else:
+                    result = await self._attempt_with_plugins(dispatch, step, envelope)
             except Exception as exc:
                 drop_held(handling)
                 if probe is not None:
@@ -73,31 +109,13 @@ class EndpointActor(Actor):
             if handling.held:
                 release(handling)
             return result
-        steps = envelope.plan.steps
-        while envelope.progress < len(steps):
-            await self._deliver(envelope, steps[envelope.progress], handling)
-            envelope.progress += 1
-        self.bus.settled()
-        return None
-
-    async def _receive_with_plugins(
-        self, envelope: Envelope, dispatch: DispatchEvent, handling: Handling
-    ) -> Any:
-        steps = envelope.plan.steps
-        if envelope.asked:
-            try:
-                result = await self._attempt_with_plugins(dispatch, steps[0], envelope)
-            except Exception as exc:
-                return Failed(exc)
-            if handling.held:
-                release(handling)
-            return result
         while envelope.progress < len(steps):
             step = steps[envelope.progress]
-            event = dispatch.for_handler(step.raw) if len(steps) > 1 else dispatch
+            # Each subscription is its own delivery, with its own view for plugins.
+            event = None if dispatch is None else dispatch.for_handler(step.raw)
             await self._deliver(envelope, step, handling, event)
             envelope.progress += 1
-        self.bus.settled()
+        bus.settled()
         return None
 
     async def _attempt_with_plugins(
@@ -115,12 +133,12 @@ class EndpointActor(Actor):
                         f"no locate plugin resolved the handler id {step.raw!r} of "
                         f"{event.message_name!r}: attach one at Phase.LOCATE_HANDLER"
                     )
-                step = Step(Callee(event.handler), ())
+                step = Step(Callee(event.handler), step.behaviors)
             else:
                 event.handler = step.handler.target
                 await plugins.run(Phase.LOCATE_HANDLER, event)
             await plugins.run(Phase.INVOKE_HANDLER, event)
-            event.result = await run_step(step, envelope.message)
+            event.result = await step.call(envelope.message)
         except Exception as exc:
             event.exception = exc
         await plugins.run(Phase.FINALIZE, event)
@@ -134,52 +152,61 @@ class EndpointActor(Actor):
         step: Step,
         handling: Handling,
         event: DispatchEvent | None = None,
+        first_error: Exception | None = None,
     ) -> None:
+        """One delivery with retries: then dead letters with the last exception.
+
+        ``first_error`` is given when the first attempt already ran (and failed).
+        """
         policy = self.spec.retry
         probe = self.bus._probe
         attempt = 1
+        error = first_error
         while True:
             envelope.attempt = attempt
-            try:
-                if probe is not None:
-                    probe.before_handle(envelope, step, self.path)
-                if event is None:
-                    await run_step(step, envelope.message)
+            if error is None:
+                try:
+                    if probe is not None:
+                        probe.before_handle(envelope, step, self.path)
+                    if event is None:
+                        await step.call(envelope.message)
+                    else:
+                        await self._attempt_with_plugins(event, step, envelope)
+                except Exception as exc:
+                    error = exc
+                    drop_held(handling)
                 else:
-                    await self._attempt_with_plugins(event, step, envelope)
-            except Exception as exc:
-                drop_held(handling)
-                if probe is not None:
-                    probe.failed(envelope, step, self.path, exc, attempt <= policy.retries)
-                logger.warning(
-                    "%s failed on %s id=%s at %s (attempt %d of %d): %r",
-                    step.label,
-                    envelope.plan.name,
-                    envelope.message_id,
-                    self.path,
-                    attempt,
-                    policy.retries + 1,
-                    exc,
-                )
-                if attempt > policy.retries:
-                    self.bus.dead_letter(
-                        envelope,
-                        self.path,
-                        DeadLetterReason.FAILED,
-                        exc,
-                        handler=step.label,
-                        attempts=attempt,
-                    )
+                    if probe is not None:
+                        probe.handled(envelope, step, self.path)
+                    if handling.held:
+                        release(handling)
                     return
-                if policy.backoff is not None:
-                    await trio.sleep(policy.backoff.delay(attempt - 1, self.bus.random))
-                attempt += 1
-                continue
             if probe is not None:
-                probe.handled(envelope, step, self.path)
-            if handling.held:
-                release(handling)
-            return
+                probe.failed(envelope, step, self.path, error, attempt <= policy.retries)
+            logger.warning(
+                "%s failed on %s id=%s at %s (attempt %d of %d): %r",
+                step.label,
+                envelope.plan.name,
+                envelope.message_id,
+                self.path,
+                attempt,
+                policy.retries + 1,
+                error,
+            )
+            if attempt > policy.retries:
+                self.bus.dead_letter(
+                    envelope,
+                    self.path,
+                    DeadLetterReason.FAILED,
+                    error,
+                    handler=step.label,
+                    attempts=attempt,
+                )
+                return
+            if policy.backoff is not None:
+                await trio.sleep(policy.backoff.delay(attempt - 1, self.bus.random))
+            attempt += 1
+            error = None
 
 
 def hold(handling: Handling, endpoint: EndpointRuntime, envelope: Envelope) -> None:

@@ -13,7 +13,7 @@ from .._errors import (
     PipelineBehaviorAlreadyRegistered,
     RequestHandlerAlreadyRegistered,
 )
-from ._handlers import Callee
+from ._handlers import Callee, handler_call
 from ._messages import Identity, binding_identity, describe
 
 
@@ -108,8 +108,10 @@ class Module:
                 f"{self.requests[identity].handler.label} in module {self.name!r}: "
                 "a request has exactly one handler"
             )
+        callee = Callee(handler)
+        handler_call(callee)  # a bad handler class fails here, not at the first message
         self.requests[identity] = RequestBinding(
-            identity, request, Callee(handler), _behaviors(request, behaviors), self
+            identity, request, callee, _behaviors(request, behaviors), self
         )
         return self
 
@@ -129,10 +131,15 @@ class Module:
         """
         self._check_open()
         identity = binding_identity(event, version)
+        if isinstance(handlers, str) or not isinstance(handlers, Iterable):
+            raise TypeError(
+                f"bind_event takes a list of handlers for {describe(event)}, got {handlers!r}"
+            )
         bound = self.events.setdefault(identity, [])
         chain = _behaviors(event, behaviors)
         for handler in handlers:
             callee = Callee(handler)
+            handler_call(callee)
             if any(b.handler == callee for b in bound):
                 raise EventHandlerAlreadyRegistered(
                     f"{callee.label} is already subscribed to {describe(event)} in module "

@@ -204,6 +204,7 @@ async def _start_endpoints(
 
 def _make_plans(bus: MessageBus, wiring: _Wiring) -> None:
     endpoints = bus.endpoints
+    bus._pipeline = tuple(wiring.pipeline)
     for identity, binding in wiring.requests.items():
         uri = wiring.endpoint_for(identity, binding.module, binding.target, event=False)
         step = Step(binding.handler, (*wiring.pipeline, *binding.behaviors))

@@ -7,15 +7,19 @@ there and inside which behaviors. Dispatch only looks plans up.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, final
 
 from ..actors import ActorRef
-from ._handlers import Callee
+from ._handlers import Callee, handler_call, run_pipeline
 from ._routing import Endpoint
 
 if TYPE_CHECKING:
     from ._bus import MessageBus
+
+
+async def _no_handler(message: Any) -> Any:
+    raise RuntimeError("this step's handler is resolved by a plugin at delivery time")
 
 
 class Kind(enum.StrEnum):
@@ -27,7 +31,7 @@ class Kind(enum.StrEnum):
 class Step:
     """One handler and the behaviors around it: one delivery."""
 
-    __slots__ = ("behaviors", "handler", "label", "raw")
+    __slots__ = ("behaviors", "call", "handler", "label", "raw")
 
     def __init__(
         self, handler: Callee | None, behaviors: tuple[Callee, ...], raw: Any = None
@@ -38,6 +42,14 @@ class Step:
         self.behaviors = behaviors
         self.raw = raw
         self.label = handler.label if handler is not None else repr(raw)
+        #: Runs the handler inside its behaviors on one message (made once, here).
+        self.call: Callable[[Any], Awaitable[Any]] = _no_handler
+        if handler is not None:
+            inner = handler_call(handler)
+            if behaviors:
+                self.call = lambda message: run_pipeline(behaviors, message, lambda: inner(message))
+            else:
+                self.call = inner
 
 
 @final

@@ -77,6 +77,10 @@ class Carrier(abc.ABC):
     def carried(self) -> tuple[object, Mapping[str, Any] | None]:
         """The user message and its context."""
 
+    def carried_message(self) -> object:
+        """The user message alone (cheaper than :meth:`carried`)."""
+        return self.carried()[0]
+
     def dead_lettered(self, reason: DeadLetterReason) -> None:  # noqa: B027 - optional hook
         """Called once the carried message is recorded as a dead letter."""
 
