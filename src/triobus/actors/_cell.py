@@ -6,6 +6,7 @@ A cell outlives the incarnations of its actor: the mailbox and the
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections import deque
@@ -43,6 +44,8 @@ class _Signal(enum.Enum):
 _WAKE = object()
 # Marks "nothing taken yet" in the loop.
 _EMPTY = object()
+# Stands in for the cancel scope of a pool worker (the pool's task has the scope).
+_NO_SCOPE = contextlib.nullcontext()
 
 ActorFactory = Callable[[], Actor]
 
@@ -153,9 +156,12 @@ class ActorCell:
                     "not an Actor: pass an Actor subclass or a callable that returns one"
                 )
             instance._ref = self.ref
-            if restarting:
+            kind = type(instance)
+            # The base hooks do nothing: skip making their coroutines.
+            if restarting and kind.on_restart is not Actor.on_restart:
                 await instance.on_restart(cause)
-            await instance.on_start()
+            if kind.on_start is not Actor.on_start:
+                await instance.on_start()
         except Exception as exc:
             self.state = ChildState.RESTARTING if restarting else ChildState.NEW
             raise ActorStartError(f"actor {self.path} failed to start: {exc!r}") from exc
@@ -180,116 +186,126 @@ class ActorCell:
 
     # ------------------------------------------------------------ the task
 
-    async def _main(self, instance: Actor, scope: trio.CancelScope) -> None:
+    async def _main(self, instance: Actor, scope: trio.CancelScope | None) -> None:
+        """The task of one incarnation; with ``scope=None``, one worker of a pool.
+
+        A single-worker actor runs its whole life in this one coroutine frame
+        (an idle actor costs one frame, not two).
+        """
         error: BaseException | None = None
         try:
-            with scope:
-                if self.max_concurrency == 1:
-                    await self._loop(instance)
-                else:
+            with _NO_SCOPE if scope is None else scope:
+                if scope is not None and self.max_concurrency > 1:
                     # An elastic pool: one worker to begin with, another each
                     # time every worker is busy, up to max_concurrency.
                     async with trio.open_nursery() as workers:
                         self._workers = workers
                         self._worker_count = 1
-                        workers.start_soon(self._loop, instance)
+                        workers.start_soon(self._main, instance, None)
+                else:
+                    receive = instance.receive
+                    mailbox = self.mailbox
+                    recv = mailbox._recv
+                    receive_nowait = recv.receive_nowait
+                    waiting = mailbox._waiting
+                    frame = Frame(self)
+                    current_frame.set(frame)
+                    budget = FAIRNESS_BUDGET
+                    pool = self.max_concurrency > 1
+                    while True:
+                        if mailbox._system or self._stop_mode is not None:  # noqa: SIM102
+                            if await self._serve_signals():
+                                break
+                        if instance._stop_requested:
+                            self._wake_idle()
+                            break
+                        if self._redeliver:
+                            item = self._redeliver.popleft()
+                        else:
+                            item = _EMPTY
+                            if waiting:
+                                try:
+                                    item = receive_nowait()
+                                except trio.WouldBlock:
+                                    pass
+                                except trio.EndOfChannel:
+                                    break
+                            if item is _EMPTY:
+                                # Nothing queued: park (one schedule point per idle period).
+                                if self._stop_mode is _Signal.STOP_FINAL:
+                                    break
+                                try:
+                                    item = await recv.receive()
+                                except trio.EndOfChannel:
+                                    break
+                                budget = FAIRNESS_BUDGET
+                                if item is _WAKE:
+                                    continue
+                        self.busy += 1
+                        if pool and self.busy >= self._worker_count < self.max_concurrency:
+                            self._grow(instance)
+                        if type(item) is Ask:
+                            frame.chain = item.chain
+                            try:
+                                result = await receive(item.message)
+                            except Exception as exc:
+                                self.busy -= 1
+                                item.fail(exc)
+                                raise
+                            except BaseException:
+                                self.busy -= 1
+                                self._interrupted(item)
+                                raise
+                            self.busy -= 1
+                            item.reply(result)
+                        else:
+                            frame.chain = ()
+                            try:
+                                await receive(item)
+                            except Exception as exc:
+                                self.busy -= 1
+                                self.dead_letter(item, DeadLetterReason.CRASHED, exc)
+                                raise
+                            except BaseException:
+                                self.busy -= 1
+                                self._interrupted(item)
+                                raise
+                            self.busy -= 1
+                        budget -= 1
+                        if not budget:
+                            budget = FAIRNESS_BUDGET
+                            await trio.lowlevel.checkpoint()
         except Exception as exc:
+            if scope is None:
+                raise  # a pool worker: the pool's task handles it
             error = _single(exc)
             self.last_error = error
         finally:
-            self._workers = None
-            if self._orphans:
-                # Asks cut off mid-handling get ActorStopped (with the crash, if any) at once.
-                orphans, self._orphans = self._orphans, None
-                reason = DeadLetterReason.SHUTDOWN if error is None else DeadLetterReason.CRASHED
-                for ask in orphans:
-                    self.dead_letter(ask.message, reason, error)
-                    ask.stopped(error)
+            if scope is not None:
+                await self._ended_incarnation(instance, error)
+
+    async def _ended_incarnation(self, instance: Actor, error: BaseException | None) -> None:
+        self._workers = None
+        if self._orphans:
+            # Asks cut off mid-handling get ActorStopped (with the crash, if any) at once.
+            orphans, self._orphans = self._orphans, None
+            reason = DeadLetterReason.SHUTDOWN if error is None else DeadLetterReason.CRASHED
+            for ask in orphans:
+                self.dead_letter(ask.message, reason, error)
+                ask.stopped(error)
+        if type(instance).on_stop is not Actor.on_stop:
             await self._on_stop(instance)
-            self._scope = None
-            if self._ended is not None:
-                self._ended.set()
+        self._scope = None
+        if self._ended is not None:
+            self._ended.set()
         if not self.stopping:
             self.state = ChildState.RESTARTING
             self.parent.child_exited(self, self.incarnation, error)
 
-    async def _loop(self, instance: Actor) -> None:
-        receive = instance.receive
-        mailbox = self.mailbox
-        recv = mailbox._recv
-        receive_nowait = recv.receive_nowait
-        waiting = mailbox._waiting
-        frame = Frame(self)
-        current_frame.set(frame)
-        budget = FAIRNESS_BUDGET
-        pool = self.max_concurrency > 1
-        while True:
-            if (mailbox._system or self._stop_mode is not None) and await self._serve_signals():
-                return
-            if instance._stop_requested:
-                self._wake_idle()
-                return
-            if self._redeliver:
-                item = self._redeliver.popleft()
-            else:
-                item = _EMPTY
-                if waiting:
-                    try:
-                        item = receive_nowait()
-                    except trio.WouldBlock:
-                        pass
-                    except trio.EndOfChannel:
-                        return
-                if item is _EMPTY:
-                    # Nothing queued: park (one schedule point per idle period).
-                    if self._stop_mode is _Signal.STOP_FINAL:
-                        return
-                    try:
-                        item = await recv.receive()
-                    except trio.EndOfChannel:
-                        return
-                    budget = FAIRNESS_BUDGET
-                    if item is _WAKE:
-                        continue
-            self.busy += 1
-            if pool and self.busy >= self._worker_count < self.max_concurrency:
-                self._grow(instance)
-            if type(item) is Ask:
-                frame.chain = item.chain
-                try:
-                    result = await receive(item.message)
-                except Exception as exc:
-                    self.busy -= 1
-                    item.fail(exc)
-                    raise
-                except BaseException:
-                    self.busy -= 1
-                    self._interrupted(item)
-                    raise
-                self.busy -= 1
-                item.reply(result)
-            else:
-                frame.chain = ()
-                try:
-                    await receive(item)
-                except Exception as exc:
-                    self.busy -= 1
-                    self.dead_letter(item, DeadLetterReason.CRASHED, exc)
-                    raise
-                except BaseException:
-                    self.busy -= 1
-                    self._interrupted(item)
-                    raise
-                self.busy -= 1
-            budget -= 1
-            if not budget:
-                budget = FAIRNESS_BUDGET
-                await trio.lowlevel.checkpoint()
-
     def _grow(self, instance: Actor) -> None:
         if self._workers is not None:
             self._worker_count += 1
-            self._workers.start_soon(self._loop, instance)
+            self._workers.start_soon(self._main, instance, None)
 
     async def _serve_signals(self) -> bool:
         """Apply waiting system signals; True when this worker must return now.

@@ -109,6 +109,7 @@ class SupervisorCell:
         self.restart = restart
         self.shutdown = shutdown
         self.children: list[Child] = []
+        self._names: set[str] = set()
         self.state = ChildState.NEW
         self.restarts = 0
         self.incarnation = 0
@@ -254,7 +255,7 @@ class SupervisorCell:
         if error is not None:
             logger.warning("%s failed: %r", child.path, error)
         if not self._will_restart(child, incarnation, error):
-            self.children.remove(child)
+            self._forget(child)
             child.finalize(DeadLetterReason.SHUTDOWN, error)
             return
         if not self._allow_restart(failed_at):
@@ -290,7 +291,7 @@ class SupervisorCell:
                 continue
             if bystander.restart is Restart.TEMPORARY:
                 await bystander.stop(final=True)
-                self.children.remove(bystander)
+                self._forget(bystander)
             else:
                 await bystander.stop(final=False)
         return [c for c in group if c in self.children]
@@ -329,7 +330,7 @@ class SupervisorCell:
         for child in reversed(list(self.children)):
             await child.stop(final=final)
         if final:
-            self.children.clear()
+            self._forget_all()
 
     async def stop(self, *, final: bool) -> None:
         """Stop the children in reverse order, then this supervisor."""
@@ -368,7 +369,7 @@ class SupervisorCell:
         self.state = ChildState.STOPPED
         for child in self.children:
             child.finalize(reason, cause)
-        self.children.clear()
+        self._forget_all()
 
     async def remove_child(self, child: object) -> None:
         async with self._lock:
@@ -376,27 +377,47 @@ class SupervisorCell:
                 assert isinstance(child, ActorCell | SupervisorCell)
                 await child.stop(final=True)
                 if child in self.children:
-                    self.children.remove(child)
+                    self._forget(child)
 
     # ------------------------------------------------------------ spawn
 
-    async def add_child(self, make: Callable[[], Child]) -> Child:
-        async with self._lock:
-            if self._nursery is None or self.stopping:
-                raise SystemClosed(f"supervisor {self.path} is not running: it takes no children")
-            child = make()
-            if any(c.name == child.name for c in self.children):
-                raise ActorNameTaken(
-                    f"{self.path} already has a child named {child.name!r}: pick another name"
-                )
-            self.children.append(child)
-            try:
-                await child.start(self._nursery)
-            except BaseException:
-                self.children.remove(child)
-                child.finalize(DeadLetterReason.SHUTDOWN)
-                raise
-            return child
+    def _forget(self, child: Child) -> None:
+        self.children.remove(child)
+        self._names.discard(child.name)
+
+    def _forget_all(self) -> None:
+        self.children.clear()
+        self._names.clear()
+
+    async def add_child(self, name: str, make: Callable[[], Child]) -> Child:
+        # Spawning holds the supervisor's lock, so no restart round runs
+        # meanwhile; uncontended, it is taken without a schedule point.
+        if self._lock.locked():
+            async with self._lock:
+                return await self._add_child(name, make)
+        self._lock.acquire_nowait()
+        try:
+            return await self._add_child(name, make)
+        finally:
+            self._lock.release()
+
+    async def _add_child(self, name: str, make: Callable[[], Child]) -> Child:
+        if self._nursery is None or self.stopping:
+            raise SystemClosed(f"supervisor {self.path} is not running: it takes no children")
+        if name in self._names:
+            raise ActorNameTaken(
+                f"{self.path} already has a child named {name!r}: pick another name"
+            )
+        child = make()
+        self.children.append(child)
+        self._names.add(name)
+        try:
+            await child.start(self._nursery)
+        except BaseException:
+            self._forget(child)
+            child.finalize(DeadLetterReason.SHUTDOWN)
+            raise
+        return child
 
     def snapshot(self) -> TreeNode:
         return TreeNode(
@@ -500,7 +521,7 @@ class SupervisorRef:
                 deadline,
             )
 
-        child = await sup.add_child(make)
+        child = await sup.add_child(checked, make)
         assert isinstance(child, ActorCell)
         return child.ref
 
@@ -546,7 +567,7 @@ class SupervisorRef:
                 shutdown=deadline,
             )
 
-        child = await sup.add_child(make)
+        child = await sup.add_child(checked, make)
         assert isinstance(child, SupervisorCell)
         return child.ref
 
