@@ -7,4 +7,4 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e .
-exec .venv/bin/python examples/supervision_tree.py
+exec .venv/bin/python examples/orders.py
