@@ -152,7 +152,8 @@ async def main() -> None:
             for issue in range(1, 51):
                 await bus.send(SendNewsletter(issue))
             print(f"leaving the block with {bus.in_flight} newsletters in flight")
-        print(f"newsletters handled by the time the bus stopped: {handled['send_newsletter']} of 50")
+        newsletters = handled["send_newsletter"]
+        print(f"newsletters handled by the time the bus stopped: {newsletters} of 50")
         print("dead letters:", system.dead_letters.total)
         print("bus supervisor gone after shutdown:", system.tree().children == ())
 

@@ -49,7 +49,7 @@ EXPECTED: dict[str, list[str]] = {
         "charged 12.50 to card 4242",
         "daily report: 2 greeted (Ada, Grace)",
         "[monitor] invoke 'farewell': failed with RequestHandlerNotFound",
-        "  AlreadyGreeted (cleared): 2\n  failed with RequestHandlerNotFound: 1\n  ok: 6\n",
+        "  AlreadyGreeted (cleared): 2\n  failed with RequestHandlerNotFound: 1\n  ok: 5\n",
     ],
     "supervision_tree.py": [
         "worker doubles 21: 42",
