@@ -62,7 +62,9 @@ class ActorCell:
 
     __slots__ = (
         "_ended",
+        "_asleep",
         "_instance",
+        "_nursery",
         "_orphans",
         "_redeliver",
         "_remove_requested",
@@ -133,6 +135,8 @@ class ActorCell:
         self._remove_requested = False
         self._redeliver: deque[object] | None = None
         self._workers: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None
+        self._asleep = False
         self._worker_count = 1
 
     # ------------------------------------------------------------ start
@@ -175,9 +179,37 @@ class ActorCell:
         self._stop_mode = None
         self.stopping = False
         self._ended = None
-        self._scope = scope = trio.CancelScope()
+        self._nursery = nursery
         self.state = ChildState.RUNNING
-        nursery.start_soon(self._main, instance, scope, name=self.path)
+        if self._redeliver or len(self.mailbox):
+            self._launch()
+        else:
+            # Dormant until the first message: the next send starts the task.
+            self._asleep = True
+            self.ref._send_nowait = self._wake_send
+
+    def _launch(self) -> None:
+        """Start the incarnation's task (its hooks already ran)."""
+        assert self._nursery is not None and self._instance is not None
+        self._asleep = False
+        self._scope = scope = trio.CancelScope()
+        self._nursery.start_soon(self._main, self._instance, scope, name=self.path)
+
+    def _wake_send(self, message: object) -> None:
+        """The first send to a dormant actor: enqueue, then start its task."""
+        send = self.mailbox._send.send_nowait
+        send(message)
+        self.ref._send_nowait = send
+        self._launch()
+
+    def _stay_asleep(self) -> None:
+        """A dormant incarnation is ending: sends queue for the next one."""
+        self.ref._send_nowait = self.mailbox._send.send_nowait
+
+    @property
+    def dormant(self) -> bool:
+        """Started, but its task waits for the first message (none has come)."""
+        return self._asleep
 
     @property
     def running(self) -> bool:
@@ -372,6 +404,13 @@ class ActorCell:
         self.stopping = True
         if final:
             self.mailbox.close()
+        if self._asleep:
+            # A dormant incarnation has no task to run its on_stop: run it here.
+            self._asleep = False
+            self._stay_asleep()
+            instance = self._instance
+            if instance is not None and type(instance).on_stop is not Actor.on_stop:
+                await self._on_stop(instance)
         if self._scope is not None:
             self.state = ChildState.STOPPING
             self.mailbox.post_system(_Signal.STOP_FINAL if final else _Signal.STOP_FOR_RESTART)
@@ -405,6 +444,7 @@ class ActorCell:
         a time, in reverse order.
         """
         self.stopping = True
+        self._stay_asleep()
         if self._scope is not None and self._stop_mode is None:
             self._stop_mode = _Signal.PAUSE
             self._wake_idle()
@@ -428,6 +468,7 @@ class ActorCell:
         """Cancel the running incarnation at once (a firm stop)."""
         self.stopping = True
         self._stop_mode = _Signal.STOP_FINAL
+        self._stay_asleep()
         self._release_pause()
         if self._scope is not None:
             self._scope.cancel()
@@ -436,6 +477,7 @@ class ActorCell:
         """Close the mailbox for good and dead-letter everything left in it."""
         self.stopping = True
         self.state = ChildState.STOPPED
+        self._stay_asleep()
         self._release_pause()
         left: list[object] = list(self._redeliver) if self._redeliver else []
         self._redeliver = None

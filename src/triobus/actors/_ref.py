@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, final
 
 import trio
@@ -35,7 +36,9 @@ class ActorRef:
 
     def __init__(self, cell: ActorCell) -> None:
         self._cell = cell
-        self._send_nowait = cell.mailbox._send.send_nowait
+        # The mailbox's send_nowait; while the actor is dormant, the call that
+        # also starts its task.
+        self._send_nowait: Callable[[Any], None] = cell.mailbox._send.send_nowait
 
     @property
     def name(self) -> str:
