@@ -11,6 +11,7 @@ import trio.lowlevel
 import trio.testing
 
 from triobus import (
+    AskTimeout,
     Backoff,
     Command,
     DeadLetterReason,
@@ -18,6 +19,7 @@ from triobus import (
     DispatchKind,
     Event,
     HandlerNotLocated,
+    MailboxFull,
     Module,
     Next,
     Phase,
@@ -654,3 +656,53 @@ async def test_with_plugins_one_subscribers_failure_never_fails_another(
         letters = [(d.recipient.rsplit("/", 1)[1], str(d.exception)) for d in bus.dead_letters]
     assert sorted(calls) == ["failing", "failing", "succeeding"]
     assert letters == [("a", "only mine")]
+
+
+async def test_finalize_sees_a_timeout_in_the_caller_and_runs_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow(message: object) -> str:
+        await trio.sleep(1)
+        return "late"
+
+    seen: list[tuple[str, type[BaseException] | None]] = []
+
+    def monitor(event: DispatchEvent) -> None:
+        exception = event.exception
+        seen.append((str(event.message_name), None if exception is None else type(exception)))
+
+    async with open_bus(Module("m").bind_request("slow", slow)) as bus:
+        bus.attach(Phase.FINALIZE, monitor)
+        with pytest.raises(AskTimeout):
+            await bus.invoke("slow", timeout=0.1)
+        await trio.sleep(2)  # the handler finishes late: no second finalize
+        await bus.wait_quiet()
+    assert seen == [("slow", AskTimeout)]
+
+
+async def test_finalize_sees_a_refusal_by_a_full_endpoint_in_the_caller() -> None:
+    release = trio.Event()
+
+    async def blocked(message: object) -> None:
+        await release.wait()
+
+    seen: list[type[BaseException] | None] = []
+
+    def monitor(event: DispatchEvent) -> None:
+        seen.append(None if event.exception is None else type(event.exception))
+
+    async with open_bus(
+        Module("m").bind_request("job", blocked),
+        endpoints=[local_queue("q", capacity=1, overflow="fail")],
+        routing=[route("job").to("q")],
+    ) as bus:
+        bus.attach(Phase.FINALIZE, monitor)
+        await bus.send("job")  # taken by the handler, which blocks
+        await trio.testing.wait_all_tasks_blocked()
+        await bus.send("job")  # waits in the queue
+        with pytest.raises(MailboxFull):
+            await bus.send("job")  # refused
+        assert seen == [MailboxFull]
+        release.set()
+        await bus.wait_quiet()
+    assert seen == [MailboxFull, None, None]

@@ -532,6 +532,7 @@ class MessageBus:
             plans = self._plugin_plans(event, message)
         except Exception as exc:
             event.exception = exc
+            event.finalized = True
             await plugins.run(Phase.FINALIZE, event)
             if event.exception is not None:
                 raise event.exception from None
@@ -545,20 +546,31 @@ class MessageBus:
         parent = None if handling is None else handling.envelope
         first: Envelope | None = None
         results: list[Any] = []
-        for plan in plans:
-            envelope = Envelope(message, plan, parent, headers, correlation_id, reply_to)
-            envelope.dispatch = event
-            if first is None:
-                first = envelope
-            else:
-                envelope._id = first.message_id
-            if kind is DispatchKind.INVOKE:
-                envelope.asked = True
-                results.append(await self._ask(plan, envelope, timeout, handling))
-            elif handling is not None:
-                hold(handling, plan.endpoint, envelope)
-            else:
-                await self.tell(plan.endpoint, envelope)
+        try:
+            for plan in plans:
+                envelope = Envelope(message, plan, parent, headers, correlation_id, reply_to)
+                envelope.dispatch = event
+                if first is None:
+                    first = envelope
+                else:
+                    envelope._id = first.message_id
+                if kind is DispatchKind.INVOKE:
+                    envelope.asked = True
+                    results.append(await self._ask(plan, envelope, timeout, handling))
+                elif handling is not None:
+                    hold(handling, plan.endpoint, envelope)
+                else:
+                    await self.tell(plan.endpoint, envelope)
+        except Exception as exc:
+            if event.finalized:
+                raise  # the endpoint ran finalize already (the handler's own failure)
+            # The dispatch failed here (a timeout, a refusal): finalize in the caller.
+            event.exception = exc
+            event.finalized = True
+            await plugins.run(Phase.FINALIZE, event)
+            if event.exception is not None:
+                raise event.exception from None
+            return event.result
         return results[0] if results else None
 
     def _plugin_plans(self, event: DispatchEvent, message: object) -> tuple[Plan, ...]:

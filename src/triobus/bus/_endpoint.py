@@ -141,7 +141,9 @@ class EndpointActor(Actor):
             event.result = await step.call(envelope.message)
         except Exception as exc:
             event.exception = exc
-        await plugins.run(Phase.FINALIZE, event)
+        if not event.finalized:  # a caller that gave up (timeout) finalized already
+            event.finalized = True
+            await plugins.run(Phase.FINALIZE, event)
         if event.exception is not None:
             raise event.exception
         return event.result
@@ -171,6 +173,7 @@ class EndpointActor(Actor):
                     if event is None:
                         await step.call(envelope.message)
                     else:
+                        event.finalized = False  # each attempt is finalized on its own
                         await self._attempt_with_plugins(event, step, envelope)
                 except Exception as exc:
                     error = exc

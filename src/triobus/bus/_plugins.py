@@ -52,6 +52,7 @@ class DispatchEvent:
         "_stopped",
         "endpoint",
         "exception",
+        "finalized",
         "handler",
         "handlers",
         "kind",
@@ -72,6 +73,8 @@ class DispatchEvent:
         self.result: Any = None
         #: Free-form values plugins hand to each other.
         self.params: dict[str, Any] = {}
+        #: Whether the finalize phase ran for this dispatch (it runs once).
+        self.finalized = False
         self._stopped = False
 
     def stop_propagation(self) -> None:
