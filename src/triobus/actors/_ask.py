@@ -8,9 +8,8 @@ heap of deadlines per system, served by one timer task.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
+from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, final
@@ -118,44 +117,56 @@ class Ask:
 
 @final
 class AskTimer:
-    """One heap of ask deadlines for a whole system, served by one task.
+    """The ask deadlines of a whole system, served by one task.
 
-    Settled asks are pruned from the top of the heap as they finish, so the
-    heap holds about as many entries as there are asks in flight.
+    Asks with the same timeout expire in the order they were made, so each
+    timeout value gets a FIFO queue: adding is an append, and settled asks
+    are pruned from the head as they finish, so a queue holds about as many
+    entries as there are asks in flight.
     """
 
-    __slots__ = ("_counter", "_heap", "_scope")
+    __slots__ = ("_queues", "_scope")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Ask]] = []
-        self._counter = itertools.count()
+        self._queues: dict[float, deque[tuple[float, Ask]]] = {}
         self._scope: trio.CancelScope | None = None
 
     def add(self, ask: Ask, timeout: float) -> None:
         deadline = trio.current_time() + timeout
-        heapq.heappush(self._heap, (deadline, next(self._counter), ask))
+        queue = self._queues.get(timeout)
+        if queue is None:
+            queue = self._queues[timeout] = deque()
+        queue.append((deadline, ask))
         scope = self._scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
 
-    def prune(self) -> None:
-        heap = self._heap
-        while heap and heap[0][2].done:
-            heapq.heappop(heap)
+    def prune(self, timeout: float) -> None:
+        """Drop settled asks from the head of the queue of ``timeout``."""
+        queue = self._queues[timeout]
+        while queue and queue[0][1].done:
+            queue.popleft()
+
+    def _next_deadline(self) -> float:
+        deadline = math.inf
+        for queue in self._queues.values():
+            while queue and queue[0][1].done:
+                queue.popleft()
+            if queue and queue[0][0] < deadline:
+                deadline = queue[0][0]
+        return deadline
 
     async def run(self) -> None:
         """Expire asks at their deadlines, until cancelled."""
-        heap = self._heap
         while True:
-            self.prune()
-            deadline = heap[0][0] if heap else math.inf
-            with trio.CancelScope(deadline=deadline) as scope:
+            with trio.CancelScope(deadline=self._next_deadline()) as scope:
                 self._scope = scope
                 await trio.sleep_forever()
             self._scope = None
             now = trio.current_time()
-            while heap and heap[0][0] <= now:
-                heapq.heappop(heap)[2].expire()
+            for queue in self._queues.values():
+                while queue and queue[0][0] <= now:
+                    queue.popleft()[1].expire()
 
 
 @final

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, final
 
+import outcome
 import trio
 
 from .._errors import ActorStartError, DeadlockError, MailboxFull
@@ -244,6 +245,7 @@ class ActorCell:
                     current_frame.set(frame)
                     budget = FAIRNESS_BUDGET
                     pool = self.max_concurrency > 1
+                    reschedule = trio.lowlevel.reschedule
                     while True:
                         if mailbox._system or self._stop_mode is not None:  # noqa: SIM102
                             if await self._serve_signals():
@@ -289,7 +291,13 @@ class ActorCell:
                                 self._interrupted(item)
                                 raise
                             self.busy -= 1
-                            item.reply(result)
+                            if item.done:
+                                item.reply(result)  # a late reply: a dead letter
+                            elif item.parked:
+                                item.done = True
+                                reschedule(item.task, outcome.Value(result))
+                            else:
+                                item.reply(result)
                         else:
                             frame.chain = ()
                             try:

@@ -134,7 +134,7 @@ class ActorRef:
         try:
             return await trio.lowlevel.wait_task_rescheduled(ask._abort)
         finally:
-            timer.prune()
+            timer.prune(timeout)
 
     async def _put_waiting(self, ask: Ask, timeout: float | None) -> float | None:
         """Wait for room for ``ask`` (``block`` policy); the wait counts against the timeout.
