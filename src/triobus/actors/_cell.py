@@ -62,8 +62,8 @@ class ActorCell:
     """One supervised actor: mailbox, address, current instance and task."""
 
     __slots__ = (
-        "_ended",
         "_asleep",
+        "_ended",
         "_instance",
         "_nursery",
         "_orphans",
