@@ -62,10 +62,13 @@ class EndpointActor(Actor):
                 release(handling)
             return result
         steps = envelope.plan.steps
-        if envelope.progress == 0 and len(steps) == 1:
-            step = steps[0]
+        message = envelope.message
+        # Each handler is its own delivery; the retry loop is entered only
+        # after a first attempt failed.
+        while envelope.progress < len(steps):
+            step = steps[envelope.progress]
             try:
-                await step.call(envelope.message)
+                await step.call(message)
             except Exception as exc:
                 if handling.held:
                     drop_held(handling)
@@ -73,10 +76,7 @@ class EndpointActor(Actor):
             else:
                 if handling.held:
                     release(handling)
-        else:
-            while envelope.progress < len(steps):
-                await self._deliver(envelope, steps[envelope.progress], handling)
-                envelope.progress += 1
+            envelope.progress += 1
         bus.settled()
         return None
 
