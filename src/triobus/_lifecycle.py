@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from ._choices import parse_choice
+
 
 class Restart(enum.StrEnum):
     """When a supervisor restarts a child that ended (OTP restart types)."""
@@ -42,8 +44,4 @@ class ChildState(enum.StrEnum):
 
 def to_restart(value: Restart | str) -> Restart:
     """``Restart(value)`` with an error that lists the choices."""
-    try:
-        return Restart(value)
-    except ValueError:
-        choices = ", ".join(repr(r.value) for r in Restart)
-        raise ValueError(f"unknown restart type {value!r}: use one of {choices}") from None
+    return parse_choice(Restart, value, "restart type")

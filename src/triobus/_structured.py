@@ -23,6 +23,13 @@ async def exit_nursery(manager: AbstractAsyncContextManager[trio.Nursery]) -> Ba
     return None
 
 
+def single_exception(error: BaseException) -> BaseException:
+    """Unwrap groups of exactly one exception (trio's strict groups), recursively."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
 def _without_cancelled(error: BaseException) -> BaseException | None:
     if isinstance(error, BaseExceptionGroup):
         return error.split(trio.Cancelled)[1]

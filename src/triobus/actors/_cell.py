@@ -18,6 +18,7 @@ import trio
 
 from .._errors import ActorStartError, DeadlockError, MailboxFull
 from .._lifecycle import ChildKind, ChildState, Restart
+from .._structured import single_exception
 from ..mailbox import DeadLetterReason, Mailbox, MailboxSpec
 from ._actor import Actor
 from ._ask import Ask, Frame, current_frame
@@ -49,12 +50,6 @@ _EMPTY = object()
 _NO_SCOPE = contextlib.nullcontext()
 
 ActorFactory = Callable[[], Actor]
-
-
-def _single(error: Exception) -> Exception:
-    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
 
 
 @final
@@ -318,7 +313,7 @@ class ActorCell:
         except Exception as exc:
             if scope is None:
                 raise  # a pool worker: the pool's task handles it
-            error = _single(exc)
+            error = single_exception(exc)
             self.last_error = error
         finally:
             if scope is not None:

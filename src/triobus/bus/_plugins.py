@@ -19,6 +19,8 @@ from typing import Any, final
 
 import attrs
 
+from .._choices import parse_choice
+
 
 class Phase(enum.StrEnum):
     """The phases of a dispatch, in the order they run."""
@@ -122,11 +124,7 @@ class Plugins:
         return bool(self._by_phase)
 
     def attach(self, phase: Phase | str, plugin: Plugin, priority: int = 0) -> PluginHandle:
-        try:
-            phase_ = Phase(phase)
-        except ValueError:
-            choices = ", ".join(repr(p.value) for p in Phase)
-            raise ValueError(f"unknown dispatch phase {phase!r}: use one of {choices}") from None
+        phase_ = parse_choice(Phase, phase, "dispatch phase")
         if not callable(plugin):
             raise TypeError(f"a plugin is a function of a DispatchEvent, got {plugin!r}")
         handle = PluginHandle(phase_, plugin, priority, next(self._order))

@@ -18,6 +18,7 @@ from typing import Any, final
 import attrs
 import trio
 
+from .._choices import parse_choice
 from .._errors import MailboxClosed, MailboxFull
 
 DEFAULT_MAILBOX_CAPACITY = 1_000
@@ -38,11 +39,7 @@ class Overflow(enum.StrEnum):
 
 
 def _to_overflow(value: Overflow | str) -> Overflow:
-    try:
-        return Overflow(value)
-    except ValueError:
-        choices = ", ".join(repr(o.value) for o in Overflow)
-        raise ValueError(f"unknown overflow policy {value!r}: use one of {choices}") from None
+    return parse_choice(Overflow, value, "overflow policy")
 
 
 def _check_capacity(instance: object, attribute: object, value: float) -> None:

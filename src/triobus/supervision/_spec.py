@@ -9,6 +9,8 @@ from typing import final
 
 import attrs
 
+from .._choices import parse_choice
+
 
 class Strategy(enum.StrEnum):
     """Which children a supervisor restarts when one fails (OTP strategies)."""
@@ -24,11 +26,7 @@ class Strategy(enum.StrEnum):
 
 def to_strategy(value: Strategy | str) -> Strategy:
     """``Strategy(value)`` with an error that lists the choices."""
-    try:
-        return Strategy(value)
-    except ValueError:
-        choices = ", ".join(repr(s.value) for s in Strategy)
-        raise ValueError(f"unknown supervision strategy {value!r}: use one of {choices}") from None
+    return parse_choice(Strategy, value, "supervision strategy")
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:

@@ -20,6 +20,7 @@ import trio
 
 from .._errors import ActorNameTaken, ActorStartError, SupervisorGaveUp, SystemClosed
 from .._lifecycle import ChildKind, ChildState, Restart, to_restart
+from .._structured import single_exception
 from ..actors import Actor, ActorRef
 from ..actors._cell import ActorCell, ActorFactory
 from ..actors._runtime import Parent, Runtime
@@ -70,12 +71,6 @@ def _check_name(name: object) -> str:
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"a child name is a non-empty string without '/', got {name!r}")
     return name
-
-
-def _single(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
 
 
 @final
@@ -174,8 +169,8 @@ class SupervisorCell:
                     nursery.cancel_scope.cancel()
         except Exception as exc:
             if not started:
-                raise _single(exc) from None
-            error = _single(exc)
+                raise single_exception(exc) from None
+            error = single_exception(exc)
         finally:
             self._nursery = None
             self._scope = None
