@@ -8,6 +8,7 @@ behaviors) are computed once at start-up; dispatch only looks them up.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar, final, overload
@@ -104,6 +105,7 @@ class MessageBus:
         self._inflight = 0
         self._quiet: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
+        self._releases: trio.MemorySendChannel[list[tuple[EndpointRuntime, Envelope]]] | None = None
         self._open = False
         #: The testing kit's observer and fault injector; ``None`` in production.
         self._probe: Probe | None = None
@@ -159,7 +161,10 @@ class MessageBus:
         )
 
     def release_later(self, items: list[tuple[EndpointRuntime, Envelope]]) -> None:
-        """Deliver held messages, in order, from a task of the bus."""
+        """Deliver held messages from the bus's release task, in the order released."""
+        if self._releases is not None:
+            self._releases.send_nowait(items)
+            return
         if self._nursery is None:
             for _, envelope in items:
                 self.dead_letters.record(
@@ -167,6 +172,27 @@ class MessageBus:
                 )
             return
         self._nursery.start_soon(tell_in_order, items, self._probe)
+
+    async def run_releases(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The bus's release task: delivers queued releases one batch after another."""
+        send, receive = trio.open_memory_channel[list[tuple[EndpointRuntime, Envelope]]](math.inf)
+        self._releases = send
+        task_status.started()
+        try:
+            async for items in receive:
+                await tell_in_order(items, self._probe)
+        finally:
+            self._releases = None
+            # Shutdown: whatever was still queued for release is a dead letter.
+            while True:
+                try:
+                    items = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                for endpoint, envelope in items:
+                    self.dead_letters.record(envelope, endpoint.uri, DeadLetterReason.SHUTDOWN)
 
     # ------------------------------------------------------------ lookups
 
@@ -311,13 +337,25 @@ class MessageBus:
         # call runs here, in the caller, instead of deadlocking.
         handling = Handling(envelope)
         token = current_handling.set(handling)
+        probe = self._probe
+        step = envelope.plan.steps[0]
+        where = envelope.plan.endpoint.uri
         try:
-            result = await run_step(envelope.plan.steps[0], envelope.message)
+            if probe is not None:
+                probe.before_handle(envelope, step, where)
+            result = await run_step(step, envelope.message)
+        except Exception as exc:
+            drop_held(handling)
+            if probe is not None:
+                probe.failed(envelope, step, where, exc, False)
+            raise
         except BaseException:
             drop_held(handling)
             raise
         finally:
             current_handling.reset(token)
+        if probe is not None:
+            probe.handled(envelope, step, where)
         if handling.held:
             release(handling)
         return result
@@ -488,6 +526,8 @@ class MessageBus:
                     envelope.asked = True
                     if dispatch is not None:
                         envelope.dispatch = dispatch.for_handler(step.raw)
+                    if self._probe is not None:
+                        self._probe.dispatched(DispatchKind.PUBLISH, envelope)
                     if first is None:
                         first = envelope
                     else:
@@ -554,11 +594,15 @@ class MessageBus:
                     first = envelope
                 else:
                     envelope._id = first.message_id
+                if self._probe is not None:
+                    self._probe.dispatched(kind, envelope)
                 if kind is DispatchKind.INVOKE:
                     envelope.asked = True
                     results.append(await self._ask(plan, envelope, timeout, handling))
                 elif handling is not None:
                     hold(handling, plan.endpoint, envelope)
+                elif self._probe is not None:
+                    await self._probe.deliver(plan.endpoint, envelope)
                 else:
                     await self.tell(plan.endpoint, envelope)
         except Exception as exc:

@@ -287,6 +287,7 @@ class BusRunner:
         self._supervisor = await system.spawn_supervisor(self._name, max_restarts=10, within=5.0)
         manager = self._nursery_manager = trio.open_nursery()
         bus._nursery = await manager.__aenter__()
+        await bus._nursery.start(bus.run_releases)
         bus.endpoints = await _start_endpoints(bus, self._supervisor, self._wiring)
         _make_plans(bus, self._wiring)
         bus._open = True

@@ -187,19 +187,28 @@ class FaultInjector:
 
     # ------------------------------------------------------------ decisions
 
-    def _decide(self, rule: FaultRule, envelope: Envelope) -> bool:
-        index = self.rules.index(rule)
-        if rule.max_times is not None and self._applied.get(index, 0) >= rule.max_times:
-            return False
-        label = f"{rule.fault} {envelope.plan.name}"
+    def _choose(self, candidates: list[int], envelope: Envelope, what: str) -> int | None:
+        """Pick one of the matching rules (by index) or none, with one draw.
+
+        A hypothesis source draws an integer where 0 means "no fault", so a
+        failing example shrinks towards fewer faults, one decision per delivery.
+        """
+        if not candidates:
+            return None
         if isinstance(self.source, random.Random):
-            chosen = self.source.random() < 0.5
+            if self.source.random() >= 0.5:
+                return None
+            chosen = self.source.choice(candidates)
         else:
             from hypothesis import strategies as st
 
-            chosen = bool(self.source.draw(st.booleans(), label=label))
-        if chosen:
-            self._applied[index] = self._applied.get(index, 0) + 1
+            faults = ", ".join(str(self.rules[i].fault) for i in candidates)
+            label = f"{what} of {envelope.plan.name} ({faults}; 0 = none)"
+            pick = self.source.draw(st.integers(0, len(candidates)), label=label)
+            if pick == 0:
+                return None
+            chosen = candidates[pick - 1]
+        self._applied[chosen] = self._applied.get(chosen, 0) + 1
         return chosen
 
     def _delay_seconds(self) -> float:
@@ -211,16 +220,19 @@ class FaultInjector:
         return float(millis) / 1000
 
     def _first_fault(
-        self, faults: tuple[Fault, ...], envelope: Envelope, endpoint: str
+        self, faults: tuple[Fault, ...], envelope: Envelope, what: str
     ) -> Fault | None:
-        for rule in self.rules:
-            if (
-                rule.fault in faults
-                and rule.matches(envelope, endpoint)
-                and self._decide(rule, envelope)
-            ):
-                return rule.fault
-        return None
+        """The fault to inject into this delivery, if any (rules match the endpoint's uri)."""
+        uri = envelope.plan.endpoint.uri
+        candidates = [
+            index
+            for index, rule in enumerate(self.rules)
+            if rule.fault in faults
+            and rule.matches(envelope, uri)
+            and (rule.max_times is None or self._applied.get(index, 0) < rule.max_times)
+        ]
+        chosen = self._choose(candidates, envelope, what)
+        return None if chosen is None else self.rules[chosen].fault
 
     # ------------------------------------------------------------ the probe side
 
@@ -229,7 +241,7 @@ class FaultInjector:
     ) -> None:
         """Deliver ``envelope`` to ``endpoint``, maybe with one fault."""
         bus = session.bus
-        fault = self._first_fault(_DELIVERY_FAULTS, envelope, endpoint.uri)
+        fault = self._first_fault(_DELIVERY_FAULTS, envelope, "delivery")
         if fault is Fault.DROP:
             session.record(_FAULT_RECORDS[fault], envelope, endpoint=endpoint.uri)
         elif fault is Fault.DUPLICATE:
@@ -272,14 +284,14 @@ class FaultInjector:
         await self._overtaken(bus, uri)
 
     def before_receive(self, session: TrackedSession, envelope: Envelope, endpoint: str) -> None:
-        if self._first_fault((Fault.CRASH_ACTOR,), envelope, endpoint) is not None:
+        if self._first_fault((Fault.CRASH_ACTOR,), envelope, "actor crash") is not None:
             session.record(RecordKind.CRASHED, envelope, endpoint=endpoint, target="actor")
             raise InjectedFault(f"injected crash of endpoint actor {endpoint}")
 
     def before_handle(
         self, session: TrackedSession, envelope: Envelope, step: Step, endpoint: str
     ) -> None:
-        if self._first_fault((Fault.CRASH_HANDLER,), envelope, endpoint) is not None:
+        if self._first_fault((Fault.CRASH_HANDLER,), envelope, "handler crash") is not None:
             session.record(
                 RecordKind.CRASHED,
                 envelope,
