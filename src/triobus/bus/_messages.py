@@ -6,8 +6,6 @@ fields. Any other object can travel too; it is named by the rule in
 :func:`default_message_name`.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Mapping
 from typing import ClassVar, Generic, TypeVar
 

@@ -47,7 +47,7 @@ def from_type(message_type: type[T] | Any) -> st.SearchStrategy[T]:
     Raises:
         TypeError: a field's type cannot be derived (``register`` one for it).
     """
-    return _resolve(message_type, {}, set())
+    return _resolve(message_type, {}, {})
 
 
 def messages(*message_types: type | Any) -> st.SearchStrategy[Any]:
@@ -76,7 +76,10 @@ def _substitute(tp: Any, typevars: Mapping[Any, Any]) -> Any:
     return tp
 
 
-def _resolve(tp: Any, typevars: Mapping[Any, Any], building: set[type]) -> st.SearchStrategy[Any]:
+Building = dict[Any, st.SearchStrategy[Any]]
+
+
+def _resolve(tp: Any, typevars: Mapping[Any, Any], building: Building) -> st.SearchStrategy[Any]:
     tp = _substitute(tp, typevars)
     if tp in _overrides:
         return _overrides[tp]
@@ -90,21 +93,33 @@ def _resolve(tp: Any, typevars: Mapping[Any, Any], building: set[type]) -> st.Se
         return _resolve(args[0], typevars, building)
     if origin is not None and attrs.has(origin):
         params = getattr(origin, "__parameters__", ())
-        return _attrs_strategy(
-            origin, {**typevars, **dict(zip(params, args, strict=False))}, building
-        )
+        # Type arguments may themselves be type variables of an outer generic.
+        bound = tuple(_substitute(arg, typevars) for arg in args)
+        return _attrs_strategy(origin, dict(zip(params, bound, strict=False)), building)
     if origin is not None:
         return _container(origin, args, typevars, building, tp)
     if isinstance(tp, type) and attrs.has(tp):
         return _attrs_strategy(tp, typevars, building)
+    return _checked_from_type(tp)
+
+
+def _checked_from_type(tp: Any) -> st.SearchStrategy[Any]:
+    """``st.from_type``, resolved now: an underivable type fails here, named."""
     try:
-        return st.from_type(tp)
+        strategy = st.from_type(tp)
+        strategy.validate()
+        if strategy.is_empty:
+            raise TypeError(f"no value of {tp!r} can be built")
     except Exception as exc:
-        raise TypeError(f"cannot derive a strategy for {tp!r}: register one") from exc
+        raise TypeError(
+            f"cannot derive a strategy for {tp!r}: register one with "
+            "triobus.testing.strategies.register"
+        ) from exc
+    return strategy
 
 
 def _container(
-    origin: Any, args: tuple[Any, ...], typevars: Mapping[Any, Any], building: set[type], tp: Any
+    origin: Any, args: tuple[Any, ...], typevars: Mapping[Any, Any], building: Building, tp: Any
 ) -> st.SearchStrategy[Any]:
     def inner(index: int) -> st.SearchStrategy[Any]:
         return _resolve(args[index], typevars, building) if args else st.integers()
@@ -120,21 +135,20 @@ def _container(
         return st.tuples(*[_resolve(a, typevars, building) for a in args])
     if origin in (dict, Mapping, typing.Mapping):
         return st.dictionaries(inner(0), inner(1), max_size=_MAX_COLLECTION)
-    try:
-        return st.from_type(tp)
-    except Exception as exc:
-        raise TypeError(f"cannot derive a strategy for {tp!r}: register one") from exc
+    return _checked_from_type(tp)
 
 
 def _attrs_strategy(
-    cls: type, typevars: Mapping[Any, Any], building: set[type]
+    cls: type, typevars: Mapping[Any, Any], building: Building
 ) -> st.SearchStrategy[Any]:
     if cls in _overrides:
         return _overrides[cls]
-    if cls in building:
-        # A recursive message: build lazily so the recursion stays finite.
-        return st.deferred(lambda: _attrs_strategy(cls, typevars, set()))
-    building = building | {cls}
+    key = (cls, tuple(sorted(typevars.items(), key=repr)))
+    if key in building:
+        # A recursive message: refer back to the strategy being built.
+        return building[key]
+    done: list[st.SearchStrategy[Any]] = []
+    building[key] = st.deferred(lambda: done[0])
     try:
         hints = typing.get_type_hints(cls)
     except NameError as exc:
@@ -147,4 +161,6 @@ def _attrs_strategy(
         if field_type is None:
             raise TypeError(f"{cls.__qualname__}.{field.name} has no type: annotate it or register")
         fields[field.alias or field.name] = _resolve(field_type, typevars, building)
-    return st.builds(cls, **fields)
+    strategy = st.builds(cls, **fields)
+    done.append(strategy)
+    return strategy
