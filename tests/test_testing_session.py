@@ -576,12 +576,6 @@ async def test_consecutive_sessions_on_one_bus_do_not_leak_into_each_other(
     assert not {r.message_id for r in first.records} & {r.message_id for r in second.records}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a session left by an exception does not wait or detach its messages: "
-    "what it sent and is still queued is recorded by the next session on the bus "
-    "(the next session sees 'handled Slow' that it never sent)",
-)
 async def test_a_session_ended_by_an_error_leaks_nothing_into_the_next(
     autojump_clock: MockClock,
 ) -> None:

@@ -262,11 +262,19 @@ async def tracked(
             f"quiet_timeout must be a positive number of seconds, got {quiet_timeout!r}"
         )
     session = TrackedSession(bus, faults, quiet_timeout)
-    bus._probe = _SessionProbe(session)
+    probe = bus._probe = _SessionProbe(session)
     unsubscribe = bus.dead_letters.subscribe(session._dead_letter)
     try:
         yield session
         await session.wait_quiet()
+    except BaseException:
+        # Left by an error: still let what this session started settle (within
+        # the timeout, even when cancelled), so none of it reaches the next one;
+        # with no more faults (hypothesis' data may be finished).
+        probe.faults = None
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + quiet_timeout):
+            await bus.wait_quiet()
+        raise
     finally:
         unsubscribe()
         bus._probe = None
