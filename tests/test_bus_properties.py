@@ -1,15 +1,19 @@
 """Property tests of the bus: random modules, routes, messages and dispatch chains.
 
-Each example runs its own ``trio.run`` on a ``MockClock`` (autojump), so a
-hang shows up as an ``AskTimeout`` after the mock 30 s, not as a stuck test.
+Each example runs its own deterministic ``trio.run`` (``triobus.testing.run``,
+a ``MockClock`` that jumps), so a hang shows up as an ``AskTimeout`` after the
+mock 30 s or a ``QuietTimeout`` after the mock 10 s, not as a stuck test.
+Every example runs twice: once under a tracked session (``session.wait_quiet``,
+and its records cross-checked), and once untracked, because a session's probe
+takes other code paths in the bus (the observed receive, releases from a bus
+task) than production does.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import trio
@@ -28,10 +32,11 @@ from triobus import (
     Route,
     current_context,
     local_queue,
-    open_bus,
     route,
     route_module,
+    testing,
 )
+from triobus.testing import Record, RecordKind, TrackedSession, strategies, tracked
 
 SETTINGS = settings(
     max_examples=40,
@@ -40,8 +45,14 @@ SETTINGS = settings(
 )
 
 
-def run(main: Callable[[], Any]) -> None:
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+#: How long the untracked run may take to be quiet (mock seconds) before it fails.
+QUIET_LIMIT = 10.0
+
+
+def endpoint_uri(record: Record) -> str:
+    """The uri of the endpoint a handling record names (its actor path ends with it)."""
+    assert record.endpoint is not None
+    return record.endpoint.rsplit("/", 1)[-1]
 
 
 def message_class(base: type, name: str) -> type:
@@ -68,6 +79,21 @@ class Wiring:
     messages: tuple[tuple[str, int], ...]  # ("invoke" | "send" | "publish", index)
 
 
+@attrs.frozen
+class Dispatch:
+    """One call of the generated traffic: how, and which message type.
+
+    ``pick`` chooses among the request types (invoke, send) or the event types
+    (publish), modulo their number, which is only known once the wiring is drawn.
+    """
+
+    how: Literal["invoke", "send", "publish"]
+    pick: int
+
+
+DISPATCHES = strategies.message_sequences(Dispatch, min_size=1, max_size=15)
+
+
 @st.composite
 def wirings(draw: st.DrawFn) -> Wiring:
     n_modules = draw(st.integers(1, 3))
@@ -83,11 +109,9 @@ def wirings(draw: st.DrawFn) -> Wiring:
     # Only events with a subscriber may be routed (else it is a wiring error).
     event_routes = tuple(draw(target) if subs else None for subs in subscribers)
     module_routes = tuple(draw(target) for _ in range(n_modules))
-    message = st.one_of(
-        st.tuples(st.sampled_from(["invoke", "send"]), st.integers(0, n_requests - 1)),
-        st.tuples(st.just("publish"), st.integers(0, n_events - 1)),
+    messages = tuple(
+        (d.how, d.pick % (n_events if d.how == "publish" else n_requests)) for d in draw(DISPATCHES)
     )
-    messages = tuple(draw(st.lists(message, min_size=1, max_size=15)))
     return Wiring(
         n_modules,
         endpoints,
@@ -160,11 +184,57 @@ def test_each_message_reaches_exactly_its_handlers(wiring: Wiring) -> None:
             uri = expected_endpoint(wiring.event_routes[j], m, "default")
             expected_routes.add(("event", f"prop.ev{j}", uri, f"ev_handler_{j}_{k}"))
 
-    results: list[Any] = []
     expected_calls: Counter[tuple[Any, ...]] = Counter()
+    expected_handled: Counter[tuple[str, str, str, int]] = Counter()
+    expected_published: Counter[tuple[str, str, int]] = Counter()
+    for seq, (how, index) in enumerate(wiring.messages):
+        if how in ("invoke", "send"):
+            expected_calls["req", index, seq] += 1
+            uri = expected_endpoint(
+                wiring.request_routes[index], wiring.request_module[index], "requests"
+            )
+            expected_handled[f"prop.req{index}", uri, f"req_handler_{index}", seq] += 1
+        else:
+            event_uris = set()
+            for k, m in enumerate(wiring.subscribers[index]):
+                expected_calls["ev", index, k, seq] += 1
+                uri = expected_endpoint(wiring.event_routes[index], m, "default")
+                expected_handled[f"prop.ev{index}", uri, f"ev_handler_{index}_{k}", seq] += 1
+                event_uris.add(uri)
+            for uri in event_uris:  # one delivery per endpoint with subscribers
+                expected_published[f"prop.ev{index}", uri, seq] += 1
+    expected_results = [
+        ("req", index, seq) for seq, (how, index) in enumerate(wiring.messages) if how == "invoke"
+    ]
 
-    async def main() -> None:
-        async with open_bus(*modules, endpoints=endpoints, routing=routing) as bus:
+    def check_records(session: TrackedSession) -> None:
+        def dispatched(how: str) -> list[tuple[str, int]]:
+            return [
+                (f"prop.req{index}", seq)
+                for seq, (kind, index) in enumerate(wiring.messages)
+                if kind == how
+            ]
+
+        assert [(r.message_name, r.message.seq) for r in session.sent()] == dispatched("send")
+        assert [(r.message_name, r.message.seq) for r in session.invoked()] == dispatched("invoke")
+        published = Counter(
+            (r.message_name, r.endpoint, r.message.seq) for r in session.published()
+        )
+        assert published == expected_published
+        # Each handling happened once, by the right handler, on the right endpoint.
+        handled = Counter(
+            (r.message_name, endpoint_uri(r), r.handler, r.message.seq) for r in session.handled()
+        )
+        assert handled == expected_handled
+        assert {r.attempt for r in session.handled()} <= {1}
+        dispatched_ids = {r.message_id for r in session.records if r.kind is not RecordKind.HANDLED}
+        assert {r.message_id for r in session.handled()} <= dispatched_ids
+        assert session.failed() == []
+        assert session.dead_letters == []
+
+    async def main(observed: bool) -> list[Any]:
+        results: list[Any] = []
+        async with testing.open_test_bus(*modules, endpoints=endpoints, routing=routing) as bus:
             routes = set()
             for line in bus.topology().splitlines():
                 head, labels = line.split(": ", 1)
@@ -173,26 +243,33 @@ def test_each_message_reaches_exactly_its_handlers(wiring: Wiring) -> None:
                     routes.add((kind, name, uri, label))
             assert routes == expected_routes
 
-            for seq, (how, index) in enumerate(wiring.messages):
-                if how == "invoke":
-                    results.append(await bus.invoke(requests[index](seq)))
-                    expected_calls["req", index, seq] += 1
-                elif how == "send":
-                    await bus.send(requests[index](seq))
-                    expected_calls["req", index, seq] += 1
-                else:
-                    await bus.publish(events[index](seq))
-                    for k in range(len(wiring.subscribers[index])):
-                        expected_calls["ev", index, k, seq] += 1
-            await bus.wait_quiet()
+            async def dispatch_all() -> None:
+                for seq, (how, index) in enumerate(wiring.messages):
+                    if how == "invoke":
+                        results.append(await bus.invoke(requests[index](seq)))
+                    elif how == "send":
+                        await bus.send(requests[index](seq))
+                    else:
+                        await bus.publish(events[index](seq))
+
+            if observed:
+                async with tracked(bus) as session:
+                    await dispatch_all()
+                    await session.wait_quiet()
+                check_records(session)
+            else:
+                await dispatch_all()
+                with trio.fail_after(QUIET_LIMIT):
+                    await bus.wait_quiet()
             assert bus.in_flight == 0
             assert list(bus.dead_letters) == []
+        return results
 
-    run(main)
-    assert calls == expected_calls
-    assert results == [
-        ("req", index, seq) for seq, (how, index) in enumerate(wiring.messages) if how == "invoke"
-    ]
+    for observed in (True, False):
+        calls.clear()
+        results = testing.run(main, observed)
+        assert calls == expected_calls
+        assert results == expected_results
 
 
 # ---------------------------------------------------------------- dispatch chains
@@ -288,34 +365,60 @@ def test_correlation_and_causation_are_kept_along_generated_chains(
         # Requests on the concurrent default request endpoint, the rest spread.
         endpoints = [local_queue("e1"), local_queue("e2")]
         routing = [route(HopCommand).to(spread[0]), route(HopEvent).to(spread[1])]
-    counter = itertools.count(1)
+    sessions: list[TrackedSession] = []
 
-    async def main() -> None:
+    async def main(observed: bool) -> None:
         nonlocal bus
-        async with open_bus(
-            module,
-            endpoints=endpoints,
-            routing=routing,
-            id_factory=lambda: f"id{next(counter)}",
-        ) as bus:
-            await dispatch(0, correlation_id=correlation_id, headers=headers)
-            await bus.wait_quiet()
+        async with testing.open_test_bus(module, endpoints=endpoints, routing=routing) as bus:
+            if observed:
+                async with tracked(bus) as session:
+                    await dispatch(0, correlation_id=correlation_id, headers=headers)
+                    await session.wait_quiet()
+                sessions.append(session)
+            else:
+                await dispatch(0, correlation_id=correlation_id, headers=headers)
+                with trio.fail_after(QUIET_LIMIT):
+                    await bus.wait_quiet()
             assert bus.in_flight == 0
             assert list(bus.dead_letters) == []
 
     bus: Any = None
-    run(main)
+    for observed in (True, False):
+        seen.clear()
+        testing.run(main, observed)
 
-    assert sorted(seen) == list(range(len(flat)))
-    assert all(len(contexts) == 1 for contexts in seen.values())
-    contexts = {index: contexts[0] for index, contexts in seen.items()}
-    root = contexts[0]
-    chain_id = correlation_id if correlation_id is not None else root.message_id
-    assert root.causation_id is None
-    for index, (_how, parent, _children) in enumerate(flat):
-        context = contexts[index]
-        assert context.correlation_id == chain_id
-        assert context.headers == (headers or {})
-        if parent is not None:
-            assert context.causation_id == contexts[parent].message_id
-    assert len({c.message_id for c in contexts.values()}) == len(flat)
+        assert sorted(seen) == list(range(len(flat)))
+        assert all(len(contexts) == 1 for contexts in seen.values())
+        contexts = {index: contexts[0] for index, contexts in seen.items()}
+        root = contexts[0]
+        chain_id = correlation_id if correlation_id is not None else root.message_id
+        assert root.causation_id is None
+        for index, (_how, parent, _children) in enumerate(flat):
+            context = contexts[index]
+            assert context.correlation_id == chain_id
+            assert context.headers == (headers or {})
+            if parent is not None:
+                assert context.causation_id == contexts[parent].message_id
+        assert len({c.message_id for c in contexts.values()}) == len(flat)
+        if observed:
+            tracked_chain_id = chain_id
+
+    # The records of the tracked run tell the same story as the handlers saw.
+    [session] = sessions
+    kinds = {"send": RecordKind.SENT, "publish": RecordKind.PUBLISHED, "invoke": RecordKind.INVOKED}
+    dispatched = [r for r in session.records if r.kind in kinds.values()]
+    assert sorted(r.message.node for r in dispatched) == list(range(len(flat)))
+    ids = {}
+    for record in dispatched:
+        node = record.message.node
+        how, parent, _children = flat[node]
+        assert record.kind is kinds[how]
+        assert record.correlation_id == tracked_chain_id
+        assert record.causation_id == (None if parent is None else ids[parent])
+        ids[node] = record.message_id
+    assert len(set(ids.values())) == len(flat)
+    # Every hop was handled once, inline re-entrant invokes included.
+    assert sorted(r.message.node for r in session.handled()) == list(range(len(flat)))
+    assert all(r.correlation_id == tracked_chain_id for r in session.handled())
+    assert session.failed() == []
+    assert session.dead_letters == []

@@ -6,13 +6,15 @@
 (b) For random message sequences from several senders, the order per sender
     is kept and every message is either handled or in dead letters.
 
-Each example runs its own ``trio.run`` on ``MockClock(autojump_threshold=0)``.
+Each example runs its own deterministic ``trio.run`` (``triobus.testing.run``:
+a ``MockClock`` that jumps, so timing rules take no wall time), and the
+messages of (b) come from the testing kit's strategies.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, NewType
 
 import attrs
 import trio
@@ -28,13 +30,11 @@ from triobus import (
     DeadLetterReason,
     MailboxSpec,
     SupervisorGaveUp,
+    testing,
 )
+from triobus.testing import strategies
 
 PROPERTY_SETTINGS = settings(max_examples=50, deadline=None)
-
-
-def run_on_mock_clock(fn: Any, *args: Any) -> Any:
-    return trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 class Crash(Exception):
@@ -227,7 +227,7 @@ def test_restart_hooks_follow_otp_rules_for_random_crash_schedules(
     schedule: CrashSchedule,
 ) -> None:
     expected, gave_up_at = otp_model(schedule)
-    observed, error = run_on_mock_clock(observe, schedule)
+    observed, error = testing.run(observe, schedule)
     assert normalized(observed, schedule.strategy) == normalized(expected, schedule.strategy)
     if gave_up_at is None:
         assert error is None
@@ -285,12 +285,37 @@ def test_otp_model_examples() -> None:
 # ================================================================ (b) message delivery
 
 
+#: Seconds a sender waits before a message: mostly none.
+Gap = NewType("Gap", float)
+#: Whether the receiver crashes on a message: one in eight.
+CrashFlag = NewType("CrashFlag", bool)
+#: Seconds the receiver takes over a message.
+Duration = NewType("Duration", float)
+
+strategies.register(Gap, st.sampled_from([0.0, 0.0, 0.5, 1.0]))
+strategies.register(CrashFlag, st.integers(min_value=0, max_value=7).map(lambda roll: roll == 0))
+strategies.register(Duration, st.sampled_from([0.0, 0.5, 1.0]))
+
+
 @attrs.frozen
 class Message:
     sender: int
     seq: int
-    crash: bool
-    duration: float
+    crash: CrashFlag
+    duration: Duration
+
+
+@attrs.frozen
+class Paced:
+    """A message and the pause before it is sent."""
+
+    gap: Gap
+    message: Message
+
+
+#: A sender's stream of n messages is ``STREAMS[n]`` (n up to 12, drawn evenly).
+#: ``sender`` and ``seq`` are drawn too, then set from the stream's position.
+STREAMS = [strategies.message_sequences(Paced, min_size=n, max_size=n) for n in range(13)]
 
 
 @attrs.frozen
@@ -307,14 +332,13 @@ def traffic(draw: st.DrawFn) -> Traffic:
     count = draw(st.integers(min_value=1, max_value=4))
     senders = []
     for sender in range(count):
-        size = draw(st.integers(min_value=0, max_value=12))
-        messages = []
-        for seq in range(size):
-            gap = draw(st.sampled_from([0.0, 0.0, 0.5, 1.0]))
-            crash = draw(st.integers(min_value=0, max_value=7)) == 0
-            duration = draw(st.sampled_from([0.0, 0.5, 1.0]))
-            messages.append((gap, Message(sender, seq, crash, duration)))
-        senders.append(tuple(messages))
+        stream = draw(STREAMS[draw(st.integers(min_value=0, max_value=12))])
+        senders.append(
+            tuple(
+                (paced.gap, attrs.evolve(paced.message, sender=sender, seq=seq))
+                for seq, paced in enumerate(stream)
+            )
+        )
     return Traffic(
         senders=tuple(senders),
         capacity=draw(st.integers(min_value=1, max_value=6)),
@@ -378,7 +402,7 @@ async def deliver(plan: Traffic) -> tuple[list[Message], list[Any]]:
 def test_every_message_is_handled_or_dead_lettered_and_order_per_sender_is_kept(
     plan: Traffic,
 ) -> None:
-    handled, letters = run_on_mock_clock(deliver, plan)
+    handled, letters = testing.run(deliver, plan)
     sent = [message for messages in plan.senders for _, message in messages]
 
     # Each message ends exactly once: handled, or in dead letters.

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Generic, Literal, NewType, Optional, TypeVar,
 
 import attrs
 import pytest
-from hypothesis import Phase, find, given, seed, settings
+from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
 from triobus import Command, Event, Request
@@ -20,8 +20,6 @@ from triobus.testing import strategies
 SETTINGS = settings(max_examples=40, deadline=None)
 # Finding an example, not a minimal one: no shrinking, so it stays fast.
 FIND = settings(max_examples=50, database=None, deadline=None, phases=[Phase.generate])
-#: For tests that expect hypothesis to fail (the xfail ones): pinned, no database.
-PINNED = settings(max_examples=40, deadline=None, database=None)
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -259,8 +257,7 @@ def test_a_generic_message_over_a_container_of_messages(box: Box[list[Money]]) -
     assert all(type(m) is Money for m in box.value)
 
 
-@seed(1)
-@PINNED
+@SETTINGS
 @given(strategies.from_type(Pair[int]))
 def test_a_type_argument_flows_into_nested_generic_messages(pair: Pair[int]) -> None:
     assert type(pair.other) is int
@@ -304,8 +301,7 @@ def test_a_recursive_list_message_is_derived() -> None:
 # ---------------------------------------------------------------- the bus's message bases
 
 
-@seed(1)
-@PINNED
+@SETTINGS
 @given(data=st.data())
 def test_event_command_and_request_subclasses_are_derived(data: st.DataObject) -> None:
     placed = data.draw(strategies.from_type(OrderPlaced))
