@@ -262,7 +262,9 @@ class BusRunner:
     async def __aenter__(self) -> MessageBus:
         system = self._system
         if system is None:
-            system = self._own_system = ActorSystem("triobus", max_restarts=10, within=5.0)
+            system = self._own_system = ActorSystem(
+                "triobus", max_restarts=10, within=5.0, rng=self._rng
+            )
             await system.__aenter__()
         try:
             return await self._start(system)
