@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, final
 
@@ -131,8 +130,12 @@ class AskTimer:
         self._queues: dict[float, deque[tuple[float, Ask]]] = {}
         self._scope: trio.CancelScope | None = None
 
-    def add(self, ask: Ask, timeout: float) -> None:
-        deadline = trio.current_time() + timeout
+    def add(self, ask: Ask, timeout: float, left: float | None = None) -> None:
+        """Expire ``ask`` after ``left`` seconds (default ``timeout``).
+
+        Asks are queued by their ``timeout``, so the queues stay few.
+        """
+        deadline = trio.current_time() + (timeout if left is None else left)
         queue = self._queues.get(timeout)
         if queue is None:
             queue = self._queues[timeout] = deque()
@@ -143,16 +146,18 @@ class AskTimer:
 
     def prune(self, timeout: float) -> None:
         """Drop settled asks from the head of the queue of ``timeout``."""
-        queue = self._queues[timeout]
+        queue = self._queues.get(timeout)
         while queue and queue[0][1].done:
             queue.popleft()
 
     def _next_deadline(self) -> float:
         deadline = math.inf
-        for queue in self._queues.values():
+        for timeout, queue in list(self._queues.items()):
             while queue and queue[0][1].done:
                 queue.popleft()
-            if queue and queue[0][0] < deadline:
+            if not queue:
+                del self._queues[timeout]
+            elif queue[0][0] < deadline:
                 deadline = queue[0][0]
         return deadline
 
@@ -182,5 +187,3 @@ class Frame:
 
 #: The frame of the actor handler running in this task, if any.
 current_frame: ContextVar[Frame | None] = ContextVar("triobus_current_frame", default=None)
-
-AbortFn = Callable[[Any], trio.lowlevel.Abort]

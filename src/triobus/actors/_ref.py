@@ -118,10 +118,11 @@ class ActorRef:
         if timeout is not None and not timeout > 0:
             _check_timeout(timeout)
         ask = Ask(message, cell, chain, timeout)
+        left = timeout
         try:
             self._send_nowait(ask)
         except trio.WouldBlock:
-            timeout = await self._put_waiting(ask, timeout)
+            left = await self._put_waiting(ask, timeout)
         except trio.ClosedResourceError:
             raise self._refused(message) from None
         if ask.done:
@@ -130,7 +131,7 @@ class ActorRef:
         if timeout is None:
             return await trio.lowlevel.wait_task_rescheduled(ask._abort)
         timer = cell.runtime.timer
-        timer.add(ask, timeout)
+        timer.add(ask, timeout, left)
         try:
             return await trio.lowlevel.wait_task_rescheduled(ask._abort)
         finally:

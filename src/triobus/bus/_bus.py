@@ -64,10 +64,6 @@ class _Default:
 _DEFAULT: Final = _Default()
 
 
-def _actor_name(uri: str) -> str:
-    return uri.replace("/", "%2F")
-
-
 @final
 class MessageBus:
     """The bus: ``invoke`` (ask), ``send`` (tell), ``publish`` (broadcast).

@@ -51,34 +51,38 @@ class EndpointActor(Actor):
             return await self._receive_observed(envelope)
         handling = Handling(envelope)
         current_handling.set(handling)
-        if envelope.asked:
-            try:
-                result = await envelope.plan.steps[0].call(envelope.message)
-            except Exception as exc:
-                if handling.held:
-                    drop_held(handling)
-                return Failed(exc)
-            if handling.held:
-                release(handling)
-            return result
-        steps = envelope.plan.steps
-        message = envelope.message
-        # Each handler is its own delivery; the retry loop is entered only
-        # after a first attempt failed.
-        while envelope.progress < len(steps):
-            step = steps[envelope.progress]
-            try:
-                await step.call(message)
-            except Exception as exc:
-                if handling.held:
-                    drop_held(handling)
-                await self._deliver(envelope, step, handling, first_error=exc)
-            else:
+        try:
+            if envelope.asked:
+                try:
+                    result = await envelope.plan.steps[0].call(envelope.message)
+                except Exception as exc:
+                    if handling.held:
+                        drop_held(handling)
+                    return Failed(exc)
                 if handling.held:
                     release(handling)
-            envelope.progress += 1
-        bus.settled()
-        return None
+                return result
+            steps = envelope.plan.steps
+            message = envelope.message
+            # Each handler is its own delivery; the retry loop is entered only
+            # after a first attempt failed.
+            while envelope.progress < len(steps):
+                step = steps[envelope.progress]
+                try:
+                    await step.call(message)
+                except Exception as exc:
+                    if handling.held:
+                        drop_held(handling)
+                    await self._deliver(envelope, step, handling, first_error=exc)
+                else:
+                    if handling.held:
+                        release(handling)
+                envelope.progress += 1
+            bus.settled()
+            return None
+        finally:
+            if handling.held:  # cut off (cancelled): what it sent goes with it
+                drop_held(handling)
 
     async def _receive_observed(self, envelope: Envelope) -> Any:
         """The path with a probe (testing kit) or plugins attached."""
@@ -88,6 +92,14 @@ class EndpointActor(Actor):
             probe.before_receive(envelope, self.path)
         handling = Handling(envelope)
         current_handling.set(handling)
+        try:
+            return await self._observed(envelope, handling, probe)
+        finally:
+            if handling.held:  # cut off (cancelled): what it sent goes with it
+                drop_held(handling)
+
+    async def _observed(self, envelope: Envelope, handling: Handling, probe: Probe | None) -> Any:
+        bus = self.bus
         dispatch = envelope.dispatch
         steps = envelope.plan.steps
         if envelope.asked:

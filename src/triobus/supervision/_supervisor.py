@@ -292,7 +292,7 @@ class SupervisorCell:
         return [c for c in group if c in self.children]
 
     async def _wait_backoff(self, now: float) -> None:
-        if self.backoff is None:
+        if self.backoff is None or self.stopping:
             return
         if now - self._last_failure >= self.backoff.reset_after:
             self._streak = 0

@@ -18,7 +18,9 @@ import attrs
 import trio
 
 from ..bus._context import Envelope
+from ..bus._endpoint import tell_in_order
 from ..bus._plans import EndpointRuntime, Step
+from ..mailbox import DeadLetterReason
 from ._records import RecordKind
 
 if TYPE_CHECKING:
@@ -264,24 +266,33 @@ class FaultInjector:
                 bus._nursery.start_soon(self._release_held_back, bus, endpoint.uri)
         else:
             await bus.tell(endpoint, envelope)
-            await self._overtaken(bus, endpoint.uri)
+            overtaken = self._held_back.pop(endpoint.uri, None)
+            if overtaken:
+                # Delivered from a task of the bus: a refusal is a dead letter,
+                # never an error for this sender.
+                assert bus._nursery is not None
+                bus._nursery.start_soon(tell_in_order, overtaken)
 
     async def _deliver_later(
         self, bus: Any, endpoint: EndpointRuntime, envelope: Envelope, seconds: float
     ) -> None:
-        await trio.sleep(seconds)
-        bus.settled()  # bus.tell counts it again at once
-        await bus.tell(endpoint, envelope)
-
-    async def _overtaken(self, bus: Any, uri: str) -> None:
-        held = self._held_back.pop(uri, None)
-        for endpoint, envelope in held or ():
-            bus.settled()
-            await bus.tell(endpoint, envelope)
+        try:
+            await trio.sleep(seconds)
+        except BaseException:
+            bus.dead_letters.record(envelope, endpoint.uri, DeadLetterReason.SHUTDOWN)
+            raise
+        await tell_in_order([(endpoint, envelope)])
 
     async def _release_held_back(self, bus: Any, uri: str) -> None:
-        await trio.sleep(self.reorder_window)
-        await self._overtaken(bus, uri)
+        try:
+            await trio.sleep(self.reorder_window)
+        except BaseException:
+            for endpoint, envelope in self._held_back.pop(uri, ()):
+                bus.dead_letters.record(envelope, endpoint.uri, DeadLetterReason.SHUTDOWN)
+            raise
+        overtaken = self._held_back.pop(uri, None)
+        if overtaken:
+            await tell_in_order(overtaken)
 
     def before_receive(self, session: TrackedSession, envelope: Envelope, endpoint: str) -> None:
         if self._first_fault((Fault.CRASH_ACTOR,), envelope, "actor crash") is not None:
