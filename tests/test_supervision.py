@@ -943,3 +943,28 @@ async def test_a_temporary_supervisor_that_gives_up_is_dropped(autojump_clock: M
         assert [n.name for n in system.tree().children] == ["b"]
         assert a.stopped
         assert await b.ask("alive") == "alive"
+
+
+class _Boom(Actor):
+    async def receive(self, message: object) -> object:
+        if message == "boom":
+            raise RuntimeError("boom")
+        return message
+
+
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+async def test_bystanders_take_messages_again_when_the_failed_child_is_removed_first(
+    strategy: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The failure pauses the bystander at once; removing the failed child before
+    # its supervisor handles the report means no round follows, so it resumes.
+    for _ in range(10):  # the scheduler picks who runs first: try both orders
+        async with ActorSystem(name="app") as system:
+            group = await system.spawn_supervisor("g", strategy=strategy, max_restarts=5)
+            failing = await group.spawn(_Boom, name="a")
+            bystander = await group.spawn(_Boom, name="b")
+            await bystander.ask("warm up")
+            with pytest.raises(RuntimeError):
+                await failing.ask("boom")
+            await failing.stop()
+            assert await bystander.ask("ping", timeout=1) == "ping"

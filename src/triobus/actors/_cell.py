@@ -452,6 +452,21 @@ class ActorCell:
             self._stop_mode = _Signal.PAUSE
             self._wake_idle()
 
+    def resume(self) -> None:
+        """Undo :meth:`pause` when no restart round follows it (the failure was stale)."""
+        if self.state is not ChildState.RUNNING or not self.stopping:
+            return
+        if self._stop_mode is _Signal.PAUSE:
+            self._stop_mode = None
+            self.stopping = False
+            self._release_pause()
+        elif self._asleep and self._scope is None:
+            self.stopping = False
+            if self._redeliver or len(self.mailbox):
+                self._launch()
+            else:
+                self.ref._send_nowait = self._wake_send
+
     def _release_pause(self) -> None:
         if self._resume is not None:
             self._resume.set()

@@ -59,6 +59,8 @@ class Child(Protocol):
 
     def pause(self) -> None: ...
 
+    def resume(self) -> None: ...
+
     def finalize(self, reason: DeadLetterReason, cause: BaseException | None = None) -> None: ...
 
 
@@ -105,6 +107,8 @@ class SupervisorCell:
         self.shutdown = shutdown
         self.children: list[Child] = []
         self._names: set[str] = set()
+        #: Bystanders paused for a failure report not handled yet.
+        self._paused: dict[tuple[int, int], list[Child]] = {}
         self.state = ChildState.NEW
         self.restarts = 0
         self.incarnation = 0
@@ -211,9 +215,16 @@ class SupervisorCell:
             # sent after the failure never reaches an old incarnation.
             assert isinstance(child, ActorCell | SupervisorCell)
             if self._will_restart(child, incarnation, error):
-                for bystander in self._group(child):
-                    if bystander is not child:
-                        bystander.pause()
+                paused = [b for b in self._group(child) if b is not child]
+                for bystander in paused:
+                    bystander.pause()
+                self._paused[id(child), incarnation] = paused
+
+    def _resume(self, paused: list[Child]) -> None:
+        if not self.stopping:
+            for bystander in paused:
+                if bystander in self.children:
+                    bystander.resume()
 
     def _will_restart(self, child: Child, incarnation: int, error: BaseException | None) -> bool:
         if child not in self.children or child.incarnation != incarnation or child.stopping:
@@ -242,14 +253,26 @@ class SupervisorCell:
         for child in self.children:
             child.pause()
 
+    def resume(self) -> None:
+        """Undo :meth:`pause` when no restart round follows it."""
+        if self.stopping and self._scope is not None:
+            self.stopping = False
+            for child in self.children:
+                child.resume()
+
     async def _handle_exit(
         self, child: Child, incarnation: int, error: BaseException | None, failed_at: float
     ) -> None:
+        paused = self._paused.pop((id(child), incarnation), [])
         if child not in self.children or child.incarnation != incarnation or child.stopping:
-            return  # a stale report: the child was stopped or restarted meanwhile
+            # A stale report: the child was stopped, removed or restarted
+            # meanwhile. No round follows, so its bystanders take messages again.
+            self._resume(paused)
+            return
         if error is not None:
             logger.warning("%s failed: %r", child.path, error)
         if not self._will_restart(child, incarnation, error):
+            self._resume(paused)
             self._forget(child)
             child.finalize(DeadLetterReason.SHUTDOWN, error)
             return
