@@ -28,7 +28,7 @@ from ._runtime import Parent, Runtime
 logger = logging.getLogger("triobus.actors")
 
 #: A busy actor yields to the scheduler after this many messages in a row.
-FAIRNESS_BUDGET = 64
+FAIRNESS_BUDGET = 256
 #: ``on_stop`` gets at most this long when the shutdown deadline is unlimited.
 ON_STOP_LIMIT = 5.0
 
@@ -286,6 +286,7 @@ class ActorCell:
                                 self._interrupted(item)
                                 raise
                             self.busy -= 1
+                            frame.chain = ()
                             if item.done:
                                 item.reply(result)  # a late reply: a dead letter
                             elif item.parked:
@@ -294,7 +295,6 @@ class ActorCell:
                             else:
                                 item.reply(result)
                         else:
-                            frame.chain = ()
                             try:
                                 await receive(item)
                             except Exception as exc:
