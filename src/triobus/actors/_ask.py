@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, final
 
@@ -124,22 +125,31 @@ class AskTimer:
     entries as there are asks in flight.
     """
 
-    __slots__ = ("_queues", "_scope")
+    __slots__ = ("_now", "_queues", "_scope")
 
     def __init__(self) -> None:
         self._queues: dict[float, deque[tuple[float, Ask]]] = {}
         self._scope: trio.CancelScope | None = None
+        #: The run's clock, read directly (set when the timer task starts).
+        self._now: Callable[[], float] | None = None
 
     def add(self, ask: Ask, timeout: float, left: float | None = None) -> None:
         """Expire ``ask`` after ``left`` seconds (default ``timeout``).
 
         Asks are queued by their ``timeout``, so the queues stay few.
         """
-        deadline = trio.current_time() + (timeout if left is None else left)
+        now = self._now() if self._now is not None else trio.current_time()
         queue = self._queues.get(timeout)
         if queue is None:
             queue = self._queues[timeout] = deque()
-        queue.append((deadline, ask))
+        if left is None:
+            deadline = now + timeout
+            queue.append((deadline, ask))
+            if len(queue) > 1:
+                return  # a later entry of a FIFO: never the earliest deadline
+        else:
+            deadline = now + left
+            queue.append((deadline, ask))
         scope = self._scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
@@ -163,6 +173,7 @@ class AskTimer:
 
     async def run(self) -> None:
         """Expire asks at their deadlines, until cancelled."""
+        self._now = trio.lowlevel.current_clock().current_time
         while True:
             with trio.CancelScope(deadline=self._next_deadline()) as scope:
                 self._scope = scope
