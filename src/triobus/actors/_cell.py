@@ -202,16 +202,6 @@ class ActorCell:
         """A dormant incarnation is ending: sends queue for the next one."""
         self.ref._send_nowait = self.mailbox._send.send_nowait
 
-    @property
-    def dormant(self) -> bool:
-        """Started, but its task waits for the first message (none has come)."""
-        return self._asleep
-
-    @property
-    def running(self) -> bool:
-        """Whether an incarnation's task is alive."""
-        return self._scope is not None
-
     # ------------------------------------------------------------ the task
 
     async def _main(self, instance: Actor, scope: trio.CancelScope | None) -> None:

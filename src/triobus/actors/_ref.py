@@ -115,8 +115,7 @@ class ActorRef:
             chain = (*frame.chain, frame.cell)
             if cell in chain and cell.busy >= cell.max_concurrency:
                 raise cell.deadlock(chain)
-        if timeout is not None and not timeout > 0:
-            _check_timeout(timeout)
+        _check_timeout(timeout)
         ask = Ask(message, cell, chain, timeout)
         left = timeout
         try:

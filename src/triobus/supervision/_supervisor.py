@@ -147,10 +147,6 @@ class SupervisorCell:
             self.state = ChildState.RESTARTING if restarting else ChildState.NEW
             raise
 
-    @property
-    def running(self) -> bool:
-        return self._scope is not None
-
     async def _main(
         self,
         cause: BaseException | None,
