@@ -2,8 +2,8 @@
 
 The asker parks with ``trio.lowlevel.wait_task_rescheduled`` and the actor
 reschedules it with the reply: no channel or event per call. Timeouts are
-not a cancel scope per call (that costs more than the ask itself) but one
-heap of deadlines per system, served by one timer task.
+not a cancel scope per call (that costs more than the ask itself) but FIFO
+queues of deadlines, one per timeout value, served by one timer task per system.
 """
 
 from __future__ import annotations
