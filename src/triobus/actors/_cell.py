@@ -11,7 +11,7 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, final
+from typing import final
 
 import outcome
 import trio
@@ -525,9 +525,6 @@ class ActorCell:
             "Use tell for the call back, or raise max_concurrency",
             paths,
         )
-
-    def statistics(self) -> dict[str, Any]:
-        return {"busy": self.busy, "mailbox": self.mailbox.statistics()}
 
     def __repr__(self) -> str:
         return f"<ActorCell {self.path} {self.state.value}>"

@@ -28,7 +28,7 @@ from .._errors import (
 from ..actors import ActorRef
 from ..mailbox import DeadLetterReason, DeadLetters
 from ._context import Envelope, Handling, current_handling
-from ._endpoint import drop_held, hold, release, run_step, tell_in_order
+from ._endpoint import drop_held, hold, release, tell_in_order
 from ._handlers import Callee
 from ._messages import (
     Identity,
@@ -339,7 +339,7 @@ class MessageBus:
         try:
             if probe is not None:
                 probe.before_handle(envelope, step, where)
-            result = await run_step(step, envelope.message)
+            result = await step.call(envelope.message)
         except Exception as exc:
             drop_held(handling)
             if probe is not None:

@@ -31,11 +31,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("triobus.bus")
 
 
-async def run_step(step: Step, message: object) -> Any:
-    """Run one handler inside its behaviors."""
-    return await step.call(message)
-
-
 class EndpointActor(Actor):
     """Handles the envelopes routed to one endpoint (or one of its partitions)."""
 
