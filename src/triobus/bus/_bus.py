@@ -27,7 +27,7 @@ from .._errors import (
 )
 from ..actors import ActorRef
 from ..mailbox import DeadLetterReason, DeadLetters
-from ._context import Envelope, Handling, current_handling
+from ._context import Envelope, current_handling
 from ._endpoint import drop_held, hold, release, tell_in_order
 from ._handlers import Callee
 from ._messages import (
@@ -286,7 +286,7 @@ class MessageBus:
         envelope = Envelope(
             request,
             plan,
-            None if handling is None else handling.envelope,
+            handling,
             headers,
             correlation_id,
             reply_to,
@@ -314,7 +314,7 @@ class MessageBus:
         plan: Plan,
         envelope: Envelope,
         timeout: float | _Default | None,
-        handling: Handling | None,
+        handling: Envelope | None,
     ) -> Any:
         ref = plan.ref or plan.endpoint.pick(envelope.message)
         if handling is not None and ref._would_deadlock():
@@ -331,8 +331,7 @@ class MessageBus:
     async def _invoke_inline(self, envelope: Envelope) -> Any:
         # A re-entrant invoke whose endpoint is busy waiting on this very
         # call runs here, in the caller, instead of deadlocking.
-        handling = Handling(envelope)
-        token = current_handling.set(handling)
+        token = current_handling.set(envelope)
         probe = self._probe
         step = envelope.plan.steps[0]
         where = envelope.plan.endpoint.uri
@@ -341,19 +340,19 @@ class MessageBus:
                 probe.before_handle(envelope, step, where)
             result = await step.call(envelope.message)
         except Exception as exc:
-            drop_held(handling)
+            drop_held(envelope)
             if probe is not None:
                 probe.failed(envelope, step, where, exc, False)
             raise
         except BaseException:
-            drop_held(handling)
+            drop_held(envelope)
             raise
         finally:
             current_handling.reset(token)
         if probe is not None:
             probe.handled(envelope, step, where)
-        if handling.held:
-            release(handling)
+        if envelope.held:
+            release(envelope)
         return result
 
     # ------------------------------------------------------------ send
@@ -385,7 +384,7 @@ class MessageBus:
         plan = self._request_cache.get(type(command)) or self._request_plan(command, NoRouteError)
         handling = current_handling.get()
         if handling is not None:
-            envelope = Envelope(command, plan, handling.envelope, headers, correlation_id, reply_to)
+            envelope = Envelope(command, plan, handling, headers, correlation_id, reply_to)
             hold(handling, plan.endpoint, envelope)
             if self._probe is not None:
                 self._probe.dispatched(DispatchKind.SEND, envelope)
@@ -458,7 +457,7 @@ class MessageBus:
             await self._publish_collecting(event, plans, headers, correlation_id, reply_to)
             return
         handling = current_handling.get()
-        parent = None if handling is None else handling.envelope
+        parent = handling
         probe = self._probe
         first: Envelope | None = None
         refused: list[str] = []
@@ -504,7 +503,7 @@ class MessageBus:
         dispatch: DispatchEvent | None = None,
     ) -> None:
         handling = current_handling.get()
-        parent = None if handling is None else handling.envelope
+        parent = handling
         failures: list[Exception] = []
         first: Envelope | None = None
 
@@ -579,7 +578,7 @@ class MessageBus:
             )
             return None
         handling = current_handling.get()
-        parent = None if handling is None else handling.envelope
+        parent = handling
         first: Envelope | None = None
         results: list[Any] = []
         try:

@@ -3,7 +3,8 @@
 Each message travels in an :class:`Envelope`. While a handler runs, the
 envelope it handles is in a context variable, so every message the handler
 sends, invokes or publishes gets the same correlation id and that message's
-id as its causation id. Ids are made only when someone needs them, from a
+id as its causation id, and is held in the envelope until the handler's
+pipeline succeeded. Ids are made only when someone needs them, from a
 per-process random prefix and a counter (or the bus's ``id_factory``).
 """
 
@@ -66,6 +67,7 @@ class Envelope(Carrier):
         "causation_id",
         "dispatch",
         "headers",
+        "held",
         "message",
         "plan",
         "progress",
@@ -101,6 +103,8 @@ class Envelope(Carrier):
         self.asked = False
         #: The plugins' view of this dispatch, when plugins are attached.
         self.dispatch: DispatchEvent | None = None
+        #: What the handler of this envelope sent while running (released after it).
+        self.held: list[tuple[Any, Envelope]] | None = None
 
     @property
     def message_id(self) -> str:
@@ -128,6 +132,7 @@ class Envelope(Carrier):
         copy.attempt = 1
         copy.asked = self.asked
         copy.dispatch = self.dispatch
+        copy.held = None
         return copy
 
     def context(self) -> MessageContext:
@@ -154,25 +159,14 @@ class Envelope(Carrier):
         return f"<Envelope {self.plan.name} id={self.message_id}>"
 
 
-@final
-class Handling:
-    """The message a handler is working on, and what it sent meanwhile (held)."""
-
-    __slots__ = ("envelope", "held")
-
-    def __init__(self, envelope: Envelope) -> None:
-        self.envelope = envelope
-        self.held: list[tuple[Any, Envelope]] | None = None
-
-
-#: The handling in progress in this task, if any.
-current_handling: ContextVar[Handling | None] = ContextVar("triobus_handling", default=None)
+#: The envelope whose handler runs in this task, if any.
+current_handling: ContextVar[Envelope | None] = ContextVar("triobus_handling", default=None)
 
 
 def current_context() -> MessageContext | None:
     """The context of the message whose handler is running here, or ``None``."""
     handling = current_handling.get()
-    return None if handling is None else handling.envelope.context()
+    return None if handling is None else handling.context()
 
 
 def current_bus() -> MessageBus:
@@ -187,4 +181,4 @@ def current_bus() -> MessageBus:
             "current_bus() works inside a bus handler (or behavior) only: pass the bus "
             "to code that runs elsewhere"
         )
-    return handling.envelope.plan.bus
+    return handling.plan.bus

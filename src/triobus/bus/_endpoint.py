@@ -18,7 +18,7 @@ import trio
 from .._errors import ActorStopped, HandlerNotLocated, MailboxFull
 from ..actors import Actor
 from ..mailbox import DeadLetterReason
-from ._context import Envelope, Handling, current_handling
+from ._context import Envelope, current_handling
 from ._handlers import Callee
 from ._plans import EndpointRuntime, Failed, Step
 from ._plugins import DispatchEvent, Phase
@@ -41,21 +41,19 @@ class EndpointActor(Actor):
 
     async def receive(self, message: Any) -> Any:
         envelope: Envelope = message
-        bus = self.bus
-        if bus._probe is not None or envelope.dispatch is not None:
+        if self.bus._probe is not None or envelope.dispatch is not None:
             return await self._receive_observed(envelope)
-        handling = Handling(envelope)
-        current_handling.set(handling)
+        current_handling.set(envelope)
         try:
             if envelope.asked:
                 try:
                     result = await envelope.plan.steps[0].call(envelope.message)
                 except Exception as exc:
-                    if handling.held:
-                        drop_held(handling)
+                    if envelope.held:
+                        drop_held(envelope)
                     return Failed(exc)
-                if handling.held:
-                    release(handling)
+                if envelope.held:
+                    release(envelope)
                 return result
             steps = envelope.plan.steps
             message = envelope.message
@@ -66,35 +64,32 @@ class EndpointActor(Actor):
                 try:
                     await step.call(message)
                 except Exception as exc:
-                    if handling.held:
-                        drop_held(handling)
-                    await self._deliver(envelope, step, handling, first_error=exc)
+                    if envelope.held:
+                        drop_held(envelope)
+                    await self._deliver(envelope, step, first_error=exc)
                 else:
-                    if handling.held:
-                        release(handling)
+                    if envelope.held:
+                        release(envelope)
                 envelope.progress += 1
-            bus.settled()
+            self.bus.settled()
             return None
         finally:
-            if handling.held:  # cut off (cancelled): what it sent goes with it
-                drop_held(handling)
+            if envelope.held:  # cut off (cancelled): what it sent goes with it
+                drop_held(envelope)
 
     async def _receive_observed(self, envelope: Envelope) -> Any:
         """The path with a probe (testing kit) or plugins attached."""
-        bus = self.bus
-        probe = bus._probe
+        probe = self.bus._probe
         if probe is not None:
             probe.before_receive(envelope, self.path)
-        handling = Handling(envelope)
-        current_handling.set(handling)
+        current_handling.set(envelope)
         try:
-            return await self._observed(envelope, handling, probe)
+            return await self._observed(envelope, probe)
         finally:
-            if handling.held:  # cut off (cancelled): what it sent goes with it
-                drop_held(handling)
+            if envelope.held:  # cut off (cancelled): what it sent goes with it
+                drop_held(envelope)
 
-    async def _observed(self, envelope: Envelope, handling: Handling, probe: Probe | None) -> Any:
-        bus = self.bus
+    async def _observed(self, envelope: Envelope, probe: Probe | None) -> Any:
         dispatch = envelope.dispatch
         steps = envelope.plan.steps
         if envelope.asked:
@@ -107,22 +102,22 @@ class EndpointActor(Actor):
                 else:
                     result = await self._attempt_with_plugins(dispatch, step, envelope)
             except Exception as exc:
-                drop_held(handling)
+                drop_held(envelope)
                 if probe is not None:
                     probe.failed(envelope, step, self.path, exc, False)
                 return Failed(exc)
             if probe is not None:
                 probe.handled(envelope, step, self.path)
-            if handling.held:
-                release(handling)
+            if envelope.held:
+                release(envelope)
             return result
         while envelope.progress < len(steps):
             step = steps[envelope.progress]
             # Each subscription is its own delivery, with its own view for plugins.
             event = None if dispatch is None else dispatch.for_handler(step.raw)
-            await self._deliver(envelope, step, handling, event)
+            await self._deliver(envelope, step, event)
             envelope.progress += 1
-        bus.settled()
+        self.bus.settled()
         return None
 
     async def _attempt_with_plugins(
@@ -159,7 +154,6 @@ class EndpointActor(Actor):
         self,
         envelope: Envelope,
         step: Step,
-        handling: Handling,
         event: DispatchEvent | None = None,
         first_error: Exception | None = None,
     ) -> None:
@@ -184,12 +178,12 @@ class EndpointActor(Actor):
                         await self._attempt_with_plugins(event, step, envelope)
                 except Exception as exc:
                     error = exc
-                    drop_held(handling)
+                    drop_held(envelope)
                 else:
                     if probe is not None:
                         probe.handled(envelope, step, self.path)
-                    if handling.held:
-                        release(handling)
+                    if envelope.held:
+                        release(envelope)
                     return
             if probe is not None:
                 probe.failed(envelope, step, self.path, error, attempt <= policy.retries)
@@ -219,15 +213,15 @@ class EndpointActor(Actor):
             error = None
 
 
-def hold(handling: Handling, endpoint: EndpointRuntime, envelope: Envelope) -> None:
-    """Keep a message a handler sent until its pipeline succeeded."""
+def hold(handling: Envelope, endpoint: EndpointRuntime, envelope: Envelope) -> None:
+    """Keep ``envelope``, sent by the handler of ``handling``, until its pipeline succeeded."""
     if handling.held is None:
         handling.held = []
     handling.held.append((endpoint, envelope))
     envelope.plan.bus.accepted()
 
 
-def drop_held(handling: Handling) -> None:
+def drop_held(handling: Envelope) -> None:
     """The handler failed: what it sent is dropped with it (a retry sends it again)."""
     held = handling.held
     if held:
@@ -236,7 +230,7 @@ def drop_held(handling: Handling) -> None:
             envelope.plan.bus.settled()
 
 
-def release(handling: Handling) -> None:
+def release(handling: Envelope) -> None:
     """Deliver, in order, what a handler sent; never block the releasing actor."""
     held = handling.held
     assert held is not None
