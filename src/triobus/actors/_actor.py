@@ -58,3 +58,5 @@ class Actor:
         left in their mailbox goes to dead letters.
         """
         self._stop_requested = True
+        if self._ref is not None:
+            self._ref._cell._attention = True  # the actor's loop looks before the next message

@@ -8,6 +8,7 @@ queues of deadlines, one per timeout value, served by one timer task per system.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Callable
@@ -115,50 +116,56 @@ class Ask:
         return await trio.lowlevel.wait_task_rescheduled(self._abort)
 
 
+#: A timeout's queue is pruned of settled asks once it is longer than this.
+_PRUNE_AT = 32
+
+
 @final
 class AskTimer:
     """The ask deadlines of a whole system, served by one task.
 
     Asks with the same timeout expire in the order they were made, so each
-    timeout value gets a FIFO queue: adding is an append, and settled asks
-    are pruned from the head as they finish, so a queue holds about as many
-    entries as there are asks in flight.
+    timeout value gets a FIFO queue: adding is an append. Settled asks are
+    pruned from the head in batches, when a queue grows past a few entries
+    and whenever the timer wakes, so a queue holds about as many entries as
+    there are asks in flight. An ask whose deadline does not follow that
+    order (it waited for room in a full mailbox first) goes to a heap.
     """
 
-    __slots__ = ("_now", "_queues", "_scope")
+    __slots__ = ("_heap", "_now", "_queues", "_scope", "_tiebreak")
 
     def __init__(self) -> None:
         self._queues: dict[float, deque[tuple[float, Ask]]] = {}
+        self._heap: list[tuple[float, int, Ask]] = []
+        self._tiebreak = 0
         self._scope: trio.CancelScope | None = None
         #: The run's clock, read directly (set when the timer task starts).
         self._now: Callable[[], float] | None = None
 
-    def add(self, ask: Ask, timeout: float, left: float | None = None) -> None:
-        """Expire ``ask`` after ``left`` seconds (default ``timeout``).
-
-        Asks are queued by their ``timeout``, so the queues stay few.
-        """
-        now = self._now() if self._now is not None else trio.current_time()
+    def add(self, ask: Ask, timeout: float) -> None:
+        """Expire ``ask`` (not settled yet) ``timeout`` seconds from now."""
+        deadline = (self._now() if self._now is not None else trio.current_time()) + timeout
         queue = self._queues.get(timeout)
         if queue is None:
             queue = self._queues[timeout] = deque()
-        if left is None:
-            deadline = now + timeout
-            queue.append((deadline, ask))
-            if len(queue) > 1:
-                return  # a later entry of a FIFO: never the earliest deadline
-        else:
-            deadline = now + left
-            queue.append((deadline, ask))
+        queue.append((deadline, ask))
+        if len(queue) > 1:
+            if len(queue) > _PRUNE_AT:
+                while queue[0][1].done:  # stops at the entry just added, if not before
+                    queue.popleft()
+            return  # a later entry of a FIFO: never the earliest deadline
+        self._lower(deadline)
+
+    def add_at(self, ask: Ask, deadline: float) -> None:
+        """Expire ``ask`` at ``deadline``, in no particular order with the others."""
+        self._tiebreak += 1
+        heapq.heappush(self._heap, (deadline, self._tiebreak, ask))
+        self._lower(deadline)
+
+    def _lower(self, deadline: float) -> None:
         scope = self._scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
-
-    def prune(self, timeout: float) -> None:
-        """Drop settled asks from the head of the queue of ``timeout``."""
-        queue = self._queues.get(timeout)
-        while queue and queue[0][1].done:
-            queue.popleft()
 
     def _next_deadline(self) -> float:
         deadline = math.inf
@@ -169,6 +176,11 @@ class AskTimer:
                 del self._queues[timeout]
             elif queue[0][0] < deadline:
                 deadline = queue[0][0]
+        heap = self._heap
+        while heap and heap[0][2].done:
+            heapq.heappop(heap)
+        if heap and heap[0][0] < deadline:
+            deadline = heap[0][0]
         return deadline
 
     async def run(self) -> None:
@@ -183,6 +195,9 @@ class AskTimer:
             for queue in self._queues.values():
                 while queue and queue[0][0] <= now:
                     queue.popleft()[1].expire()
+            heap = self._heap
+            while heap and heap[0][0] <= now:
+                heapq.heappop(heap)[2].expire()
 
 
 @final

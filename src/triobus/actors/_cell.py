@@ -46,6 +46,8 @@ class _Signal(enum.Enum):
 _WAKE = object()
 # Marks "nothing taken yet" in the loop.
 _EMPTY = object()
+# Tells the loop that this worker must return.
+_STOP = object()
 # Stands in for the cancel scope of a pool worker (the pool's task has the scope).
 _NO_SCOPE = contextlib.nullcontext()
 
@@ -58,6 +60,7 @@ class ActorCell:
 
     __slots__ = (
         "_asleep",
+        "_attention",
         "_ended",
         "_instance",
         "_nursery",
@@ -134,6 +137,9 @@ class ActorCell:
         self._nursery: trio.Nursery | None = None
         self._asleep = False
         self._worker_count = 1
+        #: Set when the loop must look at its rare path before the next message:
+        #: a system signal, a stop mode, a stop request or a message to redeliver.
+        self._attention = True
 
     # ------------------------------------------------------------ start
 
@@ -173,6 +179,7 @@ class ActorCell:
         self._instance = instance
         self.incarnation += 1
         self._stop_mode = None
+        self._attention = True
         self.stopping = False
         self._ended = None
         self._nursery = nursery
@@ -231,17 +238,14 @@ class ActorCell:
                     budget = FAIRNESS_BUDGET
                     pool = self.max_concurrency > 1
                     reschedule = trio.lowlevel.reschedule
+                    value = outcome.Value
                     while True:
-                        if mailbox._system or self._stop_mode is not None:  # noqa: SIM102
-                            if await self._serve_signals():
+                        item = _EMPTY
+                        if self._attention:
+                            item = await self._attend(instance)
+                            if item is _STOP:
                                 break
-                        if instance._stop_requested:
-                            self._wake_idle()
-                            break
-                        if self._redeliver:
-                            item = self._redeliver.popleft()
-                        else:
-                            item = _EMPTY
+                        if item is _EMPTY:
                             if waiting:
                                 try:
                                     item = receive_nowait()
@@ -251,7 +255,7 @@ class ActorCell:
                                     break
                             if item is _EMPTY:
                                 # Nothing queued: park (one schedule point per idle period).
-                                if self._stop_mode is _Signal.STOP_FINAL:
+                                if self._attention and self._stop_mode is _Signal.STOP_FINAL:
                                     break
                                 try:
                                     item = await recv.receive()
@@ -281,7 +285,7 @@ class ActorCell:
                                 item.reply(result)  # a late reply: a dead letter
                             elif item.parked:
                                 item.done = True
-                                reschedule(item.task, outcome.Value(result))
+                                reschedule(item.task, value(result))
                             else:
                                 item.reply(result)
                         else:
@@ -332,6 +336,24 @@ class ActorCell:
             self._worker_count += 1
             self._workers.start_soon(self._main, instance, None)
 
+    async def _attend(self, instance: Actor) -> object:
+        """The loop's rare path: system signals, a stop request, redeliveries.
+
+        Returns ``_STOP`` when this worker must return now, a message to
+        handle again first, or ``_EMPTY``. The loop keeps calling this while
+        a stop is under way (a final stop drains the backlog first).
+        """
+        if self.mailbox._system or self._stop_mode is not None:  # noqa: SIM102
+            if await self._serve_signals():
+                return _STOP
+        if instance._stop_requested:
+            self._wake_idle()
+            return _STOP
+        if self._redeliver:
+            return self._redeliver.popleft()
+        self._attention = self._stop_mode is not None
+        return _EMPTY
+
     async def _serve_signals(self) -> bool:
         """Apply waiting system signals; True when this worker must return now.
 
@@ -364,6 +386,7 @@ class ActorCell:
             if self._redeliver is None:
                 self._redeliver = deque()
             self._redeliver.appendleft(item)
+            self._attention = True
 
     def _wake_idle(self) -> None:
         waiting = self.mailbox._recv.statistics().tasks_waiting_receive
@@ -407,6 +430,7 @@ class ActorCell:
         if self._scope is not None:
             self.state = ChildState.STOPPING
             self.mailbox.post_system(_Signal.STOP_FINAL if final else _Signal.STOP_FOR_RESTART)
+            self._attention = True
             self._wake_idle()
             self._release_pause()
             ended = self._ended = trio.Event()
@@ -421,6 +445,7 @@ class ActorCell:
                 )
                 if final:
                     self._stop_mode = _Signal.STOP_FINAL
+                    self._attention = True
                 self._scope.cancel()
                 await ended.wait()
         if final:
@@ -440,6 +465,7 @@ class ActorCell:
         self._stay_asleep()
         if self._scope is not None and self._stop_mode is None:
             self._stop_mode = _Signal.PAUSE
+            self._attention = True
             self._wake_idle()
 
     def resume(self) -> None:
@@ -467,6 +493,7 @@ class ActorCell:
         self._remove_requested = True
         self.mailbox.close()
         self._stop_mode = _Signal.STOP_FINAL
+        self._attention = True
 
     @property
     def remove_requested(self) -> bool:
@@ -476,6 +503,7 @@ class ActorCell:
         """Cancel the running incarnation at once (a firm stop)."""
         self.stopping = True
         self._stop_mode = _Signal.STOP_FINAL
+        self._attention = True
         self._stay_asleep()
         self._release_pause()
         if self._scope is not None:

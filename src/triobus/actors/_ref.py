@@ -16,11 +16,8 @@ if TYPE_CHECKING:
     from ._cell import ActorCell
 
 
-def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and not timeout > 0:
-        raise ValueError(
-            f"ask timeout must be a positive number of seconds or None, got {timeout!r}"
-        )
+def _bad_timeout(timeout: object) -> ValueError:
+    return ValueError(f"ask timeout must be a positive number of seconds or None, got {timeout!r}")
 
 
 @final
@@ -115,31 +112,26 @@ class ActorRef:
             chain = (*frame.chain, frame.cell)
             if cell in chain and cell.busy >= cell.max_concurrency:
                 raise cell.deadlock(chain)
-        _check_timeout(timeout)
+        if timeout is not None and not timeout > 0:
+            raise _bad_timeout(timeout)
         ask = Ask(message, cell, chain, timeout)
-        left = timeout
         try:
             self._send_nowait(ask)
         except trio.WouldBlock:
-            left = await self._put_waiting(ask, timeout)
+            return await self._ask_waiting(ask, timeout)
         except trio.ClosedResourceError:
             raise self._refused(message) from None
-        if ask.done:
-            return await ask.wait()  # refused or dropped before it was queued
         ask.parked = True
-        if timeout is None:
-            return await trio.lowlevel.wait_task_rescheduled(ask._abort)
-        timer = cell.runtime.timer
-        timer.add(ask, timeout, left)
-        try:
-            return await trio.lowlevel.wait_task_rescheduled(ask._abort)
-        finally:
-            timer.prune(timeout)
+        if timeout is not None:
+            cell.runtime.timer.add(ask, timeout)
+        return await trio.lowlevel.wait_task_rescheduled(ask._abort)
 
-    async def _put_waiting(self, ask: Ask, timeout: float | None) -> float | None:
-        """Wait for room for ``ask`` (``block`` policy); the wait counts against the timeout.
+    async def _ask_waiting(self, ask: Ask, timeout: float | None) -> Any:
+        """The rest of an ask that found the mailbox full.
 
-        Returns the time left for the reply.
+        With the ``block`` policy the wait for room counts against the
+        timeout; the other policies settle the ask at once (refused or
+        dropped).
         """
         cell = self._cell
         deadline = math.inf if timeout is None else trio.current_time() + timeout
@@ -148,12 +140,12 @@ class ActorRef:
                 await cell.mailbox.put(ask)
         except MailboxClosed:
             raise self._refused(ask.message) from None
-        if timeout is None:
-            return None
-        left = deadline - trio.current_time()
-        if left <= 0:
-            ask.expire()  # never queued: the asker times out now
-        return max(left, 0.0)
+        if not ask.done and timeout is not None:
+            if deadline <= trio.current_time():
+                ask.expire()  # never queued: the asker times out now
+            else:
+                cell.runtime.timer.add_at(ask, deadline)
+        return await ask.wait()
 
     def _would_deadlock(self) -> bool:
         """Whether an ask from the current task would wait on itself (see ``ask``)."""
