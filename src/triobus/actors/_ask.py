@@ -139,22 +139,22 @@ class AskTimer:
         self._heap: list[tuple[float, int, Ask]] = []
         self._tiebreak = 0
         self._scope: trio.CancelScope | None = None
-        #: The run's clock, read directly (set when the timer task starts).
-        self._now: Callable[[], float] | None = None
+        #: The run's clock, read directly once the timer task runs.
+        self._now: Callable[[], float] = trio.current_time
 
     def add(self, ask: Ask, timeout: float) -> None:
         """Expire ``ask`` (not settled yet) ``timeout`` seconds from now."""
-        deadline = (self._now() if self._now is not None else trio.current_time()) + timeout
+        deadline = self._now() + timeout
         queue = self._queues.get(timeout)
         if queue is None:
             queue = self._queues[timeout] = deque()
         queue.append((deadline, ask))
-        if len(queue) > 1:
-            if len(queue) > _PRUNE_AT:
-                while queue[0][1].done:  # stops at the entry just added, if not before
-                    queue.popleft()
-            return  # a later entry of a FIFO: never the earliest deadline
-        self._lower(deadline)
+        length = len(queue)
+        if length > _PRUNE_AT:
+            while queue[0][1].done:  # stops at the entry just added, if not before
+                queue.popleft()
+        elif length == 1:
+            self._lower(deadline)  # the head of a FIFO: maybe the earliest deadline
 
     def add_at(self, ask: Ask, deadline: float) -> None:
         """Expire ``ask`` at ``deadline``, in no particular order with the others."""

@@ -68,6 +68,7 @@ class ActorCell:
         "_redeliver",
         "_remove_requested",
         "_resume",
+        "_running",
         "_scope",
         "_starter",
         "_stop_mode",
@@ -119,8 +120,10 @@ class ActorCell:
         self.restarts = 0
         #: Counts starts, so that a stale exit report can be told apart.
         self.incarnation = 0
-        #: Messages being handled right now.
+        #: Pool workers busy right now (see :meth:`saturated`).
         self.busy = 0
+        #: Workers whose loop is running.
+        self._running = 0
         #: True from the moment a supervisor asked this actor to stop.
         self.stopping = False
         self.last_error: BaseException | None = None
@@ -239,71 +242,78 @@ class ActorCell:
                     pool = self.max_concurrency > 1
                     reschedule = trio.lowlevel.reschedule
                     value = outcome.Value
-                    while True:
-                        item = _EMPTY
-                        if self._attention:
-                            item = await self._attend(instance)
-                            if item is _STOP:
-                                break
-                        if item is _EMPTY:
-                            if waiting:
-                                try:
-                                    item = receive_nowait()
-                                except trio.WouldBlock:
-                                    pass
-                                except trio.EndOfChannel:
-                                    break
-                            if item is _EMPTY:
-                                # Nothing queued: park (one schedule point per idle period).
-                                if self._attention and self._stop_mode is _Signal.STOP_FINAL:
-                                    break
-                                try:
-                                    item = await recv.receive()
-                                except trio.EndOfChannel:
-                                    break
-                                budget = FAIRNESS_BUDGET
-                                if item is _WAKE:
-                                    continue
-                        self.busy += 1
-                        if pool and self.busy >= self._worker_count < self.max_concurrency:
-                            self._grow(instance)
-                        if type(item) is Ask:
-                            frame.chain = item.chain
-                            try:
-                                result = await receive(item.message)
-                            except Exception as exc:
-                                self.busy -= 1
-                                item.fail(exc)
-                                raise
-                            except BaseException:
-                                self.busy -= 1
-                                self._interrupted(item)
-                                raise
-                            self.busy -= 1
-                            frame.chain = ()
-                            if item.done:
-                                item.reply(result)  # a late reply: a dead letter
-                            elif item.parked:
-                                item.done = True
-                                reschedule(item.task, value(result))
+                    # A pool worker counts as busy from the moment it takes a
+                    # message until it parks again (or returns).
+                    awake = False
+                    self._running += 1
+                    try:
+                        while True:
+                            if waiting and not self._attention:
+                                item = receive_nowait()  # the buffer is not empty
                             else:
-                                item.reply(result)
-                        else:
-                            try:
-                                await receive(item)
-                            except Exception as exc:
-                                self.busy -= 1
-                                self.dead_letter(item, DeadLetterReason.CRASHED, exc)
-                                raise
-                            except BaseException:
-                                self.busy -= 1
-                                self._interrupted(item)
-                                raise
+                                item = _EMPTY
+                                if self._attention:
+                                    item = await self._attend(instance)
+                                    if item is _STOP:
+                                        break
+                                if item is _EMPTY:
+                                    if waiting:
+                                        item = receive_nowait()
+                                    elif self._attention and self._stop_mode is _Signal.STOP_FINAL:
+                                        break  # a final stop with the backlog handled
+                                    else:
+                                        # Nothing queued: park (one schedule point per idle period).
+                                        if awake:
+                                            awake = False
+                                            self.busy -= 1
+                                        try:
+                                            item = await recv.receive()
+                                        except trio.EndOfChannel:
+                                            break
+                                        budget = FAIRNESS_BUDGET
+                                        if item is _WAKE:
+                                            continue
+                            if pool:
+                                if not awake:
+                                    awake = True
+                                    self.busy += 1
+                                if self.busy >= self._worker_count < self.max_concurrency:
+                                    self._grow(instance)
+                            if type(item) is Ask:
+                                frame.chain = item.chain
+                                try:
+                                    result = await receive(item.message)
+                                except Exception as exc:
+                                    item.fail(exc)
+                                    raise
+                                except BaseException:
+                                    self._interrupted(item)
+                                    raise
+                                frame.chain = ()
+                                if item.done:
+                                    item.reply(result)  # a late reply: a dead letter
+                                elif item.parked:
+                                    item.done = True
+                                    reschedule(item.task, value(result))
+                                else:
+                                    item.reply(result)
+                            else:
+                                try:
+                                    await receive(item)
+                                except Exception as exc:
+                                    self.dead_letter(item, DeadLetterReason.CRASHED, exc)
+                                    raise
+                                except BaseException:
+                                    self._interrupted(item)
+                                    raise
+                            budget -= 1
+                            if not budget:
+                                budget = FAIRNESS_BUDGET
+                                await trio.lowlevel.checkpoint()
+                    finally:
+                        self._running -= 1
+                        if awake:
                             self.busy -= 1
-                        budget -= 1
-                        if not budget:
-                            budget = FAIRNESS_BUDGET
-                            await trio.lowlevel.checkpoint()
         except Exception as exc:
             if scope is None:
                 raise  # a pool worker: the pool's task handles it
@@ -330,6 +340,18 @@ class ActorCell:
         if not self.stopping:
             self.state = ChildState.RESTARTING
             self.parent.child_exited(self, self.incarnation, error)
+
+    def saturated(self) -> bool:
+        """Whether every worker is taken, so a nested ask to this actor would wait.
+
+        A single worker is taken while its loop runs and it is not parked on
+        the mailbox (a single worker keeps no count: that costs every message).
+        """
+        if self.max_concurrency > 1:
+            return self.busy >= self.max_concurrency
+        return (
+            self._running > 0 and self.mailbox._recv.statistics().tasks_waiting_receive == 0
+        )
 
     def _grow(self, instance: Actor) -> None:
         if self._workers is not None:

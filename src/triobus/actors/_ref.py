@@ -110,7 +110,7 @@ class ActorRef:
                 raise cell.deadlock(())  # asked from its own start hook: it cannot run yet
         else:
             chain = (*frame.chain, frame.cell)
-            if cell in chain and cell.busy >= cell.max_concurrency:
+            if cell in chain and cell.saturated():
                 raise cell.deadlock(chain)
         if timeout is not None and not timeout > 0:
             raise _bad_timeout(timeout)
@@ -153,7 +153,7 @@ class ActorRef:
         if frame is None:
             return False
         cell = self._cell
-        return (cell is frame.cell or cell in frame.chain) and cell.busy >= cell.max_concurrency
+        return (cell is frame.cell or cell in frame.chain) and cell.saturated()
 
     async def stop(self) -> None:
         """Stop the actor for good and remove it from its supervisor.
