@@ -74,7 +74,6 @@ class ActorCell:
         "_stop_mode",
         "_worker_count",
         "_workers",
-        "busy",
         "factory",
         "incarnation",
         "last_error",
@@ -120,9 +119,7 @@ class ActorCell:
         self.restarts = 0
         #: Counts starts, so that a stale exit report can be told apart.
         self.incarnation = 0
-        #: Pool workers busy right now (see :meth:`saturated`).
-        self.busy = 0
-        #: Workers whose loop is running.
+        #: Workers whose loop is running (see :meth:`saturated`).
         self._running = 0
         #: True from the moment a supervisor asked this actor to stop.
         self.stopping = False
@@ -242,9 +239,7 @@ class ActorCell:
                     pool = self.max_concurrency > 1
                     reschedule = trio.lowlevel.reschedule
                     value = outcome.Value
-                    # A pool worker counts as busy from the moment it takes a
-                    # message until it parks again (or returns).
-                    awake = False
+                    parked = mailbox._parked
                     self._running += 1
                     try:
                         while True:
@@ -263,9 +258,6 @@ class ActorCell:
                                         break  # a final stop with the backlog handled
                                     else:
                                         # Nothing queued: park (one schedule point per idle period).
-                                        if awake:
-                                            awake = False
-                                            self.busy -= 1
                                         try:
                                             item = await recv.receive()
                                         except trio.EndOfChannel:
@@ -273,12 +265,9 @@ class ActorCell:
                                         budget = FAIRNESS_BUDGET
                                         if item is _WAKE:
                                             continue
-                            if pool:
-                                if not awake:
-                                    awake = True
-                                    self.busy += 1
-                                if self.busy >= self._worker_count < self.max_concurrency:
-                                    self._grow(instance)
+                            if pool and not parked and self._worker_count < self.max_concurrency:
+                                # No other worker waits for the next message: add one.
+                                self._grow(instance)
                             if type(item) is Ask:
                                 frame.chain = item.chain
                                 try:
@@ -312,8 +301,6 @@ class ActorCell:
                                 await trio.lowlevel.checkpoint()
                     finally:
                         self._running -= 1
-                        if awake:
-                            self.busy -= 1
         except Exception as exc:
             if scope is None:
                 raise  # a pool worker: the pool's task handles it
@@ -344,14 +331,11 @@ class ActorCell:
     def saturated(self) -> bool:
         """Whether every worker is taken, so a nested ask to this actor would wait.
 
-        A single worker is taken while its loop runs and it is not parked on
-        the mailbox (a single worker keeps no count: that costs every message).
+        A worker is taken while its loop runs and it is not parked on the
+        mailbox; a pool that can still grow is never saturated. Nothing is
+        counted per message: this reads the mailbox's parked receivers.
         """
-        if self.max_concurrency > 1:
-            return self.busy >= self.max_concurrency
-        return (
-            self._running > 0 and self.mailbox._recv.statistics().tasks_waiting_receive == 0
-        )
+        return self._running >= self.max_concurrency and not self.mailbox._parked
 
     def _grow(self, instance: Actor) -> None:
         if self._workers is not None:

@@ -81,15 +81,27 @@ DropHandler = Callable[[object, MailboxFull], None]
 
 
 class _Depth:
-    """The depth of a channel's buffer, through its statistics."""
+    """The messages waiting in a channel, through its statistics."""
 
-    __slots__ = ("_send",)
+    __slots__ = ("_recv",)
 
-    def __init__(self, send: trio.MemorySendChannel[Any]) -> None:
-        self._send = send
+    def __init__(self, recv: trio.MemoryReceiveChannel[Any]) -> None:
+        self._recv = recv
 
     def __len__(self) -> int:
-        return self._send.statistics().current_buffer_used
+        return self._recv.statistics().current_buffer_used
+
+
+class _Parked:
+    """The tasks parked on a channel's receive, through its statistics."""
+
+    __slots__ = ("_recv",)
+
+    def __init__(self, recv: trio.MemoryReceiveChannel[Any]) -> None:
+        self._recv = recv
+
+    def __len__(self) -> int:
+        return self._recv.statistics().tasks_waiting_receive
 
 
 @final
@@ -103,7 +115,17 @@ class Mailbox:
     readable with :meth:`get_nowait` until it is drained.
     """
 
-    __slots__ = ("_on_drop", "_recv", "_send", "_system", "_waiting", "closed", "dropped", "spec")
+    __slots__ = (
+        "_on_drop",
+        "_parked",
+        "_recv",
+        "_send",
+        "_system",
+        "_waiting",
+        "closed",
+        "dropped",
+        "spec",
+    )
 
     def __init__(self, spec: MailboxSpec, on_drop: DropHandler) -> None:
         self.spec = spec
@@ -113,8 +135,12 @@ class Mailbox:
         # How many messages wait: the channel's own buffer, read (never
         # changed), so the owner takes with receive_nowait() only when it
         # cannot fail; on a trio that hides it, the (slower) statistics.
-        buffer = getattr(getattr(recv, "_state", None), "data", None)
-        self._waiting: Sized = buffer if isinstance(buffer, deque) else _Depth(send)
+        state = getattr(recv, "_state", None)
+        buffer = getattr(state, "data", None)
+        self._waiting: Sized = buffer if isinstance(buffer, deque) else _Depth(recv)
+        # Likewise the tasks parked on receive (the owner's idle workers).
+        parked = getattr(state, "receive_tasks", None)
+        self._parked: Sized = parked if isinstance(parked, dict) else _Parked(recv)
         # The system lane is made on first use: most mailboxes never see a signal.
         self._system: deque[object] | None = None
         self._on_drop = on_drop
