@@ -74,6 +74,25 @@ class Envelope(Carrier):
         "reply_to",
     )
 
+    message: object
+    plan: Plan
+    _id: str | None
+    _correlation_id: str | None
+    #: The id of the message whose handler sent this one (``None`` for a root).
+    causation_id: str | None
+    headers: Mapping[str, str]
+    reply_to: str | None
+    #: Handlers of this envelope already done (events: one per subscription).
+    progress: int
+    #: The delivery attempt of the handler now running (1 = first).
+    attempt: int
+    #: True for an ask (invoke): one attempt, the outcome goes to the caller.
+    asked: bool
+    #: The plugins' view of this dispatch, when plugins are attached.
+    dispatch: DispatchEvent | None
+    #: What the handler of this envelope sent while running (released after it).
+    held: list[tuple[Any, Envelope]] | None
+
     def __init__(
         self,
         message: object,
@@ -82,29 +101,25 @@ class Envelope(Carrier):
         headers: Mapping[str, str] | None = None,
         correlation_id: str | None = None,
         reply_to: str | None = None,
+        asked: bool = False,
     ) -> None:
         self.message = message
         self.plan = plan
-        self._id: str | None = None
+        self._id = None
         if parent is None:
             self._correlation_id = correlation_id
-            self.causation_id: str | None = None
+            self.causation_id = None
             self.headers = headers or _EMPTY
         else:
             self._correlation_id = correlation_id or parent.correlation_id
             self.causation_id = parent.message_id
             self.headers = {**parent.headers, **headers} if headers else parent.headers
         self.reply_to = reply_to
-        #: Handlers of this envelope already done (events: one per subscription).
         self.progress = 0
-        #: The delivery attempt of the handler now running (1 = first).
         self.attempt = 1
-        #: True for an ask (invoke): one attempt, the outcome goes to the caller.
-        self.asked = False
-        #: The plugins' view of this dispatch, when plugins are attached.
-        self.dispatch: DispatchEvent | None = None
-        #: What the handler of this envelope sent while running (released after it).
-        self.held: list[tuple[Any, Envelope]] | None = None
+        self.asked = asked
+        self.dispatch = None
+        self.held = None
 
     @property
     def message_id(self) -> str:

@@ -47,7 +47,7 @@ class EndpointActor(Actor):
         try:
             if envelope.asked:
                 try:
-                    result = await envelope.plan.steps[0].call(envelope.message)
+                    result = await envelope.plan.call(envelope.message)
                 except Exception as exc:
                     if envelope.held:
                         drop_held(envelope)
