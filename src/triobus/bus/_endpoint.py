@@ -55,12 +55,15 @@ class EndpointActor(Actor):
                 if envelope.held:
                     release(envelope)
                 return result
-            steps = envelope.plan.steps
+            plan = envelope.plan
+            steps = plan.steps
             message = envelope.message
             # Each handler is its own delivery; the retry loop is entered only
-            # after a first attempt failed.
-            while envelope.progress < len(steps):
-                step = steps[envelope.progress]
+            # after a first attempt failed. ``progress`` counts the handlers
+            # done, for a redelivery after an interruption.
+            index = envelope.progress
+            while True:
+                step = steps[index]
                 try:
                     await step.call(message)
                 except Exception as exc:
@@ -70,7 +73,10 @@ class EndpointActor(Actor):
                 else:
                     if envelope.held:
                         release(envelope)
-                envelope.progress += 1
+                if index == plan.last:
+                    break
+                index += 1
+                envelope.progress = index
             self.bus.settled()
             return None
         finally:

@@ -78,7 +78,7 @@ class EndpointRuntime:
 class Plan:
     """The handlers of one message identity on one endpoint."""
 
-    __slots__ = ("bus", "call", "endpoint", "kind", "name", "ref", "steps", "version")
+    __slots__ = ("bus", "call", "endpoint", "kind", "last", "name", "ref", "steps", "version")
 
     def __init__(
         self,
@@ -97,6 +97,8 @@ class Plan:
         self.steps = tuple(steps)
         #: The first (for a request: the only) step's call.
         self.call = self.steps[0].call
+        #: The index of the last step.
+        self.last = len(self.steps) - 1
         #: The endpoint's only actor, or ``None`` when it is partitioned.
         self.ref: ActorRef | None = endpoint.refs[0] if endpoint.partition_by is None else None
 
