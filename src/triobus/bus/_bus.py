@@ -69,6 +69,14 @@ class _Default(enum.Enum):
 _DEFAULT: Final = _Default.DEFAULT
 
 
+def _refused(event: object, uris: list[str]) -> PublishError:
+    return PublishError(
+        f"{default_message_name(event)!r} was refused by endpoint(s) {uris}; "
+        "the other subscribers got it (see dead letters)",
+        uris,
+    )
+
+
 @final
 class MessageBus:
     """The bus: ``invoke`` (ask), ``send`` (tell), ``publish`` (broadcast).
@@ -457,12 +465,36 @@ class MessageBus:
             await self._publish_collecting(event, plans, headers, correlation_id, reply_to)
             return
         handling = current_handling.get()
-        parent = handling
+        if handling is None and self._probe is None and len(plans) == 1:
+            # The common case, without the loop: a root event to one endpoint.
+            plan = plans[0]
+            envelope = Envelope(event, plan, None, headers, correlation_id, reply_to)
+            ref = plan.ref or plan.endpoint.pick(event)
+            self._inflight += 1
+            try:
+                ref._send_nowait(envelope)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                try:
+                    await self._tell_waiting(ref, envelope)
+                except (ActorStopped, MailboxFull):
+                    raise _refused(event, [plan.endpoint.uri]) from None
+            return
+        await self._publish_each(event, plans, handling, headers, correlation_id, reply_to)
+
+    async def _publish_each(
+        self,
+        event: object,
+        plans: tuple[Plan, ...],
+        handling: Envelope | None,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        reply_to: str | None,
+    ) -> None:
         probe = self._probe
         first: Envelope | None = None
         refused: list[str] = []
         for plan in plans:
-            envelope = Envelope(event, plan, parent, headers, correlation_id, reply_to)
+            envelope = Envelope(event, plan, handling, headers, correlation_id, reply_to)
             if first is None:
                 first = envelope
             else:
@@ -487,11 +519,7 @@ class MessageBus:
             except (ActorStopped, MailboxFull):
                 refused.append(plan.endpoint.uri)
         if refused:
-            raise PublishError(
-                f"{default_message_name(event)!r} was refused by endpoint(s) {refused}; "
-                "the other subscribers got it (see dead letters)",
-                refused,
-            )
+            raise _refused(event, refused)
 
     async def _publish_collecting(
         self,

@@ -46,8 +46,12 @@ class EndpointActor(Actor):
         current_handling.set(envelope)
         try:
             if envelope.asked:
+                plan = envelope.plan
                 try:
-                    result = await envelope.plan.call(envelope.message)
+                    if plan.factory is None:
+                        result = await plan.call(envelope.message)
+                    else:
+                        result = await plan.factory().handle(envelope.message)
                 except Exception as exc:
                     if envelope.held:
                         drop_held(envelope)
@@ -65,7 +69,10 @@ class EndpointActor(Actor):
             while True:
                 step = steps[index]
                 try:
-                    await step.call(message)
+                    if step.factory is None:
+                        await step.call(message)
+                    else:
+                        await step.factory().handle(message)
                 except Exception as exc:
                     if envelope.held:
                         drop_held(envelope)

@@ -31,7 +31,7 @@ class Kind(enum.StrEnum):
 class Step:
     """One handler and the behaviors around it: one delivery."""
 
-    __slots__ = ("behaviors", "call", "handler", "label", "raw")
+    __slots__ = ("behaviors", "call", "factory", "handler", "label", "raw")
 
     def __init__(
         self, handler: Callee | None, behaviors: tuple[Callee, ...], raw: Any = None
@@ -44,7 +44,12 @@ class Step:
         self.label = handler.label if handler is not None else repr(raw)
         #: Runs the handler inside its behaviors on one message (made once, here).
         self.call: Callable[[Any], Awaitable[Any]] = _no_handler
+        #: The handler class, when ``call`` is just ``factory().handle(message)``:
+        #: the endpoint then does that itself, without the extra frame of ``call``.
+        self.factory: Callable[[], Any] | None = None
         if handler is not None:
+            if not behaviors and isinstance(handler.target, type) and not handler.direct:
+                self.factory = handler.target
             inner = handler_call(handler)
             if behaviors:
                 self.call = lambda message: run_pipeline(behaviors, message, lambda: inner(message))
@@ -78,7 +83,18 @@ class EndpointRuntime:
 class Plan:
     """The handlers of one message identity on one endpoint."""
 
-    __slots__ = ("bus", "call", "endpoint", "kind", "last", "name", "ref", "steps", "version")
+    __slots__ = (
+        "bus",
+        "call",
+        "endpoint",
+        "factory",
+        "kind",
+        "last",
+        "name",
+        "ref",
+        "steps",
+        "version",
+    )
 
     def __init__(
         self,
@@ -97,6 +113,7 @@ class Plan:
         self.steps = tuple(steps)
         #: The first (for a request: the only) step's call.
         self.call = self.steps[0].call
+        self.factory = self.steps[0].factory
         #: The index of the last step.
         self.last = len(self.steps) - 1
         #: The endpoint's only actor, or ``None`` when it is partitioned.
