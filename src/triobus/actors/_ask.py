@@ -36,7 +36,19 @@ class Ask:
     the asker's cancellation. A later reply is a dead letter.
     """
 
-    __slots__ = ("_outcome", "chain", "done", "message", "parked", "target", "task", "timeout")
+    deadline: float
+
+    __slots__ = (
+        "_outcome",
+        "chain",
+        "deadline",
+        "done",
+        "message",
+        "parked",
+        "target",
+        "task",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -53,6 +65,7 @@ class Ask:
         self.done = False
         self.parked = False
         self._outcome: outcome.Outcome[Any] | None = None
+        # ``deadline`` is set by AskTimer.add, the only reader.
 
     def _settle(self, result: outcome.Outcome[Any]) -> None:
         self.done = True
@@ -135,7 +148,7 @@ class AskTimer:
     __slots__ = ("_heap", "_now", "_queues", "_scope", "_tiebreak")
 
     def __init__(self) -> None:
-        self._queues: dict[float, deque[tuple[float, Ask]]] = {}
+        self._queues: dict[float, deque[Ask]] = {}
         self._heap: list[tuple[float, int, Ask]] = []
         self._tiebreak = 0
         self._scope: trio.CancelScope | None = None
@@ -144,14 +157,14 @@ class AskTimer:
 
     def add(self, ask: Ask, timeout: float) -> None:
         """Expire ``ask`` (not settled yet) ``timeout`` seconds from now."""
-        deadline = self._now() + timeout
+        deadline = ask.deadline = self._now() + timeout
         queue = self._queues.get(timeout)
         if queue is None:
             queue = self._queues[timeout] = deque()
-        queue.append((deadline, ask))
+        queue.append(ask)
         length = len(queue)
         if length > _PRUNE_AT:
-            while queue[0][1].done:  # stops at the entry just added, if not before
+            while queue[0].done:  # stops at the ask just added, if not before
                 queue.popleft()
         elif length == 1:
             self._lower(deadline)  # the head of a FIFO: maybe the earliest deadline
@@ -170,12 +183,12 @@ class AskTimer:
     def _next_deadline(self) -> float:
         deadline = math.inf
         for timeout, queue in list(self._queues.items()):
-            while queue and queue[0][1].done:
+            while queue and queue[0].done:
                 queue.popleft()
             if not queue:
                 del self._queues[timeout]
-            elif queue[0][0] < deadline:
-                deadline = queue[0][0]
+            elif queue[0].deadline < deadline:
+                deadline = queue[0].deadline
         heap = self._heap
         while heap and heap[0][2].done:
             heapq.heappop(heap)
@@ -193,8 +206,8 @@ class AskTimer:
             self._scope = None
             now = trio.current_time()
             for queue in self._queues.values():
-                while queue and queue[0][0] <= now:
-                    queue.popleft()[1].expire()
+                while queue and queue[0].deadline <= now:
+                    queue.popleft().expire()
             heap = self._heap
             while heap and heap[0][0] <= now:
                 heapq.heappop(heap)[2].expire()

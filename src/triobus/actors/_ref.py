@@ -102,6 +102,21 @@ class ActorRef:
             MailboxFull: the mailbox refused or evicted the ask.
             Exception: whatever ``receive`` raised for this message.
         """
+        ask = self._post_ask(message, timeout)
+        if ask.parked:
+            return await trio.lowlevel.wait_task_rescheduled(ask._abort)
+        return await self._ask_waiting(ask, timeout)
+
+    def _post_ask(self, message: object, timeout: float | None) -> Ask:
+        """Post an ask without waiting: the checks, the reply slot and its deadline.
+
+        Returns the :class:`Ask`, parked when the mailbox took it (the asker
+        then waits with ``wait_task_rescheduled(ask._abort)``), not parked
+        when the mailbox was full (finish with :meth:`_ask_waiting`).
+
+        Raises:
+            DeadlockError, ValueError, ActorStopped: as :meth:`ask`.
+        """
         cell = self._cell
         frame = current_frame.get()
         if frame is None:
@@ -118,13 +133,13 @@ class ActorRef:
         try:
             self._send_nowait(ask)
         except trio.WouldBlock:
-            return await self._ask_waiting(ask, timeout)
+            return ask
         except trio.ClosedResourceError:
             raise self._refused(message) from None
         ask.parked = True
         if timeout is not None:
             cell.runtime.timer.add(ask, timeout)
-        return await trio.lowlevel.wait_task_rescheduled(ask._abort)
+        return ask
 
     async def _ask_waiting(self, ask: Ask, timeout: float | None) -> Any:
         """The rest of an ask that found the mailbox full.

@@ -304,9 +304,13 @@ class MessageBus:
             return await self._invoke_inline(envelope)
         self._inflight += 1
         try:
-            result = await ref.ask(
-                envelope, timeout=self._invoke_timeout if timeout is _DEFAULT else timeout
-            )
+            # ref.ask, without its coroutine layer
+            seconds = self._invoke_timeout if timeout is _DEFAULT else timeout
+            ask = ref._post_ask(envelope, seconds)
+            if ask.parked:
+                result = await trio.lowlevel.wait_task_rescheduled(ask._abort)
+            else:
+                result = await ref._ask_waiting(ask, seconds)
         finally:
             # settled(), inline: one call less per invoke
             self._inflight -= 1
