@@ -65,7 +65,7 @@ LABELS = {
 SIZES = {"invoke": 20_000, "send": 100_000, "publish": 50_000, "concurrent": 20_000}
 #: Concurrent callers of the ``concurrent`` operation.
 CALLERS = 100
-SYSTEMS = ("triobus", "raw", "waku", "python-cqrs")
+SYSTEMS = ("triobus", "raw", "floor", "waku", "python-cqrs")
 #: Warm-up operations done in each loop before the clock starts.
 WARMUP = 500
 
@@ -187,6 +187,65 @@ def raw_tell(n: int) -> float:
 
 def raw_fan_out(n: int) -> float:
     return trio.run(_raw_fan_out_run, n, 3)
+
+
+# ---------------------------------------------------------------- the send floor
+
+
+class _FloorBus:
+    """The least any bus with an async ``send`` and a fresh handler per message does.
+
+    A dict lookup of the handler class by message type, a counter, and a
+    ``send_nowait`` of ``(handler class, message)``; its consumer makes the
+    handler and awaits ``handle``. No envelope, context, supervision or
+    error policy: a lower bound for triobus's ``send``, not a rival.
+    """
+
+    def __init__(self, send: trio.MemorySendChannel[Any]) -> None:
+        self.handlers: dict[type, Any] = {Tick: TickHandler}
+        self.channel = send
+        self.in_flight = 0
+
+    async def send(self, command: object, *, headers: Any = None) -> None:
+        handler = self.handlers[type(command)]
+        self.in_flight += 1
+        self.channel.send_nowait((handler, command))
+
+
+async def _floor_consumer(
+    recv: trio.MemoryReceiveChannel[Any], bus: _FloorBus, n: int, done: trio.Event
+) -> None:
+    for _ in range(n):
+        try:
+            handler, message = recv.receive_nowait()
+        except trio.WouldBlock:
+            handler, message = await recv.receive()
+        await handler().handle(message)
+        bus.in_flight -= 1
+    done.set()
+
+
+async def _floor_once(n: int) -> float:
+    send, recv = trio.open_memory_channel[Any](n + 1)
+    bus = _FloorBus(send)
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_floor_consumer, recv, bus, n, done)
+        await trio.lowlevel.checkpoint()
+        t0 = now()
+        for i in range(n):
+            await bus.send(Tick(i))
+        await done.wait()
+        return now() - t0
+
+
+async def _floor_run(n: int) -> float:
+    await _floor_once(WARMUP)
+    return _per_op(await _floor_once(n), n)
+
+
+def floor_send(n: int) -> float:
+    return trio.run(_floor_run, n)
 
 
 # ---------------------------------------------------------------- triobus
@@ -505,6 +564,7 @@ def measures() -> dict[str, dict[str, Measure]]:
     }
     table["invoke"]["raw"] = raw_ask
     table["send"]["raw"] = raw_tell
+    table["send"]["floor"] = floor_send
     table["publish"]["raw"] = raw_fan_out
     table["concurrent"]["raw"] = raw_ask_concurrent
     for system, peer in (("waku", _waku_measures()), ("python-cqrs", _cqrs_measures())):
@@ -639,6 +699,13 @@ def render(medians: dict[str, dict[str, float]], rounds: int, scale: float, cloc
         "  publish = EventMediator.send (3 bound handlers); send: no queued send (n/a).",
         f"python {sys.version.split()[0]}, trio {trio.__version__}.",
     ]
+    floor = medians.get("send", {}).get("floor")
+    raw_send = medians.get("send", {}).get("raw")
+    if floor is not None and raw_send:
+        notes.append(
+            f"send floor (an async send that looks its handler class up and makes it fresh per "
+            f"message, nothing else): {floor:.2f} µs = {floor / raw_send:.2f}x raw tell."
+        )
     return "\n".join([*lines, "", *notes])
 
 
