@@ -273,6 +273,30 @@ async def test_max_concurrency_handles_that_many_messages_at_once(
     assert peak == 3
 
 
+async def test_a_pool_adds_workers_only_while_every_worker_is_taken(
+    autojump_clock: MockClock,
+) -> None:
+    # A burst of messages whose handler never waits is drained by the first
+    # worker (and at most the one spare it started): the pool grows when no
+    # worker is free, not once per message.
+    tasks: set[trio.lowlevel.Task] = set()
+
+    class Quick(Actor):
+        async def receive(self, message: Any) -> Any:
+            tasks.add(trio.lowlevel.current_task())
+            return message
+
+    async with ActorSystem(name="app") as system:
+        ref = await system.spawn(Quick, name="pool", max_concurrency=10)
+        for i in range(50):
+            ref.tell_nowait(i)
+        assert await ref.ask("last") == "last"
+        workers = ref._cell._workers  # the pool's nursery: one task per worker started
+        assert workers is not None
+        assert len(workers.child_tasks) <= 2
+    assert 1 <= len(tasks) <= 2
+
+
 # ---------------------------------------------------------------- mailbox policies through a ref
 
 

@@ -706,3 +706,15 @@ async def test_finalize_sees_a_refusal_by_a_full_endpoint_in_the_caller() -> Non
         release.set()
         await bus.wait_quiet()
     assert seen == [MailboxFull, None, None]
+
+
+async def test_a_router_that_routes_an_event_to_no_handler_publishes_to_none() -> None:
+    def router(event: DispatchEvent) -> None:
+        event.handlers = []
+
+    async with open_bus(Module("m")) as bus:
+        bus.attach(Phase.ROUTE, router)
+        await bus.publish({"message_name": "nobody-listens"})
+        await bus.wait_quiet()
+        assert bus.in_flight == 0
+    assert len(bus.dead_letters) == 0

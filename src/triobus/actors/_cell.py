@@ -265,8 +265,12 @@ class ActorCell:
                                         budget = FAIRNESS_BUDGET
                                         if item is _WAKE:
                                             continue
-                            if pool and not parked and self._worker_count < self.max_concurrency:
-                                # No other worker waits for the next message: add one.
+                            if (
+                                pool
+                                and not parked
+                                and self._running >= self._worker_count < self.max_concurrency
+                            ):
+                                # Every worker runs and none waits for the next message: add one.
                                 self._grow(instance)
                             if type(item) is Ask:
                                 frame.chain = item.chain

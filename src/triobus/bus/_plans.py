@@ -111,9 +111,10 @@ class Plan:
         self.kind = kind
         self.endpoint = endpoint
         self.steps = tuple(steps)
-        #: The first (for a request: the only) step's call.
-        self.call = self.steps[0].call
-        self.factory = self.steps[0].factory
+        #: The first (for a request: the only) step's call and handler class.
+        first = self.steps[0] if self.steps else Step(None, ())
+        self.call = first.call
+        self.factory = first.factory
         #: The index of the last step.
         self.last = len(self.steps) - 1
         #: The endpoint's only actor, or ``None`` when it is partitioned.
