@@ -741,6 +741,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--top", type=int, default=30, help="functions shown by --profile")
     parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma-separated systems to run (default all: {','.join(SYSTEMS)}); others show n/a",
+    )
+    parser.add_argument(
         "--clock",
         choices=("cpu", "wall"),
         default="cpu",
@@ -756,7 +761,11 @@ def main(argv: list[str] | None = None) -> None:
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 5)
     if rounds < 1:
         parser.error("--rounds must be >= 1")
-    medians = run_rounds(rounds, scale)
+    systems = {name.strip() for name in args.systems.split(",") if name.strip()}
+    unknown = systems - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown system(s) {sorted(unknown)}: choose from {', '.join(SYSTEMS)}")
+    medians = run_rounds(rounds, scale, systems)
     print(render(medians, rounds, scale, args.clock))
     print(f"making one triobus message (attrs.frozen) costs {message_cost():.2f} µs.")
 

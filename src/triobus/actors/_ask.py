@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import outcome
 import trio
+from trio.lowlevel import current_task
 
 from .._errors import ActorStopped, AskTimeout
 from ..mailbox import Carrier, DeadLetterReason
@@ -37,6 +38,7 @@ class Ask:
     """
 
     deadline: float
+    _outcome: outcome.Outcome[Any] | None
 
     __slots__ = (
         "_outcome",
@@ -61,10 +63,10 @@ class Ask:
         self.target = target
         self.chain = chain
         self.timeout = timeout
-        self.task = trio.lowlevel.current_task()
+        self.task = current_task()
         self.done = False
         self.parked = False
-        self._outcome: outcome.Outcome[Any] | None = None
+        self._outcome = None
         # ``deadline`` is set by AskTimer.add, the only reader.
 
     def _settle(self, result: outcome.Outcome[Any]) -> None:

@@ -245,26 +245,25 @@ class ActorCell:
                         while True:
                             if waiting and not self._attention:
                                 item = receive_nowait()  # the buffer is not empty
-                            else:
-                                item = _EMPTY
-                                if self._attention:
-                                    item = await self._attend(instance)
-                                    if item is _STOP:
-                                        break
+                            elif self._attention:
+                                item = await self._attend(instance)
+                                if item is _STOP:
+                                    break
                                 if item is _EMPTY:
-                                    if waiting:
-                                        item = receive_nowait()
-                                    elif self._attention and self._stop_mode is _Signal.STOP_FINAL:
-                                        break  # a final stop with the backlog handled
-                                    else:
-                                        # Nothing queued: park (one schedule point per idle period).
-                                        try:
-                                            item = await recv.receive()
-                                        except trio.EndOfChannel:
-                                            break
-                                        budget = FAIRNESS_BUDGET
-                                        if item is _WAKE:
-                                            continue
+                                    if not self._attention:
+                                        continue  # nothing pending now: take or park as usual
+                                    if not waiting:
+                                        break  # a final stop, with the backlog handled
+                                    item = receive_nowait()
+                            else:
+                                # Nothing queued: park (one schedule point per idle period).
+                                try:
+                                    item = await recv.receive()
+                                except trio.EndOfChannel:
+                                    break
+                                budget = FAIRNESS_BUDGET
+                                if item is _WAKE:
+                                    continue
                             if (
                                 pool
                                 and not parked

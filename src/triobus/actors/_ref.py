@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, final
 
 import trio
+from trio.lowlevel import wait_task_rescheduled
 
 from .._errors import ActorStopped, MailboxClosed
 from ..mailbox import DeadLetterReason
@@ -104,7 +105,7 @@ class ActorRef:
         """
         ask = self._post_ask(message, timeout)
         if ask.parked:
-            return await trio.lowlevel.wait_task_rescheduled(ask._abort)
+            return await wait_task_rescheduled(ask._abort)
         return await self._ask_waiting(ask, timeout)
 
     def _post_ask(self, message: object, timeout: float | None) -> Ask:

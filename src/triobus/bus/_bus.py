@@ -16,6 +16,7 @@ from typing import Any, Final, TypeVar, final, overload
 
 import attrs
 import trio
+from trio.lowlevel import wait_task_rescheduled
 
 from .._errors import (
     ActorStopped,
@@ -308,7 +309,7 @@ class MessageBus:
             seconds = self._invoke_timeout if timeout is _DEFAULT else timeout
             ask = ref._post_ask(envelope, seconds)
             if ask.parked:
-                result = await trio.lowlevel.wait_task_rescheduled(ask._abort)
+                result = await wait_task_rescheduled(ask._abort)
             else:
                 result = await ref._ask_waiting(ask, seconds)
         finally:
