@@ -80,28 +80,17 @@ class MailboxStatistics:
 DropHandler = Callable[[object, MailboxFull], None]
 
 
-class _Depth:
-    """The messages waiting in a channel, through its statistics."""
+class _Counted:
+    """One count from a channel's statistics, as a ``Sized`` (on a trio that hides its state)."""
 
-    __slots__ = ("_recv",)
+    __slots__ = ("_field", "_recv")
 
-    def __init__(self, recv: trio.MemoryReceiveChannel[Any]) -> None:
+    def __init__(self, recv: trio.MemoryReceiveChannel[Any], field: str) -> None:
         self._recv = recv
+        self._field = field
 
     def __len__(self) -> int:
-        return self._recv.statistics().current_buffer_used
-
-
-class _Parked:
-    """The tasks parked on a channel's receive, through its statistics."""
-
-    __slots__ = ("_recv",)
-
-    def __init__(self, recv: trio.MemoryReceiveChannel[Any]) -> None:
-        self._recv = recv
-
-    def __len__(self) -> int:
-        return self._recv.statistics().tasks_waiting_receive
+        return int(getattr(self._recv.statistics(), self._field))
 
 
 @final
@@ -137,10 +126,14 @@ class Mailbox:
         # cannot fail; on a trio that hides it, the (slower) statistics.
         state = getattr(recv, "_state", None)
         buffer = getattr(state, "data", None)
-        self._waiting: Sized = buffer if isinstance(buffer, deque) else _Depth(recv)
+        self._waiting: Sized = (
+            buffer if isinstance(buffer, deque) else _Counted(recv, "current_buffer_used")
+        )
         # Likewise the tasks parked on receive (the owner's idle workers).
         parked = getattr(state, "receive_tasks", None)
-        self._parked: Sized = parked if isinstance(parked, dict) else _Parked(recv)
+        self._parked: Sized = (
+            parked if isinstance(parked, dict) else _Counted(recv, "tasks_waiting_receive")
+        )
         # The system lane is made on first use: most mailboxes never see a signal.
         self._system: deque[object] | None = None
         self._on_drop = on_drop
