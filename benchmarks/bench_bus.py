@@ -49,6 +49,7 @@ from triobus import (
     RequestHandler,
     open_bus,
 )
+from triobus.mailbox import DEFAULT_MAILBOX_CAPACITY
 
 #: The clock: this process's CPU time by default (``--clock wall``: ``perf_counter``).
 now = time.process_time
@@ -196,9 +197,11 @@ class _FloorBus:
     """The least any bus with an async ``send`` and a fresh handler per message does.
 
     A dict lookup of the handler class by message type, a counter, and a
-    ``send_nowait`` of ``(handler class, message)``; its consumer makes the
-    handler and awaits ``handle``. No envelope, context, supervision or
-    error policy: a lower bound for triobus's ``send``, not a rival.
+    ``send_nowait`` of ``(handler class, message)`` into a channel as big as
+    triobus's default mailbox (waiting for room when it is full, as a
+    bounded mailbox must); its consumer makes the handler and awaits
+    ``handle``. No envelope, context, supervision or error policy: a lower
+    bound for triobus's ``send``, not a rival.
     """
 
     def __init__(self, send: trio.MemorySendChannel[Any]) -> None:
@@ -209,7 +212,10 @@ class _FloorBus:
     async def send(self, command: object, *, headers: Any = None) -> None:
         handler = self.handlers[type(command)]
         self.in_flight += 1
-        self.channel.send_nowait((handler, command))
+        try:
+            self.channel.send_nowait((handler, command))
+        except trio.WouldBlock:
+            await self.channel.send((handler, command))
 
 
 async def _floor_consumer(
@@ -226,7 +232,7 @@ async def _floor_consumer(
 
 
 async def _floor_once(n: int) -> float:
-    send, recv = trio.open_memory_channel[Any](n + 1)
+    send, recv = trio.open_memory_channel[Any](DEFAULT_MAILBOX_CAPACITY)
     bus = _FloorBus(send)
     done = trio.Event()
     async with trio.open_nursery() as nursery:
