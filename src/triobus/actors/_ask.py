@@ -217,13 +217,19 @@ class AskTimer:
 
 @final
 class Frame:
-    """What an actor's handler task is doing, for deadlock detection."""
+    """What an actor's worker task is doing: for deadlock detection, and for its behavior.
 
-    __slots__ = ("cell", "chain")
+    ``handling`` belongs to the behavior: the bus keeps there the envelope
+    its handler is working on. One frame per worker, so nothing is set in
+    a context variable per message.
+    """
 
-    def __init__(self, cell: ActorCell) -> None:
+    __slots__ = ("cell", "chain", "handling")
+
+    def __init__(self, cell: ActorCell, chain: tuple[ActorCell, ...] = ()) -> None:
         self.cell = cell
-        self.chain: tuple[ActorCell, ...] = ()
+        self.chain = chain
+        self.handling: Any = None
 
 
 #: The frame of the actor handler running in this task, if any.

@@ -28,6 +28,7 @@ from .._errors import (
     TriobusError,
 )
 from ..actors import ActorRef
+from ..actors._ask import Frame, current_frame
 from ..mailbox import DeadLetterReason, DeadLetters
 from ._context import Envelope, current_handling
 from ._endpoint import drop_held, hold, release, tell_in_order
@@ -296,7 +297,8 @@ class MessageBus:
         plan = self._request_cache.get(type(request)) or self._request_plan(
             request, RequestHandlerNotFound
         )
-        handling = current_handling.get()
+        frame = current_frame.get()
+        handling = None if frame is None else frame.handling
         envelope = Envelope(request, plan, handling, headers, correlation_id, reply_to, True)
         if self._probe is not None:
             self._probe.dispatched(DispatchKind.INVOKE, envelope)
@@ -344,7 +346,13 @@ class MessageBus:
     async def _invoke_inline(self, envelope: Envelope) -> Any:
         # A re-entrant invoke whose endpoint is busy waiting on this very
         # call runs here, in the caller, instead of deadlocking.
-        token = current_handling.set(envelope)
+        # Run as the endpoint would, in a frame of its own for this task (and
+        # the tasks the handler starts), with the caller's chain of asks.
+        outer = current_frame.get()
+        assert outer is not None  # inline invokes happen inside handlers only
+        frame = Frame(outer.cell, outer.chain)
+        frame.handling = envelope
+        token = current_frame.set(frame)
         probe = self._probe
         step = envelope.plan.steps[0]
         where = envelope.plan.endpoint.uri
@@ -361,7 +369,7 @@ class MessageBus:
             drop_held(envelope)
             raise
         finally:
-            current_handling.reset(token)
+            current_frame.reset(token)
         if probe is not None:
             probe.handled(envelope, step, where)
         if envelope.held:
@@ -395,7 +403,8 @@ class MessageBus:
             )
             return
         plan = self._request_cache.get(type(command)) or self._request_plan(command, NoRouteError)
-        handling = current_handling.get()
+        frame = current_frame.get()
+        handling = None if frame is None else frame.handling
         if handling is not None:
             envelope = Envelope(command, plan, handling, headers, correlation_id, reply_to)
             hold(handling, plan.endpoint, envelope)
@@ -469,7 +478,8 @@ class MessageBus:
         if self._collect:
             await self._publish_collecting(event, plans, headers, correlation_id, reply_to)
             return
-        handling = current_handling.get()
+        frame = current_frame.get()
+        handling = None if frame is None else frame.handling
         if handling is None and self._probe is None and len(plans) == 1:
             # The common case, without the loop: a root event to one endpoint.
             plan = plans[0]
@@ -535,7 +545,7 @@ class MessageBus:
         reply_to: str | None,
         dispatch: DispatchEvent | None = None,
     ) -> None:
-        handling = current_handling.get()
+        handling = current_handling()
         parent = handling
         failures: list[Exception] = []
         first: Envelope | None = None
@@ -610,7 +620,7 @@ class MessageBus:
                 message, plans, headers, correlation_id, reply_to, dispatch=event
             )
             return None
-        handling = current_handling.get()
+        handling = current_handling()
         parent = handling
         first: Envelope | None = None
         results: list[Any] = []

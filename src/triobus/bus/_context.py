@@ -13,12 +13,12 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
+from ..actors._ask import current_frame
 from ..mailbox import Carrier, DeadLetterReason
 
 if TYPE_CHECKING:
@@ -174,13 +174,19 @@ class Envelope(Carrier):
         return f"<Envelope {self.plan.name} id={self.message_id}>"
 
 
-#: The envelope whose handler runs in this task, if any.
-current_handling: ContextVar[Envelope | None] = ContextVar("triobus_handling", default=None)
+def current_handling() -> Envelope | None:
+    """The envelope whose handler runs in this task, if any.
+
+    The endpoint keeps it in its worker's frame (see ``actors._ask.Frame``);
+    the hot paths of the bus read the frame inline.
+    """
+    frame = current_frame.get()
+    return None if frame is None else frame.handling
 
 
 def current_context() -> MessageContext | None:
     """The context of the message whose handler is running here, or ``None``."""
-    handling = current_handling.get()
+    handling = current_handling()
     return None if handling is None else handling.context()
 
 
@@ -190,7 +196,7 @@ def current_bus() -> MessageBus:
     Raises:
         RuntimeError: no handler of a bus is running in this task.
     """
-    handling = current_handling.get()
+    handling = current_handling()
     if handling is None:
         raise RuntimeError(
             "current_bus() works inside a bus handler (or behavior) only: pass the bus "

@@ -17,8 +17,9 @@ import trio
 
 from .._errors import ActorStopped, HandlerNotLocated, MailboxFull
 from ..actors import Actor
+from ..actors._ask import current_frame
 from ..mailbox import DeadLetterReason
-from ._context import Envelope, current_handling
+from ._context import Envelope
 from ._handlers import Callee
 from ._plans import EndpointRuntime, Failed, Step
 from ._plugins import DispatchEvent, Phase
@@ -43,7 +44,9 @@ class EndpointActor(Actor):
         envelope: Envelope = message
         if self.bus._probe is not None or envelope.dispatch is not None:
             return await self._receive_observed(envelope)
-        current_handling.set(envelope)
+        frame = current_frame.get()
+        assert frame is not None  # set by the worker that runs this
+        frame.handling = envelope
         try:
             if envelope.asked:
                 plan = envelope.plan
@@ -87,6 +90,7 @@ class EndpointActor(Actor):
             self.bus.settled()
             return None
         finally:
+            frame.handling = None
             if envelope.held:  # cut off (cancelled): what it sent goes with it
                 drop_held(envelope)
 
@@ -95,10 +99,13 @@ class EndpointActor(Actor):
         probe = self.bus._probe
         if probe is not None:
             probe.before_receive(envelope, self.path)
-        current_handling.set(envelope)
+        frame = current_frame.get()
+        assert frame is not None  # set by the worker that runs this
+        frame.handling = envelope
         try:
             return await self._observed(envelope, probe)
         finally:
+            frame.handling = None
             if envelope.held:  # cut off (cancelled): what it sent goes with it
                 drop_held(envelope)
 
