@@ -11,7 +11,7 @@ from trio.lowlevel import wait_task_rescheduled
 
 from .._errors import ActorStopped, MailboxClosed
 from ..mailbox import DeadLetterReason
-from ._ask import DEFAULT_ASK_TIMEOUT, Ask, current_frame
+from ._ask import DEFAULT_ASK_TIMEOUT, Ask, Frame, current_frame
 
 if TYPE_CHECKING:
     from ._cell import ActorCell
@@ -103,13 +103,15 @@ class ActorRef:
             MailboxFull: the mailbox refused or evicted the ask.
             Exception: whatever ``receive`` raised for this message.
         """
-        ask = self._post_ask(message, timeout)
+        ask = self._post_ask(message, timeout, current_frame.get())
         if ask.parked:
             return await wait_task_rescheduled(ask._abort)
         return await self._ask_waiting(ask, timeout)
 
-    def _post_ask(self, message: object, timeout: float | None) -> Ask:
+    def _post_ask(self, message: object, timeout: float | None, frame: Frame | None) -> Ask:
         """Post an ask without waiting: the checks, the reply slot and its deadline.
+
+        ``frame`` is the asking task's (``current_frame.get()``).
 
         Returns the :class:`Ask`, parked when the mailbox took it (the asker
         then waits with ``wait_task_rescheduled(ask._abort)``), not parked
@@ -119,7 +121,6 @@ class ActorRef:
             DeadlockError, ValueError, ActorStopped: as :meth:`ask`.
         """
         cell = self._cell
-        frame = current_frame.get()
         if frame is None:
             chain: tuple[ActorCell, ...] = ()
             if cell._starter is not None and cell._starter is trio.lowlevel.current_task():

@@ -309,7 +309,7 @@ class MessageBus:
         try:
             # ref.ask, without its coroutine layer
             seconds = self._invoke_timeout if timeout is _DEFAULT else timeout
-            ask = ref._post_ask(envelope, seconds)
+            ask = ref._post_ask(envelope, seconds, frame)
             if ask.parked:
                 result = await wait_task_rescheduled(ask._abort)
             else:
