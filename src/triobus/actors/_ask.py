@@ -13,7 +13,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 import outcome
 import trio
@@ -224,12 +224,23 @@ class Frame:
     a context variable per message.
     """
 
-    __slots__ = ("cell", "chain", "handling")
+    __slots__ = ("cell", "chain", "finish", "handling")
 
     def __init__(self, cell: ActorCell, chain: tuple[ActorCell, ...] = ()) -> None:
         self.cell = cell
         self.chain = chain
         self.handling: Any = None
+        #: Set by a behavior whose ``receive`` handed back its handler's
+        #: coroutine for an ask: the loop calls ``finish.finished(frame,
+        #: error)`` once that coroutine returned or raised, and an
+        #: ``Exception`` then goes to the asker without crashing the actor.
+        self.finish: Finisher | None = None
+
+
+class Finisher(Protocol):
+    """What finishes an ask whose handler the actor loop awaited itself (see Frame)."""
+
+    def finished(self, frame: Frame, error: BaseException | None) -> None: ...
 
 
 #: The frame of the actor handler running in this task, if any.

@@ -276,11 +276,32 @@ class ActorCell:
                                 try:
                                     result = await receive(item.message)
                                 except Exception as exc:
-                                    item.fail(exc)
-                                    raise
-                                except BaseException:
+                                    finish = frame.finish
+                                    if finish is None:
+                                        item.fail(exc)
+                                        raise
+                                    # The behavior answers for this failure: the
+                                    # asker gets it and the actor goes on.
+                                    frame.finish = None
+                                    frame.chain = ()
+                                    finish.finished(frame, exc)
+                                    if item.done:  # the asker gave up: a late reply
+                                        self.dead_letter(
+                                            item.message, DeadLetterReason.LATE_REPLY, exc
+                                        )
+                                    else:
+                                        item.fail(exc)
+                                    continue
+                                except BaseException as exc:
+                                    finish = frame.finish
+                                    if finish is not None:
+                                        frame.finish = None
+                                        finish.finished(frame, exc)
                                     self._interrupted(item)
                                     raise
+                                if frame.finish is not None:
+                                    frame.finish.finished(frame, None)
+                                    frame.finish = None
                                 frame.chain = ()
                                 if item.done:
                                     item.reply(result)  # a late reply: a dead letter

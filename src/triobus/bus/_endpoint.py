@@ -11,13 +11,14 @@ publishes are held and released only once its whole pipeline succeeded.
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .._errors import ActorStopped, HandlerNotLocated, MailboxFull
 from ..actors import Actor
-from ..actors._ask import current_frame
+from ..actors._ask import Frame, current_frame
 from ..mailbox import DeadLetterReason
 from ._context import Envelope
 from ._handlers import Callee
@@ -40,8 +41,39 @@ class EndpointActor(Actor):
         self.spec = spec
         self.path = path
 
-    async def receive(self, message: Any) -> Any:
+    def receive(self, message: Any) -> Coroutine[Any, Any, Any]:
         envelope: Envelope = message
+        plan = envelope.plan
+        if (
+            envelope.asked
+            and plan.factory is not None
+            and self.bus._probe is None
+            and envelope.dispatch is None
+        ):
+            # An invoke of a handler class: hand the handler's coroutine to the
+            # actor loop, which awaits it and then calls finished() (no
+            # coroutine layer of ours). Its failure goes to the asker.
+            frame = current_frame.get()
+            assert frame is not None  # set by the worker that runs this
+            frame.handling = envelope
+            frame.finish = self
+            return plan.factory().handle(envelope.message)  # type: ignore[no-any-return]
+        return self._receive(envelope)
+
+    def finished(self, frame: Frame, error: BaseException | None) -> None:
+        """The handler of an invoke that ``receive`` handed over returned or raised.
+
+        What it sent is released (``error is None``) or dropped with it.
+        """
+        envelope: Envelope = frame.handling
+        frame.handling = None
+        if envelope.held:
+            if error is None:
+                release(envelope)
+            else:
+                drop_held(envelope)
+
+    async def _receive(self, envelope: Envelope) -> Any:
         if self.bus._probe is not None or envelope.dispatch is not None:
             return await self._receive_observed(envelope)
         frame = current_frame.get()
