@@ -229,6 +229,9 @@ class ActorCell:
                         workers.start_soon(self._main, instance, None)
                 else:
                     receive = instance.receive
+                    # A behavior may take told messages through a coroutine of
+                    # its own, so that its receive can stay a plain function.
+                    receive_told = getattr(instance, "_receive_told", receive)
                     mailbox = self.mailbox
                     recv = mailbox._recv
                     receive_nowait = recv.receive_nowait
@@ -312,7 +315,7 @@ class ActorCell:
                                     item.reply(result)
                             else:
                                 try:
-                                    await receive(item)
+                                    await receive_told(item)
                                 except Exception as exc:
                                     self.dead_letter(item, DeadLetterReason.CRASHED, exc)
                                     raise

@@ -58,7 +58,7 @@ class EndpointActor(Actor):
             frame.handling = envelope
             frame.finish = self
             return plan.factory().handle(envelope.message)  # type: ignore[no-any-return]
-        return self._receive(envelope)
+        return self._receive_told(envelope)
 
     def finished(self, frame: Frame, error: BaseException | None) -> None:
         """The handler of an invoke that ``receive`` handed over returned or raised.
@@ -73,7 +73,13 @@ class EndpointActor(Actor):
             else:
                 drop_held(envelope)
 
-    async def _receive(self, envelope: Envelope) -> Any:
+    async def _receive_told(self, envelope: Envelope) -> Any:
+        """Handle ``envelope`` in a coroutine of this actor's own.
+
+        Every told message comes here (the actor loop calls this directly for
+        them, see ``ActorCell._main``), and the asked ones that ``receive``
+        does not hand over.
+        """
         if self.bus._probe is not None or envelope.dispatch is not None:
             return await self._receive_observed(envelope)
         frame = current_frame.get()
