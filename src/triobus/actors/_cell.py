@@ -294,7 +294,6 @@ class ActorCell:
                                         )
                                     else:
                                         item.fail(exc)
-                                    continue
                                 except BaseException as exc:
                                     finish = frame.finish
                                     if finish is not None:
@@ -302,17 +301,23 @@ class ActorCell:
                                         finish.finished(frame, exc)
                                     self._interrupted(item)
                                     raise
-                                if frame.finish is not None:
-                                    frame.finish.finished(frame, None)
-                                    frame.finish = None
-                                frame.chain = ()
-                                if item.done:
-                                    item.reply(result)  # a late reply: a dead letter
-                                elif item.parked:
-                                    item.done = True
-                                    reschedule(item.task, value(result))
                                 else:
-                                    item.reply(result)
+                                    finish = frame.finish
+                                    if finish is not None:
+                                        frame.finish = None
+                                        try:
+                                            finish.finished(frame, None)
+                                        except Exception as exc:
+                                            item.fail(exc)  # never left waiting
+                                            raise
+                                    frame.chain = ()
+                                    if item.done:
+                                        item.reply(result)  # a late reply: a dead letter
+                                    elif item.parked:
+                                        item.done = True
+                                        reschedule(item.task, value(result))
+                                    else:
+                                        item.reply(result)
                             else:
                                 try:
                                     await receive_told(item)
