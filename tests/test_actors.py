@@ -297,6 +297,41 @@ async def test_a_pool_adds_workers_only_while_every_worker_is_taken(
     assert len(tasks) in (1, 2)
 
 
+async def test_an_ask_that_waited_for_room_times_out_at_its_own_deadline(
+    autojump_clock: MockClock,
+) -> None:
+    # x waits for room from t=0 (deadline 5) and is queued at t=2; y, another
+    # ask with the same timeout made at t=1 (deadline 6), got queued first.
+    # x still times out at 5, not behind y's later deadline.
+    class Sleeper(Actor):
+        async def receive(self, message: Any) -> Any:
+            await trio.sleep(2 if message != "y" else 10)
+            return message
+
+    timed_out_at: list[float] = []
+
+    async def ask_x(ref: ActorRef) -> None:
+        with pytest.raises(AskTimeout):
+            await ref.ask("x", timeout=5)
+        timed_out_at.append(trio.current_time())
+
+    async def ask_y(ref: ActorRef) -> None:
+        await trio.sleep(1)
+        with pytest.raises(AskTimeout):
+            await ref.ask("y", timeout=5)
+
+    async with ActorSystem(name="app") as system:
+        a = await system.spawn(Sleeper, name="a", mailbox=MailboxSpec(capacity=1))
+        b = await system.spawn(Sleeper, name="b")
+        a.tell_nowait("hold")  # handled from t=0 to t=2
+        await trio.testing.wait_all_tasks_blocked()
+        a.tell_nowait("fill")  # waits: the mailbox is full now
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask_x, a)
+            nursery.start_soon(ask_y, b)
+    assert timed_out_at == [5.0]
+
+
 # ---------------------------------------------------------------- mailbox policies through a ref
 
 
