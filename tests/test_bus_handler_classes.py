@@ -12,6 +12,7 @@ from __future__ import annotations
 import attrs
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from triobus import (
@@ -19,6 +20,7 @@ from triobus import (
     DeadLetterReason,
     Event,
     EventHandler,
+    MessageBus,
     Module,
     Request,
     RequestHandler,
@@ -29,6 +31,7 @@ from triobus import (
     open_bus,
     route,
 )
+from triobus.actors._cell import FAIRNESS_BUDGET
 
 
 @attrs.frozen
@@ -180,3 +183,41 @@ async def test_a_reentrant_invoke_from_a_handler_class_runs_inline(
     ) as bus:
         with trio.fail_after(5):
             assert await bus.invoke(Outer(2)) == 21
+
+
+async def test_a_backlog_of_failing_invokes_still_lets_other_tasks_run() -> None:
+    # The endpoint yields to the scheduler every FAIRNESS_BUDGET messages,
+    # failed ones included, so an observer task runs at least once in any two
+    # budgets (trio runs a batch's tasks in random order); without the yield
+    # all the failures would run in one go.
+    log: list[str] = []
+    done = False
+
+    class Refuse(RequestHandler[Fail, int]):
+        async def handle(self, request: Fail) -> int:
+            log.append("h")
+            raise ValueError(request.text)
+
+    async def caller(bus: MessageBus) -> None:
+        with pytest.raises(ValueError):
+            await bus.invoke(Fail("no"))
+
+    async def observer() -> None:
+        while not done:
+            log.append("o")
+            await trio.lowlevel.checkpoint()
+
+    module = Module("m").bind_request(Fail, Refuse)
+    async with open_bus(
+        module,
+        endpoints=[local_queue("one", max_concurrency=1)],
+        routing=[route(Fail).to("one")],
+    ) as bus, trio.open_nursery() as outer:
+        outer.start_soon(observer)
+        async with trio.open_nursery() as nursery:
+            for _ in range(3 * FAIRNESS_BUDGET):
+                nursery.start_soon(caller, bus)
+        done = True
+    longest = max(len(run) for run in "".join(log).split("o"))
+    assert log.count("h") == 3 * FAIRNESS_BUDGET
+    assert longest <= 2 * FAIRNESS_BUDGET
