@@ -1,7 +1,8 @@
 """Message context: ids, correlation, causation, headers, reply-to.
 
 Each message travels in an :class:`Envelope`. While a handler runs, the
-envelope it handles is in a context variable, so every message the handler
+envelope it handles is in its worker's frame (found through the actors'
+context variable, set once per worker), so every message the handler
 sends, invokes or publishes gets the same correlation id and that message's
 id as its causation id, and is held in the envelope until the handler's
 pipeline succeeded. Ids are made only when someone needs them, from a

@@ -87,12 +87,9 @@ class EndpointActor(Actor):
         frame.handling = envelope
         try:
             if envelope.asked:
-                plan = envelope.plan
+                # Not a handler class (receive hands those over): functions, behaviors.
                 try:
-                    if plan.factory is None:
-                        result = await plan.call(envelope.message)
-                    else:
-                        result = await plan.factory().handle(envelope.message)
+                    result = await envelope.plan.call(envelope.message)
                 except Exception as exc:
                     if envelope.held:
                         drop_held(envelope)
