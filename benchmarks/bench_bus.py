@@ -586,12 +586,10 @@ ONCE_PER_ROUND = frozenset({"waku"})
 
 @dataclasses.dataclass
 class Results:
-    """Medians per system, and triobus's paired ratios against each other system."""
+    """Medians per system, and the per-round samples that paired ratios come from."""
 
     #: operation -> system -> median µs per operation over the rounds.
     medians: dict[str, dict[str, float]]
-    #: operation -> system -> median over rounds of (triobus / system) in that round.
-    ratios: dict[str, dict[str, float]]
     #: operation -> system -> the best µs per operation of each round.
     samples: dict[str, dict[str, list[float]]]
 
@@ -640,17 +638,7 @@ def run_rounds(
         operation: {system: statistics.median(values) for system, values in row.items()}
         for operation, row in samples.items()
     }
-    ratios: dict[str, dict[str, float]] = {}
-    for operation, row in samples.items():
-        mine = row.get("triobus")
-        if mine is None:
-            continue
-        ratios[operation] = {
-            system: statistics.median(a / b for a, b in zip(mine, values, strict=True))
-            for system, values in row.items()
-            if system != "triobus"
-        }
-    return Results(medians, ratios, samples)
+    return Results(medians, samples)
 
 
 def _cell(value: float | None, digits: int = 2) -> str:
@@ -662,10 +650,9 @@ def targets(results: Results) -> dict[str, tuple[str, bool | None]]:
 
     def check(operation: str, *limits: tuple[str, float]) -> bool | None:
         # Each limit: (other system, the most triobus / other may be).
-        ratios = results.ratios.get(operation, {})
         verdicts = []
         for system, most in limits:
-            ratio = ratios.get(system)
+            ratio = results.paired(operation, "triobus", system)
             if ratio is None:
                 return None
             verdicts.append(ratio <= most)
@@ -688,10 +675,6 @@ def targets(results: Results) -> dict[str, tuple[str, bool | None]]:
     }
 
 
-def _inverse(value: float | None) -> float | None:
-    return None if value is None else 1 / value
-
-
 def render(results: Results, rounds: int, scale: float, clock: str) -> str:
     medians = results.medians
     header = (
@@ -710,7 +693,6 @@ def render(results: Results, rounds: int, scale: float, clock: str) -> str:
     rows = [header]
     for operation in OPERATIONS:
         row = medians.get(operation, {})
-        paired = results.ratios.get(operation, {})
         mine = row.get("triobus")
         goal, ok = goals[operation]
         rows.append(
@@ -720,9 +702,9 @@ def render(results: Results, rounds: int, scale: float, clock: str) -> str:
                 _cell(row.get("raw")),
                 _cell(row.get("waku")),
                 _cell(row.get("python-cqrs")),
-                _cell(paired.get("raw")),
-                _cell(_inverse(paired.get("python-cqrs"))),
-                _cell(_inverse(paired.get("waku"))),
+                _cell(results.paired(operation, "triobus", "raw")),
+                _cell(results.paired(operation, "python-cqrs", "triobus")),
+                _cell(results.paired(operation, "waku", "triobus")),
                 goal,
                 "n/a" if ok is None else ("PASS" if ok else "FAIL"),
             )
