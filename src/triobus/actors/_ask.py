@@ -231,16 +231,23 @@ class Frame:
         self.chain = chain
         self.handling: Any = None
         #: Set by a behavior whose ``receive`` handed back its handler's
-        #: coroutine for an ask: the loop calls ``finish.finished(frame,
-        #: error)`` once that coroutine returned or raised, and an
-        #: ``Exception`` then goes to the asker without crashing the actor.
+        #: coroutine: see :class:`Finisher`.
         self.finish: Finisher | None = None
 
 
 class Finisher(Protocol):
-    """What finishes an ask whose handler the actor loop awaited itself (see Frame)."""
+    """What finishes a message whose handler the actor loop awaited itself (see Frame).
+
+    Once the handed-over coroutine returned, or raised anything but an
+    ``Exception`` (an interruption), the loop calls ``finished(frame,
+    error)``. An ``Exception`` does not crash the actor: for an ask it goes
+    to the asker after ``finished(frame, error)``; for a told message the
+    loop awaits ``failed(frame, error)`` instead (the behavior's error policy).
+    """
 
     def finished(self, frame: Frame, error: BaseException | None) -> None: ...
+
+    async def failed(self, frame: Frame, error: Exception) -> None: ...
 
 
 #: The frame of the actor handler running in this task, if any.

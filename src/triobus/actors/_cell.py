@@ -21,7 +21,7 @@ from .._lifecycle import ChildKind, ChildState, Restart
 from .._structured import single_exception
 from ..mailbox import DeadLetterReason, Mailbox, MailboxSpec
 from ._actor import Actor
-from ._ask import Ask, Frame, current_frame
+from ._ask import Ask, Finisher, Frame, current_frame
 from ._ref import ActorRef
 from ._runtime import Parent, Runtime
 
@@ -229,9 +229,6 @@ class ActorCell:
                         workers.start_soon(self._main, instance, None)
                 else:
                     receive = instance.receive
-                    # A behavior may take told messages through a coroutine of
-                    # its own, so that its receive can stay a plain function.
-                    receive_told = getattr(instance, "_receive_told", receive)
                     mailbox = self.mailbox
                     recv = mailbox._recv
                     receive_nowait = recv.receive_nowait
@@ -320,13 +317,27 @@ class ActorCell:
                                         item.reply(result)
                             else:
                                 try:
-                                    await receive_told(item)
+                                    await receive(item)
                                 except Exception as exc:
-                                    self.dead_letter(item, DeadLetterReason.CRASHED, exc)
-                                    raise
-                                except BaseException:
+                                    finish = frame.finish
+                                    if finish is None:
+                                        self.dead_letter(item, DeadLetterReason.CRASHED, exc)
+                                        raise
+                                    # The behavior answers for this failure (its error policy).
+                                    frame.finish = None
+                                    await self._recover(finish, frame, item, exc)
+                                except BaseException as exc:
+                                    finish = frame.finish
+                                    if finish is not None:
+                                        frame.finish = None
+                                        finish.finished(frame, exc)
                                     self._interrupted(item)
                                     raise
+                                else:
+                                    finish = frame.finish
+                                    if finish is not None:
+                                        frame.finish = None
+                                        finish.finished(frame, None)
                             budget -= 1
                             if not budget:
                                 budget = FAIRNESS_BUDGET
@@ -359,6 +370,21 @@ class ActorCell:
         if not self.stopping:
             self.state = ChildState.RESTARTING
             self.parent.child_exited(self, self.incarnation, error)
+
+    async def _recover(
+        self, finish: Finisher, frame: Frame, item: object, error: Exception
+    ) -> None:
+        # A told message whose handed-over handler raised: the behavior's
+        # ``failed`` runs its error policy. What escapes that is handled as
+        # any failure or interruption of a told message.
+        try:
+            await finish.failed(frame, error)
+        except Exception as exc:
+            self.dead_letter(item, DeadLetterReason.CRASHED, exc)
+            raise
+        except BaseException:
+            self._interrupted(item)
+            raise
 
     def saturated(self) -> bool:
         """Whether every worker is taken, so a nested ask to this actor would wait.

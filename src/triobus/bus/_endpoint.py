@@ -44,26 +44,24 @@ class EndpointActor(Actor):
     def receive(self, message: Any) -> Coroutine[Any, Any, Any]:
         envelope: Envelope = message
         plan = envelope.plan
-        if (
-            envelope.asked
-            and plan.factory is not None
-            and self.bus._probe is None
-            and envelope.dispatch is None
-        ):
-            # An invoke of a handler class: hand the handler's coroutine to the
-            # actor loop, which awaits it and then calls finished() (no
-            # coroutine layer of ours). Its failure goes to the asker.
+        if plan.factory is not None and self.bus._probe is None and envelope.dispatch is None:
+            # One handler class, no behaviors: hand its coroutine to the actor
+            # loop, which awaits it and then calls finished() or, for a told
+            # message that failed, failed() (no coroutine layer of ours).
             frame = current_frame.get()
             assert frame is not None  # set by the worker that runs this
             frame.handling = envelope
             frame.finish = self
             return plan.factory().handle(envelope.message)  # type: ignore[no-any-return]
-        return self._receive_told(envelope)
+        return self._receive_steps(envelope)
 
     def finished(self, frame: Frame, error: BaseException | None) -> None:
-        """The handler of an invoke that ``receive`` handed over returned or raised.
+        """The handler that ``receive`` handed over returned or raised.
 
-        What it sent is released (``error is None``) or dropped with it.
+        What it sent is released (``error is None``) or dropped with it; a
+        told message that was handled is settled. ``error`` is an ask's
+        failure (the asker gets it) or an interruption (the actor redelivers
+        the message or dead-letters it).
         """
         envelope: Envelope = frame.handling
         frame.handling = None
@@ -72,13 +70,36 @@ class EndpointActor(Actor):
                 release(envelope)
             else:
                 drop_held(envelope)
+        if error is None and not envelope.asked:
+            # bus.settled(), inline: one call less per told message
+            bus = self.bus
+            bus._inflight -= 1
+            if not bus._inflight and bus._quiet is not None:
+                bus._quiet.set()
+                bus._quiet = None
 
-    async def _receive_told(self, envelope: Envelope) -> Any:
+    async def failed(self, frame: Frame, error: Exception) -> None:
+        """The handler of a told message that ``receive`` handed over raised ``error``.
+
+        Runs the endpoint's error policy, as for any handler: retries, then
+        dead letters with the last exception. The message is settled after.
+        """
+        envelope: Envelope = frame.handling
+        try:
+            if envelope.held:
+                drop_held(envelope)
+            await self._deliver(envelope, envelope.plan.steps[0], first_error=error)
+            self.bus.settled()
+        finally:
+            frame.handling = None
+            if envelope.held:  # cut off (cancelled): what it sent goes with it
+                drop_held(envelope)
+
+    async def _receive_steps(self, envelope: Envelope) -> Any:
         """Handle ``envelope`` in a coroutine of this actor's own.
 
-        Every told message comes here (the actor loop calls this directly for
-        them, see ``ActorCell._main``), and the asked ones that ``receive``
-        does not hand over.
+        For what ``receive`` does not hand over: several handlers (an event),
+        handler functions, behaviors, a probe or plugins attached.
         """
         if self.bus._probe is not None or envelope.dispatch is not None:
             return await self._receive_observed(envelope)
@@ -87,7 +108,6 @@ class EndpointActor(Actor):
         frame.handling = envelope
         try:
             if envelope.asked:
-                # Not a handler class (receive hands those over): functions, behaviors.
                 try:
                     result = await envelope.plan.call(envelope.message)
                 except Exception as exc:

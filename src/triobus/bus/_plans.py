@@ -111,10 +111,13 @@ class Plan:
         self.kind = kind
         self.endpoint = endpoint
         self.steps = tuple(steps)
-        #: The first (for a request: the only) step's call and handler class.
+        #: The first (for a request: the only) step's call.
         first = self.steps[0] if self.steps else Step(None, ())
         self.call = first.call
-        self.factory = first.factory
+        #: The handler class of the only step, when that step is just
+        #: ``factory().handle(message)`` (the endpoint hands that coroutine
+        #: to the actor loop); ``None`` otherwise.
+        self.factory = first.factory if len(self.steps) == 1 else None
         #: The index of the last step.
         self.last = len(self.steps) - 1
         #: The endpoint's only actor, or ``None`` when it is partitioned.
