@@ -1,10 +1,13 @@
-"""Invokes of handler classes: the endpoint hands the handler's coroutine to its actor loop.
+"""Handler classes: the endpoint hands the handler's coroutine to its actor loop.
 
-Every promise of invoke holds on that path as on the others: the typed
-response, the handler's exception in the caller with the endpoint still
-serving, a late failure as a dead letter, the message context, nested
-dispatch held until the handler succeeded (dropped when it fails), and
-re-entrant invokes run inline.
+That is done for an invoke and for a told message (send, or an event with
+one handler) whose plan is one handler class. Every promise holds on that
+path as on the others: the typed response, the handler's exception in the
+caller with the endpoint still serving, a late failure as a dead letter,
+the message context, nested dispatch held until the handler succeeded
+(dropped when it fails), re-entrant invokes run inline; for told messages
+the error policy (retries, then dead letters), and a shutdown that is never
+counted as a failure.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import trio.lowlevel
 import trio.testing
 
 from triobus import (
+    ActorStopped,
     ActorSystem,
+    Backoff,
+    Command,
     DeadLetterReason,
     Event,
     EventHandler,
@@ -221,3 +227,230 @@ async def test_a_backlog_of_failing_invokes_still_lets_other_tasks_run() -> None
     longest = max(len(run) for run in "".join(log).split("o"))
     assert log.count("h") == 3 * FAIRNESS_BUDGET
     assert longest <= 2 * FAIRNESS_BUDGET
+
+
+# ---------------------------------------------------------------- told messages
+
+
+@attrs.frozen
+class Job(Command):
+    n: int
+
+
+@attrs.frozen
+class FollowUp(Command):
+    n: int
+
+
+def _followups(log: list[int]) -> type[RequestHandler[FollowUp, None]]:
+    class FollowUpHandler(RequestHandler[FollowUp, None]):
+        async def handle(self, command: FollowUp) -> None:
+            log.append(command.n)
+
+    return FollowUpHandler
+
+
+async def test_a_sent_handler_class_that_fails_is_retried_and_its_last_attempt_counts() -> None:
+    attempts: list[int] = []
+    followed: list[int] = []
+
+    class Flaky(RequestHandler[Job, None]):
+        async def handle(self, command: Job) -> None:
+            attempts.append(command.n)
+            # Each attempt sends; only the successful attempt's command goes out.
+            await current_bus().send(FollowUp(len(attempts)))
+            if len(attempts) < 2:
+                raise RuntimeError("not yet")
+
+    module = Module("m").bind_request(Job, Flaky).bind_request(FollowUp, _followups(followed))
+    async with (
+        ActorSystem(name="app") as system,
+        open_bus(
+            module,
+            system=system,
+            endpoints=[local_queue("jobs", retries=2), local_queue("rest")],
+            routing=[route(Job).to("jobs"), route(FollowUp).to("rest")],
+        ) as bus,
+    ):
+        await bus.send(Job(7))
+        await bus.wait_quiet()
+        assert attempts == [7, 7]
+        assert followed == [2]
+        assert list(bus.dead_letters) == []
+        assert bus.in_flight == 0
+        assert _restarts(system.tree()) == 0
+
+
+async def test_a_sent_handler_class_that_keeps_failing_is_a_dead_letter_and_the_endpoint_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    handled: list[int] = []
+
+    class Picky(RequestHandler[Job, None]):
+        async def handle(self, command: Job) -> None:
+            if command.n < 0:
+                raise ValueError(f"negative {command.n}")
+            handled.append(command.n)
+
+    async with (
+        ActorSystem(name="app") as system,
+        open_bus(
+            Module("m").bind_request(Job, Picky),
+            system=system,
+            endpoints=[
+                local_queue("jobs", retries=1, backoff=Backoff(initial=2.0, jitter=0.0))
+            ],
+            routing=[route(Job).to("jobs")],
+        ) as bus,
+    ):
+        start = trio.current_time()
+        await bus.send(Job(-1))
+        await bus.send(Job(1))
+        await bus.wait_quiet()
+        # One retry after the backoff, then the dead letter; the next job runs after.
+        assert trio.current_time() - start == pytest.approx(2.0)
+        assert handled == [1]
+        letters = list(bus.dead_letters)
+        assert [(d.message, d.reason) for d in letters] == [(Job(-1), DeadLetterReason.FAILED)]
+        assert isinstance(letters[0].exception, ValueError)
+        assert letters[0].context is not None
+        assert letters[0].context["attempts"] == 2
+        assert bus.in_flight == 0
+        assert _restarts(system.tree()) == 0
+
+
+async def test_a_sent_handler_class_cut_off_by_shutdown_is_no_failure_and_drops_what_it_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    followed: list[int] = []
+
+    class Stuck(RequestHandler[Job, None]):
+        async def handle(self, command: Job) -> None:
+            await current_bus().send(FollowUp(command.n))
+            await trio.sleep_forever()
+
+    module = Module("m").bind_request(Job, Stuck).bind_request(FollowUp, _followups(followed))
+    async with open_bus(
+        module,
+        endpoints=[local_queue("jobs", shutdown=1.0), local_queue("rest")],
+        routing=[route(Job).to("jobs"), route(FollowUp).to("rest")],
+        drain_timeout=0,
+    ) as bus:
+        await bus.send(Job(1))
+        await trio.sleep(1)
+    assert followed == []
+    assert [(d.message, d.reason, d.exception) for d in bus.dead_letters] == [
+        (Job(1), DeadLetterReason.SHUTDOWN, None)
+    ]
+    assert bus.in_flight == 0
+
+
+async def test_a_retry_of_a_sent_handler_class_cut_off_by_shutdown_is_no_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    attempts: list[float] = []
+
+    class Failing(RequestHandler[Job, None]):
+        async def handle(self, command: Job) -> None:
+            attempts.append(trio.current_time())
+            raise RuntimeError("down")
+
+    long_wait = Backoff(initial=100.0, maximum=100.0, jitter=0.0)
+    async with open_bus(
+        Module("m").bind_request(Job, Failing),
+        endpoints=[local_queue("jobs", retries=3, backoff=long_wait, shutdown=1.0)],
+        routing=[route(Job).to("jobs")],
+        drain_timeout=0,
+    ) as bus:
+        await bus.send(Job(1))
+        await trio.sleep(1)
+    # The first attempt failed; shutdown came during the backoff before the retry.
+    assert len(attempts) == 1
+    assert [(d.message, d.reason) for d in bus.dead_letters] == [
+        (Job(1), DeadLetterReason.SHUTDOWN)
+    ]
+    assert bus.in_flight == 0
+
+
+async def test_an_event_with_one_handler_class_is_retried_like_a_command() -> None:
+    attempts: list[int] = []
+
+    class Once(EventHandler[Noticed]):
+        async def handle(self, event: Noticed) -> None:
+            attempts.append(event.n)
+            if len(attempts) == 1:
+                raise RuntimeError("first time")
+
+    async with open_bus(
+        Module("m").bind_event(Noticed, [Once]),
+        endpoints=[local_queue("default", retries=1)],
+    ) as bus:
+        await bus.publish(Noticed(5))
+        await bus.wait_quiet()
+    assert attempts == [5, 5]
+    assert list(bus.dead_letters) == []
+    assert bus.in_flight == 0
+
+
+async def test_an_invoked_handler_class_cut_off_by_shutdown_drops_what_it_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    followed: list[int] = []
+    errors: list[BaseException] = []
+
+    class Stuck(RequestHandler[Lookup, int]):
+        async def handle(self, request: Lookup) -> int:
+            await current_bus().send(FollowUp(request.n))
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+    async def call(bus: MessageBus) -> None:
+        try:
+            await bus.invoke(Lookup(1), timeout=None)
+        except ActorStopped as exc:
+            errors.append(exc)
+
+    module = Module("m").bind_request(Lookup, Stuck).bind_request(FollowUp, _followups(followed))
+    async with trio.open_nursery() as nursery, open_bus(
+        module,
+        endpoints=[local_queue("one", shutdown=1.0), local_queue("rest")],
+        routing=[route(Lookup).to("one"), route(FollowUp).to("rest")],
+        drain_timeout=0,
+    ) as bus:
+        nursery.start_soon(call, bus)
+        await trio.sleep(1)
+    assert followed == []
+    assert len(errors) == 1
+    assert bus.in_flight == 0
+
+
+async def test_what_a_retry_of_a_sent_handler_class_sent_is_dropped_when_shutdown_cuts_it_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    followed: list[int] = []
+    attempts: list[int] = []
+
+    class FailThenStick(RequestHandler[Job, None]):
+        async def handle(self, command: Job) -> None:
+            attempts.append(command.n)
+            if len(attempts) == 1:
+                raise RuntimeError("first attempt")
+            await current_bus().send(FollowUp(command.n))
+            await trio.sleep_forever()
+
+    module = Module("m").bind_request(Job, FailThenStick)
+    module.bind_request(FollowUp, _followups(followed))
+    async with open_bus(
+        module,
+        endpoints=[local_queue("jobs", retries=1, shutdown=1.0), local_queue("rest")],
+        routing=[route(Job).to("jobs"), route(FollowUp).to("rest")],
+        drain_timeout=0,
+    ) as bus:
+        await bus.send(Job(3))
+        await trio.sleep(1)
+    assert attempts == [3, 3]
+    assert followed == []
+    assert [(d.message, d.reason) for d in bus.dead_letters] == [
+        (Job(3), DeadLetterReason.SHUTDOWN)
+    ]
+    assert bus.in_flight == 0
