@@ -968,3 +968,70 @@ async def test_bystanders_take_messages_again_when_the_failed_child_is_removed_f
                 await failing.ask("boom")
             await failing.stop()
             assert await bystander.ask("ping", timeout=1) == "ping"
+
+
+async def test_a_stop_posted_while_a_supervisor_gives_up_does_not_reach_its_next_incarnation(
+    autojump_clock: MockClock,
+) -> None:
+    log: list[Any] = []
+    async with ActorSystem(name="app", max_restarts=10) as system:
+        top = await system.spawn_supervisor("top", strategy="one_for_all", max_restarts=10)
+        sup = await top.spawn_supervisor("sup", max_restarts=0)
+        (a,) = await spawn_members(sup, "a", log)
+        await sup.spawn(member("b", log, stop_delay=2), name="b")
+        (x,) = await spawn_members(top, "x", log)
+        await a.tell("boom")  # sup gives up: stopping b takes 2 s
+        await trio.sleep(1)
+        # Meanwhile x fails: top's round stops sup (a stop posted while it gives
+        # up) and then restarts sup and x, once.
+        await x.tell("boom")
+        await trio.sleep(20)
+        await settle()
+        tree = system.tree()
+        assert restarts(tree, "sup", "x") == [1, 1]
+        assert [tree.find(n).state for n in "abx"] == [ChildState.RUNNING] * 3
+        assert await a.ask("still here") == "still here"
+
+
+async def test_a_restart_failing_in_a_one_for_all_round_starts_no_later_child_before_the_retry(
+    autojump_clock: MockClock,
+) -> None:
+    # As in OTP: the children after the one that failed to start are not
+    # started; the retry round stops the started ones and restarts them all.
+    log: list[Any] = []
+    b_starts = 0
+
+    class FailsSecondTime(Member):
+        async def on_start(self) -> None:
+            nonlocal b_starts
+            b_starts += 1
+            await super().on_start()
+            if b_starts == 2:
+                raise Crash("b cannot start")
+
+    async with ActorSystem(name="app") as system:
+        sup = await system.spawn_supervisor("sup", strategy="one_for_all", max_restarts=5)
+        (a,) = await spawn_members(sup, "a", log)
+        await sup.spawn(lambda: FailsSecondTime("b", log), name="b")
+        (c,) = await spawn_members(sup, "c", log)
+        log.clear()
+        await a.tell("boom")
+        await settle()
+        assert [e[:2] for e in events(log)] == [
+            ("stop", "a"),
+            ("stop", "c"),
+            ("stop", "b"),
+            ("restart", "a"),
+            ("start", "a"),
+            ("restart", "b"),
+            ("start", "b"),  # fails: c is not started, a pauses
+            ("stop", "a"),
+            ("restart", "a"),
+            ("start", "a"),
+            ("restart", "b"),
+            ("start", "b"),
+            ("restart", "c"),
+            ("start", "c"),
+        ]
+        assert restarts(system.tree(), "a", "b", "c") == [2, 2, 1]
+        assert [await ref.ask("ok") for ref in (a, c)] == ["ok", "ok"]

@@ -153,6 +153,9 @@ class ActorCell:
         """
         restarting = self.state is not ChildState.NEW
         self.state = ChildState.STARTING
+        # Started again, so no longer stopping, whether or not the start
+        # succeeds: a start that fails is a failure to restart again.
+        self.stopping = False
         self._starter = trio.lowlevel.current_task()
         try:
             instance = self.factory()

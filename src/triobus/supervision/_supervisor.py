@@ -152,6 +152,7 @@ class SupervisorCell:
         cause: BaseException | None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        self._drop_stale_events()
         scope = self._scope = trio.CancelScope()
         self.incarnation += 1
         incarnation = self.incarnation
@@ -179,6 +180,16 @@ class SupervisorCell:
         if not self.stopping:
             self.state = ChildState.RESTARTING
             self.parent.child_exited(self, incarnation, error)
+
+    def _drop_stale_events(self) -> None:
+        # What is still queued was meant for an earlier incarnation: a stop
+        # posted while it gave up, exits of children it has since restarted.
+        while True:
+            try:
+                self._events_recv.receive_nowait()
+            except trio.WouldBlock:
+                break
+        self._paused.clear()
 
     async def _start_children(self, nursery: trio.Nursery, cause: BaseException | None) -> None:
         started: list[Child] = []
@@ -284,11 +295,13 @@ class SupervisorCell:
             try:
                 await target.start(self._nursery, error)
             except Exception as exc:
-                # A restart that fails is retried later and counts again.
+                # A restart that fails is a failure of its own: it is retried
+                # by a round of its own, which counts again. As in OTP, the
+                # children after it are not started before that round, and
+                # the ones started already pause now, as for any failure.
                 logger.warning("restart of %s failed: %r", target.path, exc)
-                self._events_send.send_nowait(
-                    (_Event.EXIT, target, target.incarnation, exc, trio.current_time())
-                )
+                self.child_exited(target, target.incarnation, exc)
+                return
 
     def _allow_restart(self, now: float) -> bool:
         times = self._restart_times
