@@ -43,17 +43,19 @@ class EndpointActor(Actor):
 
     def receive(self, message: Any) -> Coroutine[Any, Any, Any]:
         envelope: Envelope = message
-        plan = envelope.plan
-        if plan.factory is not None and self.bus._probe is None and envelope.dispatch is None:
+        if self.bus._probe is not None or envelope.dispatch is not None:
+            return self._receive_observed(envelope)
+        frame = current_frame.get()
+        assert frame is not None  # set by the worker that runs this
+        frame.handling = envelope
+        factory = envelope.plan.factory
+        if factory is not None:
             # One handler class, no behaviors: hand its coroutine to the actor
             # loop, which awaits it and then calls finished() or, for a told
             # message that failed, failed() (no coroutine layer of ours).
-            frame = current_frame.get()
-            assert frame is not None  # set by the worker that runs this
-            frame.handling = envelope
             frame.finish = self
-            return plan.factory().handle(envelope.message)  # type: ignore[no-any-return]
-        return self._receive_steps(envelope)
+            return factory().handle(envelope.message)  # type: ignore[no-any-return]
+        return self._receive_steps(envelope, frame)
 
     def finished(self, frame: Frame, error: BaseException | None) -> None:
         """The handler that ``receive`` handed over returned or raised.
@@ -95,17 +97,13 @@ class EndpointActor(Actor):
             if envelope.held:  # cut off (cancelled): what it sent goes with it
                 drop_held(envelope)
 
-    async def _receive_steps(self, envelope: Envelope) -> Any:
+    async def _receive_steps(self, envelope: Envelope, frame: Frame) -> Any:
         """Handle ``envelope`` in a coroutine of this actor's own.
 
-        For what ``receive`` does not hand over: several handlers (an event),
-        handler functions, behaviors, a probe or plugins attached.
+        For what ``receive`` does not hand over and no probe or plugin
+        observes: several handlers (an event), handler functions, behaviors.
+        ``receive`` has set ``frame.handling`` already.
         """
-        if self.bus._probe is not None or envelope.dispatch is not None:
-            return await self._receive_observed(envelope)
-        frame = current_frame.get()
-        assert frame is not None  # set by the worker that runs this
-        frame.handling = envelope
         try:
             if envelope.asked:
                 try:
