@@ -38,6 +38,7 @@ from triobus import (
     route,
 )
 from triobus.actors._cell import FAIRNESS_BUDGET
+from triobus.supervision._supervisor import SupervisorCell
 
 
 @attrs.frozen
@@ -453,4 +454,38 @@ async def test_what_a_retry_of_a_sent_handler_class_sent_is_dropped_when_shutdow
     assert [(d.message, d.reason) for d in bus.dead_letters] == [
         (Job(3), DeadLetterReason.SHUTDOWN)
     ]
+    assert bus.in_flight == 0
+
+
+async def test_an_event_cut_off_by_a_restart_of_its_endpoint_goes_on_from_the_handler_cut_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    calls: list[str] = []
+    cut_off = trio.Event()
+
+    def handler(label: str, stall: bool = False) -> type[EventHandler[Noticed]]:
+        class Handler(EventHandler[Noticed]):
+            async def handle(self, event: Noticed) -> None:
+                calls.append(label)
+                if stall and calls.count(label) == 1:
+                    cut_off.set()
+                    await trio.sleep_forever()
+
+        return Handler
+
+    module = Module("m").bind_event(Noticed, [handler("a"), handler("b", True), handler("c")])
+    async with open_bus(module, endpoints=[local_queue("default", shutdown=1.0)]) as bus:
+        await bus.publish(Noticed(1))
+        await cut_off.wait()
+        # Restart the endpoint's actor as its supervisor's round would: the
+        # stop lets the handler run to the shutdown deadline, then cuts it off.
+        cell = bus.endpoints["default"].refs[0]._cell
+        supervisor = cell.parent
+        assert isinstance(supervisor, SupervisorCell) and supervisor._nursery is not None
+        await cell.stop(final=False)
+        await cell.start(supervisor._nursery)
+        await bus.wait_quiet()
+    # a is done and not run again; b runs again from the start; then c.
+    assert calls == ["a", "b", "b", "c"]
+    assert list(bus.dead_letters) == []
     assert bus.in_flight == 0

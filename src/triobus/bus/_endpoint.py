@@ -104,6 +104,7 @@ class EndpointActor(Actor):
         observes: several handlers (an event), handler functions, behaviors.
         ``receive`` has set ``frame.handling`` already.
         """
+        index = start = envelope.progress
         try:
             if envelope.asked:
                 try:
@@ -115,15 +116,14 @@ class EndpointActor(Actor):
                 if envelope.held:
                     release(envelope)
                 return result
-            plan = envelope.plan
-            steps = plan.steps
+            steps = envelope.plan.steps
             message = envelope.message
             # Each handler is its own delivery; the retry loop is entered only
             # after a first attempt failed. ``progress`` counts the handlers
-            # done, for a redelivery after an interruption.
-            index = envelope.progress
-            while True:
-                step = steps[index]
+            # done, for a redelivery after an interruption: it is written
+            # only then, from ``index``.
+            steps_left = enumerate(steps[start:], start) if start else enumerate(steps)
+            for index, step in steps_left:  # noqa: B007 (read when cut off)
                 try:
                     if step.factory is None:
                         await step.call(message)
@@ -136,12 +136,11 @@ class EndpointActor(Actor):
                 else:
                     if envelope.held:
                         release(envelope)
-                if index == plan.last:
-                    break
-                index += 1
-                envelope.progress = index
             self.bus.settled()
             return None
+        except BaseException:
+            envelope.progress = index  # cut off: this handler runs again on redelivery
+            raise
         finally:
             frame.handling = None
             if envelope.held:  # cut off (cancelled): what it sent goes with it
