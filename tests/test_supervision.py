@@ -69,6 +69,21 @@ def member(name: str, log: list[Any], stop_delay: float = 0) -> Callable[[], Mem
     return lambda: Member(name, log, stop_delay)
 
 
+def fails_second_start(name: str, log: list[Any]) -> Callable[[], Member]:
+    """A member whose second start fails (its ``on_start`` raises ``Crash``)."""
+    starts = 0
+
+    class FailsSecondStart(Member):
+        async def on_start(self) -> None:
+            nonlocal starts
+            starts += 1
+            await super().on_start()
+            if starts == 2:
+                raise Crash(f"{name} cannot start")
+
+    return lambda: FailsSecondStart(name, log)
+
+
 async def spawn_members(
     parent: ActorSystem | SupervisorRef, names: str, log: list[Any], **kwargs: Any
 ) -> list[ActorRef]:
@@ -568,20 +583,11 @@ async def test_a_child_failing_to_start_in_a_supervisor_restart_stops_the_starte
     autojump_clock: MockClock,
 ) -> None:
     log: list[Any] = []
-    b_starts = 0
-
-    class FailsSecondTime(Member):
-        async def on_start(self) -> None:
-            nonlocal b_starts
-            b_starts += 1
-            await super().on_start()
-            if b_starts == 2:
-                raise Crash("b cannot start")
 
     async with ActorSystem(name="app", max_restarts=5) as system:
         sup = await system.spawn_supervisor("sup", max_restarts=0)
         (a,) = await spawn_members(sup, "a", log)
-        await sup.spawn(lambda: FailsSecondTime("b", log), name="b")
+        await sup.spawn(fails_second_start("b", log), name="b")
         (c,) = await spawn_members(sup, "c", log)
         log.clear()
         await c.tell("boom")  # sup gives up; root restarts it; b fails to start
@@ -999,20 +1005,11 @@ async def test_a_restart_failing_in_a_one_for_all_round_starts_no_later_child_be
     # As in OTP: the children after the one that failed to start are not
     # started; the retry round stops the started ones and restarts them all.
     log: list[Any] = []
-    b_starts = 0
-
-    class FailsSecondTime(Member):
-        async def on_start(self) -> None:
-            nonlocal b_starts
-            b_starts += 1
-            await super().on_start()
-            if b_starts == 2:
-                raise Crash("b cannot start")
 
     async with ActorSystem(name="app") as system:
         sup = await system.spawn_supervisor("sup", strategy="one_for_all", max_restarts=5)
         (a,) = await spawn_members(sup, "a", log)
-        await sup.spawn(lambda: FailsSecondTime("b", log), name="b")
+        await sup.spawn(fails_second_start("b", log), name="b")
         (c,) = await spawn_members(sup, "c", log)
         log.clear()
         await a.tell("boom")
