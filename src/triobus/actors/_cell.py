@@ -295,11 +295,7 @@ class ActorCell:
                                     else:
                                         item.fail(exc)
                                 except BaseException as exc:
-                                    finish = frame.finish
-                                    if finish is not None:
-                                        frame.finish = None
-                                        finish.finished(frame, exc)
-                                    self._interrupted(item)
+                                    self._cut_off(frame, item, exc)
                                     raise
                                 else:
                                     finish = frame.finish
@@ -330,11 +326,7 @@ class ActorCell:
                                     frame.finish = None
                                     await self._recover(finish, frame, item, exc)
                                 except BaseException as exc:
-                                    finish = frame.finish
-                                    if finish is not None:
-                                        frame.finish = None
-                                        finish.finished(frame, exc)
-                                    self._interrupted(item)
+                                    self._cut_off(frame, item, exc)
                                     raise
                                 else:
                                     finish = frame.finish
@@ -438,6 +430,15 @@ class ActorCell:
             if self._resume is None:
                 self._resume = trio.Event()
             await self._resume.wait()
+
+    def _cut_off(self, frame: Frame, item: object, error: BaseException) -> None:
+        # The handler of ``item`` was interrupted (cancelled, or a non-Exception):
+        # a behavior that took it over finishes it with the error first.
+        finish = frame.finish
+        if finish is not None:
+            frame.finish = None
+            finish.finished(frame, error)
+        self._interrupted(item)
 
     def _interrupted(self, item: object) -> None:
         # A handler cancelled by the runtime is not a failure: on a final
