@@ -89,7 +89,6 @@ class Plan:
         "endpoint",
         "factory",
         "kind",
-        "last",
         "name",
         "ref",
         "steps",
@@ -118,8 +117,6 @@ class Plan:
         #: ``factory().handle(message)`` (the endpoint hands that coroutine
         #: to the actor loop); ``None`` otherwise.
         self.factory = first.factory if len(self.steps) == 1 else None
-        #: The index of the last step.
-        self.last = len(self.steps) - 1
         #: The endpoint's only actor, or ``None`` when it is partitioned.
         self.ref: ActorRef | None = endpoint.refs[0] if endpoint.partition_by is None else None
 
