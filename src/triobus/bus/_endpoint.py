@@ -88,8 +88,6 @@ class EndpointActor(Actor):
         """
         envelope: Envelope = frame.handling
         try:
-            if envelope.held:
-                drop_held(envelope)
             await self._deliver(envelope, envelope.plan.steps[0], first_error=error)
             self.bus.settled()
         finally:
@@ -130,8 +128,6 @@ class EndpointActor(Actor):
                     else:
                         await step.factory().handle(message)
                 except Exception as exc:
-                    if envelope.held:
-                        drop_held(envelope)
                     await self._deliver(envelope, step, first_error=exc)
                 else:
                     if envelope.held:
@@ -231,12 +227,15 @@ class EndpointActor(Actor):
     ) -> None:
         """One delivery with retries: then dead letters with the last exception.
 
-        ``first_error`` is given when the first attempt already ran (and failed).
+        ``first_error`` is given when the first attempt already ran (and
+        failed): what that attempt sent is dropped here.
         """
         policy = self.spec.retry
         probe = self.bus._probe
         attempt = 1
         error = first_error
+        if error is not None and envelope.held:
+            drop_held(envelope)
         while True:
             envelope.attempt = attempt
             if error is None:
