@@ -546,7 +546,6 @@ class MessageBus:
         dispatch: DispatchEvent | None = None,
     ) -> None:
         handling = current_handling()
-        parent = handling
         failures: list[Exception] = []
         first: Envelope | None = None
 
@@ -560,7 +559,7 @@ class MessageBus:
             for plan in plans:
                 for step in plan.steps:
                     single = Plan(self, plan.name, plan.version, plan.kind, plan.endpoint, [step])
-                    envelope = Envelope(event, single, parent, headers, correlation_id, reply_to)
+                    envelope = Envelope(event, single, handling, headers, correlation_id, reply_to)
                     envelope.asked = True
                     if dispatch is not None:
                         envelope.dispatch = dispatch.for_handler(step.raw)
@@ -621,12 +620,11 @@ class MessageBus:
             )
             return None
         handling = current_handling()
-        parent = handling
         first: Envelope | None = None
         results: list[Any] = []
         try:
             for plan in plans:
-                envelope = Envelope(message, plan, parent, headers, correlation_id, reply_to)
+                envelope = Envelope(message, plan, handling, headers, correlation_id, reply_to)
                 envelope.dispatch = event
                 if first is None:
                     first = envelope
