@@ -457,7 +457,7 @@ class ActorCell:
             self._attention = True
 
     def _wake_idle(self) -> None:
-        waiting = self.mailbox._recv.statistics().tasks_waiting_receive
+        waiting = len(self.mailbox._parked)  # the idle workers, counted before they wake
         for _ in range(waiting):
             try:
                 self.mailbox._send.send_nowait(_WAKE)
