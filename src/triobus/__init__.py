@@ -12,10 +12,12 @@ from ._errors import BusClosed as BusClosed
 from ._errors import DeadlockError as DeadlockError
 from ._errors import EventHandlerAlreadyRegistered as EventHandlerAlreadyRegistered
 from ._errors import HandlerNotLocated as HandlerNotLocated
+from ._errors import InvalidHeaders as InvalidHeaders
 from ._errors import MailboxClosed as MailboxClosed
 from ._errors import MailboxFull as MailboxFull
 from ._errors import ModuleFrozen as ModuleFrozen
 from ._errors import NoRouteError as NoRouteError
+from ._errors import PartitionKeyError as PartitionKeyError
 from ._errors import PipelineBehaviorAlreadyRegistered as PipelineBehaviorAlreadyRegistered
 from ._errors import PublishError as PublishError
 from ._errors import RequestHandlerAlreadyRegistered as RequestHandlerAlreadyRegistered
@@ -24,6 +26,8 @@ from ._errors import SupervisorGaveUp as SupervisorGaveUp
 from ._errors import SystemClosed as SystemClosed
 from ._errors import TriobusError as TriobusError
 from ._errors import WiringError as WiringError
+from ._errors import WrongThread as WrongThread
+from ._errors import WrongVerb as WrongVerb
 from .actors import DEFAULT_ASK_TIMEOUT as DEFAULT_ASK_TIMEOUT
 from .actors import Actor as Actor
 from .actors import ActorRef as ActorRef
@@ -31,17 +35,22 @@ from .bus import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 from .bus import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
 from .bus import DEFAULT_INVOKE_TIMEOUT as DEFAULT_INVOKE_TIMEOUT
 from .bus import DEFAULT_REQUEST_ENDPOINT as DEFAULT_REQUEST_ENDPOINT
+from .bus import BusPortal as BusPortal
 from .bus import BusRunner as BusRunner
 from .bus import Command as Command
 from .bus import Delivery as Delivery
+from .bus import DeliveryMode as DeliveryMode
 from .bus import DispatchEvent as DispatchEvent
 from .bus import DispatchKind as DispatchKind
 from .bus import Endpoint as Endpoint
+from .bus import EndpointHost as EndpointHost
+from .bus import Envelope as Envelope
 from .bus import Event as Event
 from .bus import EventHandler as EventHandler
 from .bus import IMessageBus as IMessageBus
 from .bus import IPublisher as IPublisher
 from .bus import ISender as ISender
+from .bus import LocalQueue as LocalQueue
 from .bus import MessageBus as MessageBus
 from .bus import MessageContext as MessageContext
 from .bus import Module as Module
@@ -54,6 +63,7 @@ from .bus import Request as Request
 from .bus import RequestHandler as RequestHandler
 from .bus import RetryPolicy as RetryPolicy
 from .bus import Route as Route
+from .bus import Settlement as Settlement
 from .bus import TransactionalBehavior as TransactionalBehavior
 from .bus import UnitOfWork as UnitOfWork
 from .bus import current_bus as current_bus
@@ -103,6 +113,10 @@ __all__ = [
     "RequestHandlerAlreadyRegistered",
     "RequestHandlerNotFound",
     "WiringError",
+    "WrongVerb",
+    "WrongThread",
+    "PartitionKeyError",
+    "InvalidHeaders",
     # mailbox
     "Mailbox",
     "MailboxSpec",
@@ -129,17 +143,22 @@ __all__ = [
     "DEFAULT_ENDPOINT",
     "DEFAULT_INVOKE_TIMEOUT",
     "DEFAULT_REQUEST_ENDPOINT",
+    "BusPortal",
     "BusRunner",
     "Command",
     "Delivery",
+    "DeliveryMode",
     "DispatchEvent",
     "DispatchKind",
     "Endpoint",
+    "EndpointHost",
+    "Envelope",
     "Event",
     "EventHandler",
     "IMessageBus",
     "IPublisher",
     "ISender",
+    "LocalQueue",
     "MessageBus",
     "MessageContext",
     "Module",
@@ -152,6 +171,7 @@ __all__ = [
     "RequestHandler",
     "RetryPolicy",
     "Route",
+    "Settlement",
     "TransactionalBehavior",
     "UnitOfWork",
     "current_bus",

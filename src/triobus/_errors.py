@@ -92,6 +92,22 @@ class NoRouteError(TriobusError, LookupError):
     """``send`` found no handler, so no endpoint, for the command."""
 
 
+class PartitionKeyError(TriobusError, ValueError):
+    """An endpoint's ``partition_by`` failed on a message, or gave an unhashable key."""
+
+
+class WrongVerb(TriobusError, TypeError):
+    """A message was dispatched with the verb of another kind (publish of a request...)."""
+
+
+class InvalidHeaders(TriobusError, TypeError):
+    """``headers=`` is not a mapping of ``str`` to ``str``."""
+
+
+class WrongThread(TriobusError, RuntimeError):
+    """The bus was called from outside its own trio run: use its thread portal."""
+
+
 class HandlerNotLocated(TriobusError, LookupError):
     """A plugin routed a message to a handler id that no locator resolved."""
 

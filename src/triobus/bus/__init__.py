@@ -1,17 +1,26 @@
-"""The message bus: invoke, send and publish over supervised endpoint actors."""
+"""The message bus: invoke, send and publish over supervised endpoints.
+
+``Probe`` and ``instrumented`` are the testing kit's way in (not
+re-exported from ``triobus``).
+"""
 
 from ._behaviors import TransactionalBehavior as TransactionalBehavior
 from ._behaviors import UnitOfWork as UnitOfWork
 from ._bus import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 from ._bus import DEFAULT_INVOKE_TIMEOUT as DEFAULT_INVOKE_TIMEOUT
+from ._bus import BusPortal as BusPortal
 from ._bus import MessageBus as MessageBus
-from ._context import MessageContext as MessageContext
+from ._bus import instrumented as instrumented
 from ._context import current_bus as current_bus
 from ._context import current_context as current_context
+from ._envelope import Envelope as Envelope
+from ._envelope import MessageContext as MessageContext
 from ._handlers import EventHandler as EventHandler
 from ._handlers import Next as Next
 from ._handlers import PipelineBehavior as PipelineBehavior
 from ._handlers import RequestHandler as RequestHandler
+from ._local import LocalQueue as LocalQueue
+from ._local import local_queue as local_queue
 from ._messages import Command as Command
 from ._messages import Event as Event
 from ._messages import NameDetector as NameDetector
@@ -24,35 +33,45 @@ from ._plugins import DispatchEvent as DispatchEvent
 from ._plugins import DispatchKind as DispatchKind
 from ._plugins import Phase as Phase
 from ._plugins import PluginHandle as PluginHandle
+from ._probe import Probe as Probe
 from ._protocols import IMessageBus as IMessageBus
 from ._protocols import IPublisher as IPublisher
 from ._protocols import ISender as ISender
+from ._retry import RetryPolicy as RetryPolicy
 from ._routing import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
 from ._routing import DEFAULT_REQUEST_ENDPOINT as DEFAULT_REQUEST_ENDPOINT
-from ._routing import Delivery as Delivery
-from ._routing import Endpoint as Endpoint
-from ._routing import RetryPolicy as RetryPolicy
 from ._routing import Route as Route
-from ._routing import local_queue as local_queue
 from ._routing import route as route
 from ._routing import route_module as route_module
+from ._seam import Delivery as Delivery
+from ._seam import DeliveryMode as DeliveryMode
+from ._seam import Endpoint as Endpoint
+from ._seam import EndpointHost as EndpointHost
+from ._seam import Plan as Plan
+from ._seam import Settlement as Settlement
+from ._seam import Step as Step
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_ENDPOINT",
     "DEFAULT_INVOKE_TIMEOUT",
     "DEFAULT_REQUEST_ENDPOINT",
+    "BusPortal",
     "BusRunner",
     "Command",
     "Delivery",
+    "DeliveryMode",
     "DispatchEvent",
     "DispatchKind",
     "Endpoint",
+    "EndpointHost",
+    "Envelope",
     "Event",
     "EventHandler",
     "IMessageBus",
     "IPublisher",
     "ISender",
+    "LocalQueue",
     "MessageBus",
     "MessageContext",
     "Module",
@@ -60,16 +79,21 @@ __all__ = [
     "Next",
     "Phase",
     "PipelineBehavior",
+    "Plan",
     "PluginHandle",
+    "Probe",
     "Request",
     "RequestHandler",
     "RetryPolicy",
     "Route",
+    "Settlement",
+    "Step",
     "TransactionalBehavior",
     "UnitOfWork",
     "current_bus",
     "current_context",
     "default_message_name",
+    "instrumented",
     "local_queue",
     "open_bus",
     "route",

@@ -1,55 +1,42 @@
-"""The message bus: an address book over supervised endpoint actors.
+"""The message bus: the front users call.
 
-``invoke`` asks the endpoint a request is routed to, ``send`` tells it, and
-``publish`` tells every endpoint that has subscribers. Plans (names, routes,
-behaviors) are computed once at start-up; dispatch only looks them up.
+``invoke`` asks the endpoint a request is routed to, ``send`` hands a
+command to its endpoint, and ``publish`` hands an event to every endpoint
+that has subscribers. Plans (names, routes, behaviors) are computed once at
+start-up; dispatch only looks them up and calls the endpoint seam.
 """
 
 from __future__ import annotations
 
 import enum
-import logging
-import math
-import random
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
 from typing import Any, Final, TypeVar, final, overload
 
-import attrs
 import trio
-from trio.lowlevel import wait_task_rescheduled
 
 from .._errors import (
     ActorStopped,
-    BusClosed,
+    DeadlockError,
+    InvalidHeaders,
     MailboxFull,
     NoRouteError,
     PublishError,
     RequestHandlerNotFound,
-    TriobusError,
+    WrongThread,
 )
-from ..actors import ActorRef
-from ..actors._ask import Frame, current_frame
-from ..mailbox import DeadLetterReason, DeadLetters
-from ._context import Envelope, current_handling
-from ._endpoint import drop_held, hold, release, tell_in_order
+from ..mailbox import DeadLetters
+from ._accounting import Accounting
 from ._handlers import Callee
-from ._messages import (
-    Identity,
-    NameDetector,
-    Request,
-    default_message_name,
-    describe,
-    message_version,
-)
-from ._plans import EndpointRuntime, Failed, Kind, Plan, Step
-from ._plugins import DispatchEvent, DispatchKind, Phase, Plugin, PluginHandle, Plugins
+from ._handling import BusHost, EndpointActor, current_delivery
+from ._messages import Request, default_message_name, message_version
+from ._plans import INVOKE, SEND, PlanTable
+from ._plugins import DispatchEvent, DispatchKind, Phase, Plugin, PluginHandle
 from ._probe import Probe
-from ._routing import (
-    DEFAULT_ENDPOINT,
-    DEFAULT_REQUEST_ENDPOINT,
-)
-
-logger = logging.getLogger("triobus.bus")
+from ._routing import DEFAULT_ENDPOINT, DEFAULT_REQUEST_ENDPOINT
+from ._seam import CLOSED, Delivery, Endpoint, EndpointHost, Plan, PlanKind, Step
 
 R = TypeVar("R")
 
@@ -79,171 +66,93 @@ def _refused(event: object, uris: list[str]) -> PublishError:
     )
 
 
+def _check_headers(headers: object) -> None:
+    if not isinstance(headers, Mapping):
+        raise InvalidHeaders(
+            f"headers= takes a mapping of str to str (or None), got {type(headers).__qualname__}"
+        )
+    for key, value in headers.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidHeaders(
+                f"headers= takes a mapping of str to str; the header {key!r} is "
+                f"{type(key).__qualname__} -> {type(value).__qualname__}: convert it to str"
+            )
+
+
 @final
 class MessageBus:
     """The bus: ``invoke`` (ask), ``send`` (tell), ``publish`` (broadcast).
 
     It is :class:`IMessageBus`, :class:`ISender` and :class:`IPublisher` at
-    once. Make one with :func:`open_bus`.
+    once. Make one with :func:`open_bus`; call it from the trio run it was
+    opened in (other threads use :meth:`portal`).
     """
 
     def __init__(
         self,
         *,
-        dead_letters: DeadLetters,
-        rng: random.Random,
+        host: BusHost,
+        plans: PlanTable,
         id_factory: Callable[[], str],
-        name_detector: NameDetector | None,
+        pipeline: tuple[Callee, ...],
         collect_listener_exceptions: bool,
         invoke_timeout: float | None,
     ) -> None:
-        self.dead_letters = dead_letters
-        self.random = rng
-        self.new_id = id_factory
-        self._detector = name_detector
+        self._host = host
+        self._plans = plans
+        self._accounting: Accounting = host.accounting
+        self._new_id = id_factory
         self._collect = collect_listener_exceptions
         self._invoke_timeout = invoke_timeout
-        self._plugins = Plugins()
         #: Whether any plugin is attached (a plain flag: checked on every dispatch).
         self._hooked = False
         #: The global behaviors, also around handlers a plugin routes to.
-        self._pipeline: tuple[Callee, ...] = ()
-        self._requests: dict[Identity, Plan] = {}
-        self._events: dict[Identity, tuple[Plan, ...]] = {}
-        self._request_cache: dict[type, Plan] = {}
-        self._event_cache: dict[type, tuple[Plan, ...]] = {}
-        self.endpoints: dict[str, EndpointRuntime] = {}
-        self._inflight = 0
-        self._quiet: trio.Event | None = None
-        self._nursery: trio.Nursery | None = None
-        self._releases: trio.MemorySendChannel[list[tuple[EndpointRuntime, Envelope]]] | None = None
-        self._open = False
-        #: The testing kit's observer and fault injector; ``None`` in production.
-        self._probe: Probe | None = None
+        self._pipeline = pipeline
+        #: The endpoints by uri.
+        self.endpoints: dict[str, Endpoint] = {}
+        #: The thread of the trio run the bus lives in, and that run's token.
+        self._thread = threading.get_ident()
+        self._token: trio.lowlevel.TrioToken | None = None
 
-    def close(self) -> None:
-        """Refuse new dispatches from now on (``BusClosed``)."""
-        self._open = False
-        # Cached plans skip the open check: drop them, so every dispatch
-        # goes through a lookup that raises BusClosed.
-        self._request_cache.clear()
-        self._event_cache.clear()
+    # ------------------------------------------------------------ views
 
-    # ------------------------------------------------------------ accounting
-
-    def accepted(self) -> None:
-        """One more message is in flight."""
-        self._inflight += 1
-
-    def settled(self) -> None:
-        """One message is done: handled, dead-lettered or dropped with its handler."""
-        self._inflight -= 1
-        if not self._inflight and self._quiet is not None:
-            self._quiet.set()
-            self._quiet = None
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """Every message that could not be delivered or handled, with the reason."""
+        return self._host.dead_letters
 
     @property
     def in_flight(self) -> int:
-        """Messages accepted and not yet settled (queued, running or held)."""
-        return self._inflight
+        """Messages accepted and not yet settled (queued, running, held or retrying)."""
+        return self._accounting.in_flight
 
     async def wait_quiet(self) -> None:
         """Return once no message is in flight (cascades included)."""
-        while self._inflight > 0:
-            if self._quiet is None:
-                self._quiet = trio.Event()
-            await self._quiet.wait()
+        await self._accounting.wait_quiet()
 
-    def dead_letter(
-        self,
-        envelope: Envelope,
-        recipient: str,
-        reason: DeadLetterReason,
-        error: BaseException | None = None,
-        **context: Any,
-    ) -> None:
-        """Record ``envelope``'s message as a dead letter without settling it."""
-        self.dead_letters.record(
-            envelope.message,
-            recipient,
-            reason,
-            error,
-            {**attrs.asdict(envelope.context()), **context},
+    def topology(self) -> str:
+        """Which message goes to which endpoint and handlers, as text."""
+        return self._plans.topology()
+
+    def portal(self) -> BusPortal:
+        """Call this bus from another thread: ``bus.portal().send(command)``.
+
+        The portal's calls block their thread until the bus has done the
+        call in its own trio run (with ``trio.from_thread``).
+        """
+        assert self._token is not None, "the bus has not started"
+        return BusPortal(self, self._token)
+
+    def opened(self, token: trio.lowlevel.TrioToken) -> None:
+        """The bus started in the trio run of ``token`` (called by ``open_bus``)."""
+        self._thread = threading.get_ident()
+        self._token = token
+
+    def _wrong_thread(self) -> WrongThread:
+        return WrongThread(
+            "this bus runs in another thread's trio run: call it from there, or from this "
+            "thread through its portal (bus.portal().send(...) / .publish(...) / .invoke(...))"
         )
-
-    def release_later(self, items: list[tuple[EndpointRuntime, Envelope]]) -> None:
-        """Deliver held messages from the bus's release task, in the order released."""
-        if self._releases is not None:
-            self._releases.send_nowait(items)
-            return
-        if self._nursery is None:
-            for _, envelope in items:
-                self.dead_letters.record(
-                    envelope, envelope.plan.endpoint.uri, DeadLetterReason.UNDELIVERABLE
-                )
-            return
-        self._nursery.start_soon(tell_in_order, items, self._probe)
-
-    async def run_releases(
-        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """The bus's release task: delivers queued releases one batch after another."""
-        send, receive = trio.open_memory_channel[list[tuple[EndpointRuntime, Envelope]]](math.inf)
-        self._releases = send
-        task_status.started()
-        try:
-            async for items in receive:
-                await tell_in_order(items, self._probe)
-        finally:
-            self._releases = None
-            # Shutdown: whatever was still queued for release is a dead letter.
-            while True:
-                try:
-                    items = receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                for endpoint, envelope in items:
-                    self.dead_letters.record(envelope, endpoint.uri, DeadLetterReason.SHUTDOWN)
-
-    # ------------------------------------------------------------ lookups
-
-    def _identity(self, message: object) -> Identity:
-        name = None
-        if self._detector is not None:
-            name = self._detector(message)
-        if name is None:
-            name = default_message_name(message)
-        return (name, message_version(message))
-
-    def _cacheable(self, cls: type) -> bool:
-        return self._detector is None and not issubclass(cls, str | Mapping)
-
-    def _request_plan(self, message: object, error: type[TriobusError]) -> Plan:
-        if not self._open:
-            raise BusClosed("the bus is not running: dispatch inside 'async with open_bus(...)'")
-        identity = self._identity(message)
-        plan = self._requests.get(identity)
-        if plan is None:
-            what = "invoke" if error is RequestHandlerNotFound else "send"
-            raise error(
-                f"no handler is bound for {identity[0]!r} (version {identity[1]}), so it cannot "
-                f"be {what}d: bind one with Module(...).bind_request({describe(type(message))}, "
-                "handler)"
-            )
-        if self._cacheable(type(message)):
-            self._request_cache[type(message)] = plan
-        return plan
-
-    def _event_plans(self, message: object) -> tuple[Plan, ...]:
-        if not self._open:
-            raise BusClosed("the bus is not running: publish inside 'async with open_bus(...)'")
-        plans = self._events.get(self._identity(message), ())
-        if self._cacheable(type(message)):
-            self._event_cache[type(message)] = plans
-        return plans
-
-    def _timeout(self, timeout: float | _Default | None) -> float | None:
-        return self._invoke_timeout if timeout is _DEFAULT else timeout
 
     # ------------------------------------------------------------ invoke
 
@@ -294,87 +203,34 @@ class MessageBus:
             return await self._dispatch_with_plugins(
                 request, DispatchKind.INVOKE, headers, correlation_id, reply_to, timeout
             )
-        plan = self._request_cache.get(type(request)) or self._request_plan(
-            request, RequestHandlerNotFound
+        if headers is not None:
+            _check_headers(headers)
+        plan = self._plans.request_cache.get(type(request)) or self._plans.request_plan(
+            request, INVOKE
         )
-        frame = current_frame.get()
-        handling = None if frame is None else frame.handling
-        envelope = Envelope(request, plan, handling, headers, correlation_id, reply_to, True)
-        if self._probe is not None:
-            self._probe.dispatched(DispatchKind.INVOKE, envelope)
-        ref = plan.ref or plan.endpoint.pick(request)
-        if handling is not None and ref._would_deadlock():
-            return await self._invoke_inline(envelope)
-        self._inflight += 1
-        try:
-            # ref.ask, without its coroutine layer
-            seconds = self._invoke_timeout if timeout is _DEFAULT else timeout
-            ask = ref._post_ask(envelope, seconds, frame)
-            if ask.parked:
-                result = await wait_task_rescheduled(ask._abort)
-            else:
-                result = await ref._ask_waiting(ask, seconds)
-        finally:
-            # settled(), inline: one call less per invoke
-            self._inflight -= 1
-            if not self._inflight and self._quiet is not None:
-                self._quiet.set()
-                self._quiet = None
-        if type(result) is Failed:
-            raise result.error
-        return result
-
-    async def _ask(
-        self,
-        plan: Plan,
-        envelope: Envelope,
-        timeout: float | _Default | None,
-        handling: Envelope | None,
-    ) -> Any:
-        ref = plan.ref or plan.endpoint.pick(envelope.message)
-        if handling is not None and ref._would_deadlock():
-            return await self._invoke_inline(envelope)
-        self._inflight += 1
-        try:
-            result = await ref.ask(envelope, timeout=self._timeout(timeout))
-        finally:
-            self.settled()
-        if type(result) is Failed:
-            raise result.error
-        return result
-
-    async def _invoke_inline(self, envelope: Envelope) -> Any:
-        # A re-entrant invoke whose endpoint is busy waiting on this very
-        # call runs here, in the caller, instead of deadlocking.
-        # Run as the endpoint would, in a frame of its own for this task (and
-        # the tasks the handler starts), with the caller's chain of asks.
-        outer = current_frame.get()
-        assert outer is not None  # inline invokes happen inside handlers only
-        frame = Frame(outer.cell, outer.chain)
-        frame.handling = envelope
-        token = current_frame.set(frame)
-        probe = self._probe
-        step = envelope.plan.steps[0]
-        where = envelope.plan.endpoint.uri
-        try:
-            if probe is not None:
-                probe.before_handle(envelope, step, where)
-            result = await step.call(envelope.message)
-        except Exception as exc:
-            drop_held(envelope)
-            if probe is not None:
-                probe.failed(envelope, step, where, exc, False)
-            raise
-        except BaseException:
-            drop_held(envelope)
-            raise
-        finally:
-            current_frame.reset(token)
+        handling = current_delivery.get()
+        if handling is None and threading.get_ident() != self._thread:
+            raise self._wrong_thread()
+        delivery = Delivery(request, plan, handling, headers, correlation_id, reply_to, True)
+        probe = self._host.probe
         if probe is not None:
-            probe.handled(envelope, step, where)
-        if envelope.held:
-            release(envelope)
-        return result
+            probe.dispatched(DispatchKind.INVOKE, delivery)
+        return await self._ask(delivery, self._invoke_timeout if timeout is _DEFAULT else timeout)
+
+    async def _ask(self, delivery: Delivery, timeout: float | None) -> Any:
+        accounting = self._accounting
+        accounting.accepted()
+        try:
+            return await delivery.plan.endpoint.ask(delivery, timeout)
+        except DeadlockError:
+            if delivery.causation_id is None:
+                raise
+            # A re-entrant invoke whose endpoint is busy waiting on this very
+            # call: handled here, in the caller, as the endpoint would.
+            endpoint = delivery.plan.endpoint
+            return await EndpointActor(self._host, endpoint, endpoint.uri).run_inline(delivery)
+        finally:
+            accounting.settled()
 
     # ------------------------------------------------------------ send
 
@@ -402,47 +258,26 @@ class MessageBus:
                 command, DispatchKind.SEND, headers, correlation_id, reply_to
             )
             return
-        plan = self._request_cache.get(type(command)) or self._request_plan(command, NoRouteError)
-        frame = current_frame.get()
-        handling = None if frame is None else frame.handling
-        if handling is not None:
-            envelope = Envelope(command, plan, handling, headers, correlation_id, reply_to)
-            hold(handling, plan.endpoint, envelope)
-            if self._probe is not None:
-                self._probe.dispatched(DispatchKind.SEND, envelope)
+        if headers is not None:
+            _check_headers(headers)
+        plan = self._plans.request_cache.get(type(command)) or self._plans.request_plan(
+            command, SEND
+        )
+        handling = current_delivery.get()
+        if handling is None and threading.get_ident() != self._thread:
+            raise self._wrong_thread()
+        delivery = Delivery(command, plan, handling, headers, correlation_id, reply_to)
+        probe = self._host.probe
+        if probe is not None:
+            probe.dispatched(DispatchKind.SEND, delivery)
+        if handling is not None and handling.held is not CLOSED:
+            self._host.outbox.hold(handling, plan.endpoint, delivery)
             return
-        envelope = Envelope(command, plan, None, headers, correlation_id, reply_to)
-        if self._probe is not None:
-            self._probe.dispatched(DispatchKind.SEND, envelope)
-            await self._probe.deliver(plan.endpoint, envelope)
-            return
-        ref = plan.ref or plan.endpoint.pick(command)
-        self._inflight += 1
+        endpoint = plan.endpoint
         try:
-            ref._send_nowait(envelope)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            await self._tell_waiting(ref, envelope)
-
-    async def tell(self, endpoint: EndpointRuntime, envelope: Envelope) -> None:
-        """Put ``envelope`` in its endpoint (counted in flight until settled)."""
-        ref = endpoint.pick(envelope.message)
-        self._inflight += 1
-        try:
-            ref._send_nowait(envelope)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            await self._tell_waiting(ref, envelope)
-
-    async def _tell_waiting(self, ref: ActorRef, envelope: Envelope) -> None:
-        # The slow path of a tell already counted in flight: a refusal by a
-        # stopped endpoint is a dead letter, which settles it; anything else
-        # that keeps the message out settles it here.
-        try:
-            await ref.tell(envelope)
-        except ActorStopped:
-            raise
-        except BaseException:
-            self.settled()
-            raise
+            endpoint.accept_nowait(delivery)
+        except MailboxFull:
+            await endpoint.accept(delivery)
 
     # ------------------------------------------------------------ publish
 
@@ -470,29 +305,20 @@ class MessageBus:
                 event, DispatchKind.PUBLISH, headers, correlation_id, reply_to
             )
             return
-        plans = self._event_cache.get(type(event))
+        if headers is not None:
+            _check_headers(headers)
+        plans = self._plans.event_cache.get(type(event))
         if plans is None:
-            plans = self._event_plans(event)
+            plans = self._plans.event_plans(event)
         if not plans:
             return
+        handling = current_delivery.get()
+        if handling is None and threading.get_ident() != self._thread:
+            raise self._wrong_thread()
         if self._collect:
-            await self._publish_collecting(event, plans, headers, correlation_id, reply_to)
-            return
-        frame = current_frame.get()
-        handling = None if frame is None else frame.handling
-        if handling is None and self._probe is None and len(plans) == 1:
-            # The common case, without the loop: a root event to one endpoint.
-            plan = plans[0]
-            envelope = Envelope(event, plan, None, headers, correlation_id, reply_to)
-            ref = plan.ref or plan.endpoint.pick(event)
-            self._inflight += 1
-            try:
-                ref._send_nowait(envelope)
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                try:
-                    await self._tell_waiting(ref, envelope)
-                except (ActorStopped, MailboxFull):
-                    raise _refused(event, [plan.endpoint.uri]) from None
+            await self._publish_collecting(
+                event, plans, handling, headers, correlation_id, reply_to
+            )
             return
         await self._publish_each(event, plans, handling, headers, correlation_id, reply_to)
 
@@ -500,39 +326,34 @@ class MessageBus:
         self,
         event: object,
         plans: tuple[Plan, ...],
-        handling: Envelope | None,
+        handling: Delivery | None,
         headers: Mapping[str, str] | None,
         correlation_id: str | None,
         reply_to: str | None,
+        dispatch: DispatchEvent | None = None,
     ) -> None:
-        probe = self._probe
-        first: Envelope | None = None
+        probe = self._host.probe
+        holding = handling is not None and handling.held is not CLOSED
+        first = Delivery(event, plans[0], handling, headers, correlation_id, reply_to)
         refused: list[str] = []
         for plan in plans:
-            envelope = Envelope(event, plan, handling, headers, correlation_id, reply_to)
-            if first is None:
-                first = envelope
-            else:
-                # One published event is one message with one id.
-                envelope._id = first.message_id
-                envelope._correlation_id = first.correlation_id
+            # One published event is one message with one id.
+            delivery = first if plan is plans[0] else first.same_message(plan)
+            delivery.dispatch = dispatch
             if probe is not None:
-                probe.dispatched(DispatchKind.PUBLISH, envelope)
-            if handling is not None:
-                hold(handling, plan.endpoint, envelope)
+                probe.dispatched(DispatchKind.PUBLISH, delivery)
+            endpoint = plan.endpoint
+            if holding:
+                assert handling is not None
+                self._host.outbox.hold(handling, endpoint, delivery)
                 continue
             try:
-                if probe is not None:
-                    await probe.deliver(plan.endpoint, envelope)
-                    continue
-                ref = plan.ref or plan.endpoint.pick(event)
-                self._inflight += 1
                 try:
-                    ref._send_nowait(envelope)
-                except (trio.WouldBlock, trio.ClosedResourceError):
-                    await self._tell_waiting(ref, envelope)
+                    endpoint.accept_nowait(delivery)
+                except MailboxFull:
+                    await endpoint.accept(delivery)
             except (ActorStopped, MailboxFull):
-                refused.append(plan.endpoint.uri)
+                refused.append(endpoint.uri)
         if refused:
             raise _refused(event, refused)
 
@@ -540,54 +361,69 @@ class MessageBus:
         self,
         event: object,
         plans: tuple[Plan, ...],
+        handling: Delivery | None,
         headers: Mapping[str, str] | None,
         correlation_id: str | None,
         reply_to: str | None,
         dispatch: DispatchEvent | None = None,
     ) -> None:
-        handling = current_handling()
         failures: list[Exception] = []
-        first: Envelope | None = None
+        first: Delivery | None = None
+        probe = self._host.probe
 
-        async def deliver(plan: Plan, envelope: Envelope) -> None:
+        async def deliver(delivery: Delivery) -> None:
             try:
-                await self._ask(plan, envelope, None, handling)
+                await self._ask(delivery, None)
             except Exception as exc:
                 failures.append(exc)
 
         async with trio.open_nursery() as nursery:
             for plan in plans:
                 for step in plan.steps:
-                    single = Plan(self, plan.name, plan.version, plan.kind, plan.endpoint, [step])
-                    envelope = Envelope(event, single, handling, headers, correlation_id, reply_to)
-                    envelope.asked = True
-                    if dispatch is not None:
-                        envelope.dispatch = dispatch.for_handler(step.raw)
-                    if self._probe is not None:
-                        self._probe.dispatched(DispatchKind.PUBLISH, envelope)
+                    single = Plan(
+                        plan.bus,
+                        plan.new_id,
+                        plan.name,
+                        plan.version,
+                        plan.kind,
+                        plan.endpoint,
+                        [step],
+                    )
                     if first is None:
-                        first = envelope
+                        delivery = first = Delivery(
+                            event, single, handling, headers, correlation_id, reply_to, True
+                        )
                     else:
-                        envelope._id = first.message_id
-                        envelope._correlation_id = first.correlation_id
-                    nursery.start_soon(deliver, single, envelope)
-        if failures:
-            raise ExceptionGroup(
-                f"{len(failures)} handler(s) of {plans[0].name!r} failed", failures
-            )
+                        delivery = first.same_message(single)
+                    if dispatch is not None:
+                        delivery.dispatch = dispatch.for_handler(step.raw)
+                    if probe is not None:
+                        probe.dispatched(DispatchKind.PUBLISH, delivery)
+                    nursery.start_soon(deliver, delivery)
+        if not failures:
+            return
+        group = ExceptionGroup(f"{len(failures)} handler(s) of {plans[0].name!r} failed", failures)
+        if dispatch is None:
+            raise group
+        # One finalize phase in the caller sees the group and may clear it.
+        dispatch.exception = group
+        dispatch.finalized = True
+        await self._host.plugins.run(Phase.FINALIZE, dispatch)
+        if dispatch.exception is not None:
+            raise dispatch.exception
 
     # ------------------------------------------------------------ plugins
 
     def attach(self, phase: Phase | str, plugin: Plugin, *, priority: int = 0) -> PluginHandle:
         """Attach a plugin to a dispatch phase; higher ``priority`` runs first."""
-        handle = self._plugins.attach(phase, plugin, priority)
+        handle = self._host.plugins.attach(phase, plugin, priority)
         self._hooked = True
         return handle
 
     def detach(self, handle: PluginHandle) -> None:
         """Detach a plugin attached with :meth:`attach`."""
-        self._plugins.detach(handle)
-        self._hooked = bool(self._plugins)
+        self._host.plugins.detach(handle)
+        self._hooked = bool(self._host.plugins)
 
     async def _dispatch_with_plugins(
         self,
@@ -598,71 +434,81 @@ class MessageBus:
         reply_to: str | None,
         timeout: float | _Default | None = _DEFAULT,
     ) -> Any:
+        if headers is not None:
+            _check_headers(headers)
         event = DispatchEvent(message, kind)
-        plugins = self._plugins
+        plugins = self._host.plugins
+        handling = current_delivery.get()
         try:
+            if handling is None and threading.get_ident() != self._thread:
+                raise self._wrong_thread()
             await plugins.run(Phase.INITIALIZE, event)
             await plugins.run(Phase.DETECT_MESSAGE_NAME, event)
             if event.message_name is None:
-                event.message_name = self._identity(message)[0]
+                event.message_name = self._plans.identity(message)[0]
             await plugins.run(Phase.ROUTE, event)
             plans = self._plugin_plans(event, message)
         except Exception as exc:
-            event.exception = exc
-            event.finalized = True
-            await plugins.run(Phase.FINALIZE, event)
-            if event.exception is not None:
-                raise event.exception from None
-            return event.result
-        if kind is DispatchKind.PUBLISH and self._collect and plans:
-            await self._publish_collecting(
-                message, plans, headers, correlation_id, reply_to, dispatch=event
-            )
-            return None
-        handling = current_handling()
-        first: Envelope | None = None
-        results: list[Any] = []
+            return await self._finalize_in_caller(event, exc)
         try:
-            for plan in plans:
-                envelope = Envelope(message, plan, handling, headers, correlation_id, reply_to)
-                envelope.dispatch = event
-                if first is None:
-                    first = envelope
+            if kind is DispatchKind.PUBLISH:
+                if not plans:
+                    return None
+                if self._collect:
+                    await self._publish_collecting(
+                        message, plans, handling, headers, correlation_id, reply_to, event
+                    )
                 else:
-                    envelope._id = first.message_id
-                if self._probe is not None:
-                    self._probe.dispatched(kind, envelope)
-                if kind is DispatchKind.INVOKE:
-                    envelope.asked = True
-                    results.append(await self._ask(plan, envelope, timeout, handling))
-                elif handling is not None:
-                    hold(handling, plan.endpoint, envelope)
-                elif self._probe is not None:
-                    await self._probe.deliver(plan.endpoint, envelope)
-                else:
-                    await self.tell(plan.endpoint, envelope)
+                    await self._publish_each(
+                        message, plans, handling, headers, correlation_id, reply_to, event
+                    )
+                return None
+            plan = plans[0]
+            delivery = Delivery(
+                message,
+                plan,
+                handling,
+                headers,
+                correlation_id,
+                reply_to,
+                kind is DispatchKind.INVOKE,
+            )
+            delivery.dispatch = event
+            probe = self._host.probe
+            if probe is not None:
+                probe.dispatched(kind, delivery)
+            if kind is DispatchKind.INVOKE:
+                seconds = self._invoke_timeout if timeout is _DEFAULT else timeout
+                return await self._ask(delivery, seconds)
+            if handling is not None and handling.held is not CLOSED:
+                self._host.outbox.hold(handling, plan.endpoint, delivery)
+            else:
+                await plan.endpoint.accept(delivery)
+            return None
         except Exception as exc:
             if event.finalized:
-                raise  # the endpoint ran finalize already (the handler's own failure)
+                raise  # finalize ran already (the handler's own failure, or the collected group)
             # The dispatch failed here (a timeout, a refusal): finalize in the caller.
-            event.exception = exc
-            event.finalized = True
-            await plugins.run(Phase.FINALIZE, event)
-            if event.exception is not None:
-                raise event.exception from None
-            return event.result
-        return results[0] if results else None
+            return await self._finalize_in_caller(event, exc)
+
+    async def _finalize_in_caller(self, event: DispatchEvent, error: Exception) -> Any:
+        event.exception = error
+        event.finalized = True
+        await self._host.plugins.run(Phase.FINALIZE, event)
+        if event.exception is not None:
+            raise event.exception from None
+        return event.result
 
     def _plugin_plans(self, event: DispatchEvent, message: object) -> tuple[Plan, ...]:
         assert event.message_name is not None
         identity = (event.message_name, message_version(message))
         if event.kind is DispatchKind.PUBLISH:
             if event.handlers is not None:
-                return self._routed_plans(event, event.handlers, Kind.EVENT)
-            return self._events.get(identity, ())
+                return self._routed_plans(event, event.handlers, PlanKind.EVENT)
+            return self._plans.events.get(identity, ())
         if event.handler is not None:
-            return self._routed_plans(event, [event.handler], Kind.REQUEST)
-        plan = self._requests.get(identity)
+            return self._routed_plans(event, [event.handler], PlanKind.REQUEST)
+        plan = self._plans.requests.get(identity)
         if plan is None:
             error = RequestHandlerNotFound if event.kind is DispatchKind.INVOKE else NoRouteError
             raise error(
@@ -672,7 +518,7 @@ class MessageBus:
         return (plan,)
 
     def _routed_plans(
-        self, event: DispatchEvent, handlers: Sequence[Any], kind: Kind
+        self, event: DispatchEvent, handlers: Sequence[Any], kind: PlanKind
     ) -> tuple[Plan, ...]:
         default = (
             DEFAULT_REQUEST_ENDPOINT if event.kind is DispatchKind.INVOKE else DEFAULT_ENDPOINT
@@ -685,21 +531,70 @@ class MessageBus:
             )
         steps = [Step(None, self._pipeline, raw=handler) for handler in handlers]
         assert event.message_name is not None
-        return (Plan(self, event.message_name, 1, kind, endpoint, steps),)
-
-    # ------------------------------------------------------------ views
-
-    def topology(self) -> str:
-        """Which message goes to which endpoint and handlers, as text."""
-        lines: list[str] = []
-        for (name, version), plan in sorted(self._requests.items()):
-            lines.append(f"request {name} v{version} -> {plan.endpoint.uri}: {plan.steps[0].label}")
-        for (name, version), plans in sorted(self._events.items()):
-            for plan in plans:
-                labels = ", ".join(step.label for step in plan.steps)
-                lines.append(f"event {name} v{version} -> {plan.endpoint.uri}: {labels}")
-        return "\n".join(lines)
+        return (Plan(self, self._new_id, event.message_name, 1, kind, endpoint, steps),)
 
     def __repr__(self) -> str:
-        state = "open" if self._open else "closed"
-        return f"<MessageBus {state} endpoints={list(self.endpoints)} in_flight={self._inflight}>"
+        state = "open" if self._plans.open else "closed"
+        return (
+            f"<MessageBus {state} endpoints={list(self.endpoints)} "
+            f"in_flight={self._accounting.in_flight}>"
+        )
+
+
+@final
+class BusPortal:
+    """Calls a bus from a thread outside its trio run (see :meth:`MessageBus.portal`).
+
+    Each call blocks the calling thread until the bus did it in its own
+    run, and raises what the bus raised. Never call a portal from the
+    bus's own thread: that would wait on itself.
+    """
+
+    __slots__ = ("_bus", "_token")
+
+    def __init__(self, bus: MessageBus, token: trio.lowlevel.TrioToken) -> None:
+        self._bus = bus
+        self._token = token
+
+    def send(self, command: object, **options: Any) -> None:
+        """``bus.send(command, **options)`` from this thread."""
+        trio.from_thread.run(partial(self._bus.send, command, **options), trio_token=self._token)
+
+    def publish(self, event: object, **options: Any) -> None:
+        """``bus.publish(event, **options)`` from this thread."""
+        trio.from_thread.run(partial(self._bus.publish, event, **options), trio_token=self._token)
+
+    def invoke(self, request: object, **options: Any) -> Any:
+        """``bus.invoke(request, **options)`` from this thread; returns the response."""
+        return trio.from_thread.run(
+            partial(self._bus.invoke, request, **options), trio_token=self._token
+        )
+
+
+@contextmanager
+def instrumented(
+    bus: MessageBus,
+    probe: Probe,
+    wrap: Callable[[Endpoint, EndpointHost], Endpoint] | None = None,
+) -> Iterator[None]:
+    """Observe ``bus``'s handling path with ``probe`` inside the block.
+
+    ``wrap`` (optional) puts an endpoint of its own in front of each of the
+    bus's endpoints, through the seam (the testing kit's fault injector).
+    One instrument at a time.
+
+    Raises:
+        RuntimeError: another instrument is attached.
+    """
+    host = bus._host
+    if host.probe is not None:
+        raise RuntimeError("this bus is tracked by another session already: nest none")
+    plans = bus._plans
+    host.probe = probe
+    if wrap is not None:
+        bus._plans = plans.endpoints_replaced(lambda endpoint: wrap(endpoint, host))
+    try:
+        yield
+    finally:
+        host.probe = None
+        bus._plans = plans

@@ -17,29 +17,26 @@ import trio
 
 from .._errors import PipelineBehaviorAlreadyRegistered, WiringError
 from .._structured import exit_nursery, what_leaves
-from ..mailbox import MailboxSpec
 from ..supervision import ActorSystem, SupervisorRef
+from ._accounting import Accounting
 from ._bus import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INVOKE_TIMEOUT, MessageBus
-from ._context import default_id_factory
-from ._endpoint import EndpointActor
+from ._envelope import default_id_factory
 from ._handlers import Callee
+from ._handling import BusHost
 from ._messages import Identity, NameDetector, describe, is_command, type_name
 from ._module import EventBinding, Module, RequestBinding
-from ._plans import EndpointRuntime, Kind, Plan, Step
+from ._plans import PlanTable
+from ._plugins import Plugins
 from ._routing import (
     DEFAULT_ENDPOINT,
     DEFAULT_REQUEST_ENDPOINT,
-    Endpoint,
     Route,
     default_endpoints,
 )
+from ._seam import Endpoint, Plan, PlanKind, Step
 
 #: Seconds a firm stop may take (cancel the endpoints, dead-letter their backlog).
 FIRM_STOP_LIMIT = 5.0
-
-
-def _actor_name(uri: str) -> str:
-    return uri.replace("/", "%2F")
 
 
 @final
@@ -55,11 +52,14 @@ class _Wiring:
     ) -> None:
         problems: list[str] = []
         self.modules = list(modules)
-        self.endpoints = default_endpoints()
+        self.endpoints: dict[str, Endpoint] = {e.uri: e for e in default_endpoints()}
         declared: set[str] = set()
         for endpoint in endpoints:
             if not isinstance(endpoint, Endpoint):
-                problems.append(f"{endpoint!r} is not an endpoint: declare it with local_queue()")
+                problems.append(
+                    f"{endpoint!r} is not an endpoint: declare it with local_queue() "
+                    "(or implement the Endpoint protocol)"
+                )
                 continue
             if endpoint.uri in declared:
                 problems.append(f"endpoint {endpoint.uri!r} is declared twice")
@@ -168,48 +168,15 @@ class _Wiring:
         return DEFAULT_REQUEST_ENDPOINT
 
 
-async def _start_endpoints(
-    bus: MessageBus, supervisor: SupervisorRef, wiring: _Wiring
-) -> dict[str, EndpointRuntime]:
-    runtimes: dict[str, EndpointRuntime] = {}
-    for spec in wiring.endpoints.values():
-        mailbox = MailboxSpec(capacity=spec.capacity, overflow=spec.overflow)
-        name = _actor_name(spec.uri)
-
-        def factory(
-            spec: Endpoint = spec, path: str = f"{supervisor.path}/{name}"
-        ) -> EndpointActor:
-            return EndpointActor(bus, spec, path)
-
-        if spec.partition_by is None:
-            refs = [
-                await supervisor.spawn(
-                    factory,
-                    name=name,
-                    mailbox=mailbox,
-                    max_concurrency=spec.max_concurrency,
-                    shutdown=spec.shutdown,
-                )
-            ]
-        else:
-            refs = [
-                await supervisor.spawn(
-                    factory, name=f"{name}#{index}", mailbox=mailbox, shutdown=spec.shutdown
-                )
-                for index in range(spec.max_concurrency)
-            ]
-        runtimes[spec.uri] = EndpointRuntime(spec, refs)
-    return runtimes
-
-
-def _make_plans(bus: MessageBus, wiring: _Wiring) -> None:
-    endpoints = bus.endpoints
-    bus._pipeline = tuple(wiring.pipeline)
+def _make_plans(
+    bus: MessageBus, table: PlanTable, wiring: _Wiring, new_id: Callable[[], str]
+) -> None:
+    endpoints = wiring.endpoints
     for identity, binding in wiring.requests.items():
         uri = wiring.endpoint_for(identity, binding.module, binding.target, event=False)
         step = Step(binding.handler, (*wiring.pipeline, *binding.behaviors))
-        bus._requests[identity] = Plan(
-            bus, identity[0], identity[1], Kind.REQUEST, endpoints[uri], [step]
+        table.requests[identity] = Plan(
+            bus, new_id, identity[0], identity[1], PlanKind.REQUEST, endpoints[uri], [step]
         )
     for identity, subscribers in wiring.events.items():
         grouped: dict[str, list[Step]] = {}
@@ -218,8 +185,8 @@ def _make_plans(bus: MessageBus, wiring: _Wiring) -> None:
             grouped.setdefault(uri, []).append(
                 Step(subscriber.handler, (*wiring.pipeline, *subscriber.behaviors))
             )
-        bus._events[identity] = tuple(
-            Plan(bus, identity[0], identity[1], Kind.EVENT, endpoints[uri], steps)
+        table.events[identity] = tuple(
+            Plan(bus, new_id, identity[0], identity[1], PlanKind.EVENT, endpoints[uri], steps)
             for uri, steps in grouped.items()
         )
 
@@ -255,8 +222,13 @@ class BusRunner:
         self._id_factory = id_factory
         self._rng = rng
         self._bus: MessageBus | None = None
+        self._host: BusHost | None = None
+        self._plans: PlanTable | None = None
         self._supervisor: SupervisorRef | None = None
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._nursery: trio.Nursery | None = None
+        #: Endpoints started so far, in start order.
+        self._started: list[Endpoint] = []
         self._frozen = False
 
     async def __aenter__(self) -> MessageBus:
@@ -278,33 +250,55 @@ class BusRunner:
         for module in self._wiring.modules:
             module._freeze()
         self._frozen = True
+        host = self._host = BusHost(
+            Accounting(), system.dead_letters, self._rng or system.random, Plugins()
+        )
+        plans = self._plans = PlanTable(self._detector)
+        new_id = self._id_factory or default_id_factory()
         bus = self._bus = MessageBus(
-            dead_letters=system.dead_letters,
-            rng=self._rng or system._runtime.random,
-            id_factory=self._id_factory or default_id_factory(),
-            name_detector=self._detector,
+            host=host,
+            plans=plans,
+            id_factory=new_id,
+            pipeline=tuple(self._wiring.pipeline),
             collect_listener_exceptions=self._collect,
             invoke_timeout=self._invoke_timeout,
         )
         self._supervisor = await system.spawn_supervisor(self._name, max_restarts=10, within=5.0)
+        host.attach(self._supervisor)
         manager = self._nursery_manager = trio.open_nursery()
-        bus._nursery = await manager.__aenter__()
-        await bus._nursery.start(bus.run_releases)
-        bus.endpoints = await _start_endpoints(bus, self._supervisor, self._wiring)
-        _make_plans(bus, self._wiring)
-        bus._open = True
+        self._nursery = await manager.__aenter__()
+        await self._nursery.start(host.outbox.run)
+        for endpoint in self._wiring.endpoints.values():
+            await endpoint.start(host)
+            self._started.append(endpoint)
+        bus.endpoints = dict(self._wiring.endpoints)
+        _make_plans(bus, plans, self._wiring, new_id)
+        bus.opened(trio.lowlevel.current_trio_token())
+        plans.open = True
         return bus
 
-    async def _undo_start(self) -> None:
+    async def _stop_endpoints(self) -> None:
+        """Stop the started endpoints for good, in reverse order, then the bus's supervisor."""
+        assert self._supervisor is not None
+        while self._started:
+            await self._started.pop().stop()
+        await self._supervisor.stop()
+
+    async def _firm_stop(self) -> None:
+        """Cancel every endpoint at once, then stop them (their backlog is dead-lettered)."""
         with trio.CancelScope(shield=True, deadline=trio.current_time() + FIRM_STOP_LIMIT):
-            if self._bus is not None:
-                self._bus.close()
             if self._supervisor is not None:
-                self._supervisor._cell.cancel()
-                await self._supervisor.stop()
-            if self._nursery_manager is not None:
-                assert self._bus is not None and self._bus._nursery is not None
-                self._bus._nursery.cancel_scope.cancel()
+                self._supervisor.cancel()
+                await self._stop_endpoints()
+
+    async def _undo_start(self) -> None:
+        if self._plans is not None:
+            self._plans.close()
+        await self._firm_stop()
+        if self._nursery_manager is not None:
+            assert self._nursery is not None
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + FIRM_STOP_LIMIT):
+                self._nursery.cancel_scope.cancel()
                 await exit_nursery(self._nursery_manager)
         self._thaw()
 
@@ -320,27 +314,24 @@ class BusRunner:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        bus, supervisor, manager = self._bus, self._supervisor, self._nursery_manager
-        assert bus is not None and supervisor is not None and manager is not None
-        assert bus._nursery is not None
+        bus, plans, manager = self._bus, self._plans, self._nursery_manager
+        assert bus is not None and plans is not None and manager is not None
+        assert self._nursery is not None
         stop_error: BaseException | None = None
         try:
             if exc is None:
                 with trio.move_on_after(self._drain_timeout):
                     await bus.wait_quiet()
-                bus.close()
-                await supervisor.stop()
+                plans.close()
+                await self._stop_endpoints()
         except BaseException as error:
             stop_error = error
-        bus.close()
+        plans.close()
         if exc is not None or stop_error is not None:
-            # A firm stop: cancel the endpoints at once, dead-letter their backlog.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + FIRM_STOP_LIMIT):
-                supervisor._cell.cancel()
-                await supervisor.stop()
-        bus._nursery.cancel_scope.cancel()
+            await self._firm_stop()
+        self._nursery.cancel_scope.cancel()
         internal = await exit_nursery(manager)
-        bus._nursery = None
+        self._nursery = None
         self._thaw()
         failure = exc or stop_error
         if self._own_system is not None:

@@ -1,141 +1,142 @@
-"""Plans: what the bus computed once per message type at start-up.
+"""The plan tables: which handlers run where, per message identity.
 
-A plan says, for one message identity and one endpoint, which handlers run
-there and inside which behaviors. Dispatch only looks plans up.
+Computed once when the bus starts; dispatch only looks plans up (by the
+message's class, cached, or by its identity).
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import Callable, Mapping
+from typing import final
 
-from ..actors import ActorRef
-from ._handlers import Callee, handler_call, run_pipeline
-from ._routing import Endpoint
+from .._errors import BusClosed, NoRouteError, RequestHandlerNotFound, WrongVerb
+from ._messages import Identity, NameDetector, default_message_name, describe, message_version
+from ._seam import Endpoint, Plan
 
-if TYPE_CHECKING:
-    from ._bus import MessageBus
+#: What a caller did: the verb named in errors.
+INVOKE = "invoke"
+SEND = "send"
+PUBLISH = "publish"
 
-
-async def _no_handler(message: Any) -> Any:
-    raise RuntimeError("this step's handler is resolved by a plugin at delivery time")
-
-
-class Kind(enum.StrEnum):
-    REQUEST = "request"
-    EVENT = "event"
+_PAST = {INVOKE: "invoked", SEND: "sent", PUBLISH: "published"}
 
 
-@final
-class Step:
-    """One handler and the behaviors around it: one delivery."""
-
-    __slots__ = ("behaviors", "call", "factory", "handler", "label", "raw")
-
-    def __init__(
-        self, handler: Callee | None, behaviors: tuple[Callee, ...], raw: Any = None
-    ) -> None:
-        #: The bound handler; ``None`` when a plugin routed the message to ``raw``
-        #: (a handler, or a string id that a locate plugin resolves).
-        self.handler = handler
-        self.behaviors = behaviors
-        self.raw = raw
-        self.label = handler.label if handler is not None else repr(raw)
-        #: Runs the handler inside its behaviors on one message (made once, here).
-        self.call: Callable[[Any], Awaitable[Any]] = _no_handler
-        #: The handler class, when ``call`` is just ``factory().handle(message)``:
-        #: the endpoint then does that itself, without the extra frame of ``call``.
-        self.factory: Callable[[], Any] | None = None
-        if handler is not None:
-            if not behaviors and isinstance(handler.target, type) and not handler.direct:
-                self.factory = handler.target
-            inner = handler_call(handler)
-            if behaviors:
-                self.call = lambda message: run_pipeline(behaviors, message, lambda: inner(message))
-            else:
-                self.call = inner
+def _bind_advice(message: object, method: str) -> str:
+    if isinstance(message, Mapping) and "message_name" not in message:
+        return 'give the dict a "message_name" key, then bind a handler for that name'
+    return f"bind one with Module(...).{method}({describe(type(message))}, handler)"
 
 
 @final
-class EndpointRuntime:
-    """A running endpoint: its spec and the actor (or partition actors) behind it."""
+class PlanTable:
+    """Plans by identity, with per-class caches for the hot paths."""
 
-    __slots__ = ("partition_by", "refs", "spec", "uri")
+    __slots__ = ("_detector", "event_cache", "events", "open", "request_cache", "requests")
 
-    def __init__(self, spec: Endpoint, refs: Sequence[ActorRef]) -> None:
-        self.spec = spec
-        self.uri = spec.uri
-        self.refs = tuple(refs)
-        self.partition_by = spec.partition_by
+    def __init__(self, detector: NameDetector | None) -> None:
+        self._detector = detector
+        self.requests: dict[Identity, Plan] = {}
+        self.events: dict[Identity, tuple[Plan, ...]] = {}
+        #: Plans by message class (filled on first dispatch of each class).
+        self.request_cache: dict[type, Plan] = {}
+        self.event_cache: dict[type, tuple[Plan, ...]] = {}
+        self.open = False
 
-    def pick(self, message: object) -> ActorRef:
-        """The actor that takes ``message`` (by its partition key, if any)."""
-        if self.partition_by is None:
-            return self.refs[0]
-        return self.refs[hash(self.partition_by(message)) % len(self.refs)]
+    def close(self) -> None:
+        """Refuse lookups from now on (``BusClosed``)."""
+        self.open = False
+        # Cached plans skip the open check: drop them, so every dispatch
+        # goes through a lookup that raises BusClosed.
+        self.request_cache.clear()
+        self.event_cache.clear()
 
-    def __repr__(self) -> str:
-        return f"<Endpoint {self.uri!r} actors={len(self.refs)}>"
+    def identity(self, message: object) -> Identity:
+        name = None
+        if self._detector is not None:
+            name = self._detector(message)
+        if name is None:
+            name = default_message_name(message)
+        return (name, message_version(message))
+
+    def _cacheable(self, cls: type) -> bool:
+        return self._detector is None and not issubclass(cls, str | Mapping)
+
+    def _check_open(self, verb: str) -> None:
+        if not self.open:
+            raise BusClosed(f"the bus is not running: {verb} inside 'async with open_bus(...)'")
+
+    def request_plan(self, message: object, verb: str) -> Plan:
+        """The plan of the request or command ``message`` (``verb``: invoke or send).
+
+        Raises:
+            BusClosed, RequestHandlerNotFound (invoke), NoRouteError (send),
+            WrongVerb: the message is bound as an event.
+        """
+        self._check_open(verb)
+        identity = self.identity(message)
+        plan = self.requests.get(identity)
+        if plan is None:
+            if identity in self.events:
+                raise WrongVerb(
+                    f"{identity[0]!r} is bound as an event (bind_event), so it cannot be "
+                    f"{_PAST[verb]}: publish it with bus.publish(...)"
+                )
+            error = RequestHandlerNotFound if verb == INVOKE else NoRouteError
+            raise error(
+                f"no handler is bound for {identity[0]!r} (version {identity[1]}), so it cannot "
+                f"be {_PAST[verb]}: {_bind_advice(message, 'bind_request')}"
+            )
+        if self._cacheable(type(message)):
+            self.request_cache[type(message)] = plan
+        return plan
+
+    def event_plans(self, message: object) -> tuple[Plan, ...]:
+        """The plans of the event ``message`` (none: nobody subscribed).
+
+        Raises:
+            BusClosed, WrongVerb: the message is bound as a request or command.
+        """
+        self._check_open(PUBLISH)
+        identity = self.identity(message)
+        plans = self.events.get(identity, ())
+        if not plans and identity in self.requests:
+            raise WrongVerb(
+                f"{identity[0]!r} is bound as a request or command (bind_request), so it "
+                "cannot be published: use bus.send(...) or bus.invoke(...)"
+            )
+        if self._cacheable(type(message)):
+            self.event_cache[type(message)] = plans
+        return plans
+
+    def endpoints_replaced(self, replace: Callable[[Endpoint], Endpoint]) -> PlanTable:
+        """A copy whose plans go to ``replace(endpoint)`` instead (for instruments)."""
+        table = PlanTable(self._detector)
+        table.open = self.open
+        table.requests = {k: _moved(plan, replace) for k, plan in self.requests.items()}
+        table.events = {
+            k: tuple(_moved(plan, replace) for plan in plans) for k, plans in self.events.items()
+        }
+        return table
+
+    def topology(self) -> str:
+        """Which message goes to which endpoint and handlers, as text."""
+        lines: list[str] = []
+        for (name, version), plan in sorted(self.requests.items()):
+            lines.append(f"request {name} v{version} -> {plan.endpoint.uri}: {plan.steps[0].label}")
+        for (name, version), plans in sorted(self.events.items()):
+            for plan in plans:
+                labels = ", ".join(step.label for step in plan.steps)
+                lines.append(f"event {name} v{version} -> {plan.endpoint.uri}: {labels}")
+        return "\n".join(lines)
 
 
-@final
-class Plan:
-    """The handlers of one message identity on one endpoint."""
-
-    __slots__ = (
-        "bus",
-        "call",
-        "endpoint",
-        "factory",
-        "kind",
-        "name",
-        "ref",
-        "steps",
-        "version",
+def _moved(plan: Plan, replace: Callable[[Endpoint], Endpoint]) -> Plan:
+    return Plan(
+        plan.bus,
+        plan.new_id,
+        plan.name,
+        plan.version,
+        plan.kind,
+        replace(plan.endpoint),
+        plan.steps,
     )
-
-    def __init__(
-        self,
-        bus: MessageBus,
-        name: str,
-        version: int,
-        kind: Kind,
-        endpoint: EndpointRuntime,
-        steps: Sequence[Step],
-    ) -> None:
-        self.bus = bus
-        self.name = name
-        self.version = version
-        self.kind = kind
-        self.endpoint = endpoint
-        self.steps = tuple(steps)
-        #: The first (for a request: the only) step's call.
-        first = self.steps[0] if self.steps else Step(None, ())
-        self.call = first.call
-        #: The handler class of the only step, when that step is just
-        #: ``factory().handle(message)`` (the endpoint hands that coroutine
-        #: to the actor loop); ``None`` otherwise.
-        self.factory = first.factory if len(self.steps) == 1 else None
-        #: The endpoint's only actor, or ``None`` when it is partitioned.
-        self.ref: ActorRef | None = endpoint.refs[0] if endpoint.partition_by is None else None
-
-    def __repr__(self) -> str:
-        labels = ", ".join(step.label for step in self.steps)
-        return f"<Plan {self.name} v{self.version} -> {self.endpoint.uri}: {labels}>"
-
-
-@final
-class Failed:
-    """The outcome of an asked handling that raised: re-raised in the caller."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def unwrap(result: Any) -> Any:
-    if type(result) is Failed:
-        raise result.error
-    return result

@@ -1,7 +1,8 @@
-"""The hook the testing kit attaches to a bus to observe it and inject faults.
+"""The instrument the testing kit attaches to a bus's handling path.
 
 A bus has no probe in production, and then pays one ``is None`` check per
-dispatch and per handling.
+handling. The probe observes the production path; it adds no path of its
+own (faults in delivery wrap endpoints through the seam instead).
 """
 
 from __future__ import annotations
@@ -9,30 +10,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ._context import Envelope
-    from ._plans import EndpointRuntime, Step
     from ._plugins import DispatchKind
+    from ._seam import Delivery, Step
 
 
 class Probe(Protocol):
-    """Observer and fault injector of one bus (see ``triobus.testing``)."""
+    """Observer of one bus (see ``triobus.testing``)."""
 
-    def dispatched(self, kind: DispatchKind, envelope: Envelope) -> None:
-        """A caller sent, invoked or published ``envelope`` (held ones included)."""
+    def dispatched(self, kind: DispatchKind, delivery: Delivery) -> None:
+        """A caller sent, invoked or published ``delivery`` (held ones included)."""
 
-    async def deliver(self, endpoint: EndpointRuntime, envelope: Envelope) -> None:
-        """Put ``envelope`` into ``endpoint`` (via ``bus.tell``), maybe with a fault."""
+    def before_receive(self, delivery: Delivery, endpoint: str) -> None:
+        """An endpoint actor took ``delivery``; raising here crashes the actor."""
 
-    def before_receive(self, envelope: Envelope, endpoint: str) -> None:
-        """An endpoint actor took ``envelope``; raising here crashes the actor."""
-
-    def before_handle(self, envelope: Envelope, step: Step, endpoint: str) -> None:
+    def before_handle(self, delivery: Delivery, step: Step, endpoint: str) -> None:
         """A handler is about to run; raising here fails this attempt."""
 
-    def handled(self, envelope: Envelope, step: Step, endpoint: str) -> None:
-        """A handler finished ``envelope`` successfully."""
+    def handled(self, delivery: Delivery, step: Step, endpoint: str) -> None:
+        """A handler finished ``delivery`` successfully."""
 
     def failed(
-        self, envelope: Envelope, step: Step, endpoint: str, error: Exception, retrying: bool
+        self, delivery: Delivery, step: Step, endpoint: str, error: Exception, retrying: bool
     ) -> None:
         """A handler raised ``error``; ``retrying`` says whether another attempt follows."""

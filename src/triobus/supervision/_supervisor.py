@@ -602,6 +602,14 @@ class SupervisorRef:
         """Stop this supervisor and everything under it for good."""
         await self._cell.parent.remove_child(self._cell)
 
+    def cancel(self) -> None:
+        """Cancel everything under this supervisor at once (a firm stop).
+
+        Handlers running under it are cancelled and take no new message;
+        :meth:`stop` then finishes the stop and dead-letters what is queued.
+        """
+        self._cell.cancel()
+
     def tree(self) -> TreeNode:
         """A snapshot of this supervisor and everything under it."""
         return self._cell.snapshot()

@@ -72,6 +72,11 @@ class ActorSystem:
         self._failure: BaseException | None = None
         self._entered = False
 
+    @property
+    def random(self) -> random.Random:
+        """The one source of randomness of the system (backoff jitter, fault draws)."""
+        return self._runtime.random
+
     # ------------------------------------------------------------ life cycle
 
     async def __aenter__(self) -> ActorSystem:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self, final
 
 import attrs
 import trio
 
-from ..bus._context import Envelope
-from ..bus._endpoint import tell_in_order
-from ..bus._plans import EndpointRuntime, Step
+from .._errors import ActorStopped, MailboxFull
+from ..bus import Delivery, DeliveryMode, Endpoint, EndpointHost, RetryPolicy, Settlement, Step
 from ..mailbox import DeadLetterReason
 from ._records import RecordKind
 
@@ -62,7 +62,7 @@ class FaultRule:
     #: At most this many times (``None``: no limit).
     max_times: int | None = None
 
-    def matches(self, envelope: Envelope, endpoint: str) -> bool:
+    def matches(self, delivery: Delivery, endpoint: str) -> bool:
         if (
             self.endpoint is not None
             and self.endpoint != endpoint
@@ -72,8 +72,8 @@ class FaultRule:
         if self.message_type is None:
             return True
         if isinstance(self.message_type, str):
-            return envelope.plan.name == self.message_type
-        return isinstance(envelope.message, self.message_type)
+            return delivery.plan.name == self.message_type
+        return isinstance(delivery.message, self.message_type)
 
 
 _DELIVERY_FAULTS = (Fault.DROP, Fault.DUPLICATE, Fault.DELAY, Fault.REORDER)
@@ -111,7 +111,7 @@ class FaultInjector:
         self.reorder_window = reorder_window
         self.rules: list[FaultRule] = []
         self._applied: dict[int, int] = {}
-        self._held_back: dict[str, list[tuple[EndpointRuntime, Envelope]]] = {}
+        self._held_back: dict[str, list[Delivery]] = {}
 
     # ------------------------------------------------------------ rules
 
@@ -189,7 +189,7 @@ class FaultInjector:
 
     # ------------------------------------------------------------ decisions
 
-    def _choose(self, candidates: list[int], envelope: Envelope, what: str) -> int | None:
+    def _choose(self, candidates: list[int], delivery: Delivery, what: str) -> int | None:
         """Pick one of the matching rules (by index) or none, with one draw.
 
         A hypothesis source draws an integer where 0 means "no fault", so a
@@ -205,7 +205,7 @@ class FaultInjector:
             from hypothesis import strategies as st
 
             faults = ", ".join(str(self.rules[i].fault) for i in candidates)
-            label = f"{what} of {envelope.plan.name} ({faults}; 0 = none)"
+            label = f"{what} of {delivery.plan.name} ({faults}; 0 = none)"
             pick = self.source.draw(st.integers(0, len(candidates)), label=label)
             if pick == 0:
                 return None
@@ -222,96 +222,176 @@ class FaultInjector:
         return float(millis) / 1000
 
     def _first_fault(
-        self, faults: tuple[Fault, ...], envelope: Envelope, what: str
+        self, faults: tuple[Fault, ...], delivery: Delivery, what: str
     ) -> Fault | None:
         """The fault to inject into this delivery, if any (rules match the endpoint's uri)."""
-        uri = envelope.plan.endpoint.uri
+        uri = delivery.plan.endpoint.uri
         candidates = [
             index
             for index, rule in enumerate(self.rules)
             if rule.fault in faults
-            and rule.matches(envelope, uri)
+            and rule.matches(delivery, uri)
             and (rule.max_times is None or self._applied.get(index, 0) < rule.max_times)
         ]
-        chosen = self._choose(candidates, envelope, what)
+        chosen = self._choose(candidates, delivery, what)
         return None if chosen is None else self.rules[chosen].fault
 
     # ------------------------------------------------------------ the probe side
 
-    async def deliver(
-        self, session: TrackedSession, endpoint: EndpointRuntime, envelope: Envelope
-    ) -> None:
-        """Deliver ``envelope`` to ``endpoint``, maybe with one fault."""
-        bus = session.bus
-        fault = self._first_fault(_DELIVERY_FAULTS, envelope, "delivery")
-        if fault is Fault.DROP:
-            session.record(_FAULT_RECORDS[fault], envelope, endpoint=endpoint.uri)
-        elif fault is Fault.DUPLICATE:
-            session.record(_FAULT_RECORDS[fault], envelope, endpoint=endpoint.uri)
-            await bus.tell(endpoint, envelope)
-            await bus.tell(endpoint, envelope.duplicate())
-        elif fault is Fault.DELAY:
-            seconds = self._delay_seconds()
-            session.record(_FAULT_RECORDS[fault], envelope, endpoint=endpoint.uri, seconds=seconds)
-            bus.accepted()
-            assert bus._nursery is not None
-            bus._nursery.start_soon(self._deliver_later, bus, endpoint, envelope, seconds)
-        elif fault is Fault.REORDER:
-            session.record(_FAULT_RECORDS[fault], envelope, endpoint=endpoint.uri)
-            bus.accepted()
-            held = self._held_back.setdefault(endpoint.uri, [])
-            held.append((endpoint, envelope))
-            if len(held) == 1:
-                assert bus._nursery is not None
-                bus._nursery.start_soon(self._release_held_back, bus, endpoint.uri)
-        else:
-            await bus.tell(endpoint, envelope)
-            overtaken = self._held_back.pop(endpoint.uri, None)
-            if overtaken:
-                # Delivered from a task of the bus: a refusal is a dead letter,
-                # never an error for this sender.
-                assert bus._nursery is not None
-                bus._nursery.start_soon(tell_in_order, overtaken)
+    def wrap(
+        self, session: TrackedSession, nursery: trio.Nursery
+    ) -> Callable[[Endpoint, EndpointHost], Endpoint]:
+        """What puts a faulty endpoint in front of each endpoint of the tracked bus."""
 
-    async def _deliver_later(
-        self, bus: Any, endpoint: EndpointRuntime, envelope: Envelope, seconds: float
-    ) -> None:
-        try:
-            await trio.sleep(seconds)
-        except BaseException:
-            bus.dead_letters.record(envelope, endpoint.uri, DeadLetterReason.SHUTDOWN)
-            raise
-        await tell_in_order([(endpoint, envelope)])
+        def wrap(endpoint: Endpoint, host: EndpointHost) -> Endpoint:
+            return FaultyEndpoint(endpoint, host, self, session, nursery)
 
-    async def _release_held_back(self, bus: Any, uri: str) -> None:
-        try:
-            await trio.sleep(self.reorder_window)
-        except BaseException:
-            for endpoint, envelope in self._held_back.pop(uri, ()):
-                bus.dead_letters.record(envelope, endpoint.uri, DeadLetterReason.SHUTDOWN)
-            raise
-        overtaken = self._held_back.pop(uri, None)
-        if overtaken:
-            await tell_in_order(overtaken)
+        return wrap
 
-    def before_receive(self, session: TrackedSession, envelope: Envelope, endpoint: str) -> None:
-        if self._first_fault((Fault.CRASH_ACTOR,), envelope, "actor crash") is not None:
-            session.record(RecordKind.CRASHED, envelope, endpoint=endpoint, target="actor")
+    def before_receive(self, session: TrackedSession, delivery: Delivery, endpoint: str) -> None:
+        if self._first_fault((Fault.CRASH_ACTOR,), delivery, "actor crash") is not None:
+            session.record(RecordKind.CRASHED, delivery, endpoint=endpoint, target="actor")
             raise InjectedFault(f"injected crash of endpoint actor {endpoint}")
 
     def before_handle(
-        self, session: TrackedSession, envelope: Envelope, step: Step, endpoint: str
+        self, session: TrackedSession, delivery: Delivery, step: Step, endpoint: str
     ) -> None:
-        if self._first_fault((Fault.CRASH_HANDLER,), envelope, "handler crash") is not None:
+        if self._first_fault((Fault.CRASH_HANDLER,), delivery, "handler crash") is not None:
             session.record(
                 RecordKind.CRASHED,
-                envelope,
+                delivery,
                 endpoint=endpoint,
                 handler=step.label,
-                attempt=envelope.attempt,
+                attempt=delivery.attempt,
                 target="handler",
             )
-            raise InjectedFault(f"injected crash of {step.label} on {envelope.plan.name}")
+            raise InjectedFault(f"injected crash of {step.label} on {delivery.plan.name}")
 
     def __repr__(self) -> str:
         return f"<FaultInjector rules={len(self.rules)} source={type(self.source).__name__}>"
+
+
+@final
+class FaultyEndpoint:
+    """An endpoint in front of another, through the seam, that injects delivery faults.
+
+    Drops, duplicates, delays and reorders what it accepts, as its injector
+    decides, and forwards the rest (asks, settles) unchanged. Delayed and
+    held-back deliveries stay counted in flight until the endpoint behind
+    took them; a shutdown meanwhile makes them dead letters.
+    """
+
+    def __init__(
+        self,
+        inner: Endpoint,
+        host: EndpointHost,
+        injector: FaultInjector,
+        session: TrackedSession,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.inner = inner
+        self._host = host
+        self._injector = injector
+        self._session = session
+        self._nursery = nursery
+
+    @property
+    def uri(self) -> str:
+        return self.inner.uri
+
+    @property
+    def delivery_mode(self) -> DeliveryMode:
+        return self.inner.delivery_mode
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self.inner.retry
+
+    async def start(self, host: EndpointHost) -> None:
+        await self.inner.start(host)
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    def accept_nowait(self, delivery: Delivery) -> None:
+        for now in self._faulted(delivery):
+            try:
+                self.inner.accept_nowait(now)
+            except MailboxFull:
+                self._later(now, 0.0)  # the sender is not blocked: it goes when there is room
+
+    async def accept(self, delivery: Delivery) -> None:
+        for now in self._faulted(delivery):
+            await self.inner.accept(now)
+
+    async def ask(self, delivery: Delivery, timeout: float | None) -> Any:
+        return await self.inner.ask(delivery, timeout)
+
+    def settle(self, delivery: Delivery, settlement: Settlement) -> None:
+        self.inner.settle(delivery, settlement)
+
+    def keep(self, delivery: Delivery) -> bool:
+        return self.inner.keep(delivery)
+
+    def _faulted(self, delivery: Delivery) -> list[Delivery]:
+        """Apply at most one fault to ``delivery``; what is to be delivered at once."""
+        injector, session, uri = self._injector, self._session, self.inner.uri
+        if session.faults is None:
+            return [delivery]  # switched off (the session is leaving by an error)
+        fault = injector._first_fault(_DELIVERY_FAULTS, delivery, "delivery")
+        if fault is None:
+            overtaken = injector._held_back.pop(uri, None)
+            if overtaken:
+                for held in overtaken:
+                    self._later(held, 0.0, counted=True)
+            return [delivery]
+        record = _FAULT_RECORDS[fault]
+        if fault is Fault.DROP:
+            session.record(record, delivery, endpoint=uri)
+            return []
+        if fault is Fault.DUPLICATE:
+            session.record(record, delivery, endpoint=uri)
+            return [delivery, delivery.same_message(delivery.plan)]
+        if fault is Fault.DELAY:
+            seconds = injector._delay_seconds()
+            session.record(record, delivery, endpoint=uri, seconds=seconds)
+            self._later(delivery, seconds)
+            return []
+        session.record(record, delivery, endpoint=uri)
+        held_back = injector._held_back.setdefault(uri, [])
+        held_back.append(delivery)
+        self._host.accepted()
+        if len(held_back) == 1:
+            self._nursery.start_soon(self._release_held_back)
+        return []
+
+    def _later(self, delivery: Delivery, seconds: float, counted: bool = False) -> None:
+        if not counted:
+            self._host.accepted()
+        self._nursery.start_soon(self._deliver_later, delivery, seconds)
+
+    async def _deliver_later(self, delivery: Delivery, seconds: float) -> None:
+        # Counted in flight by _later: the dead letter, or the hand-over, settles that.
+        try:
+            await trio.sleep(seconds)
+            await self.inner.accept(delivery)
+        except ActorStopped:
+            pass  # a dead letter already
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                self._host.dead_letters.record(delivery, self.uri, DeadLetterReason.SHUTDOWN)
+                raise
+            self._host.dead_letters.record(delivery, self.uri, DeadLetterReason.UNDELIVERABLE, exc)
+            return
+        self._host.settled()
+
+    async def _release_held_back(self) -> None:
+        injector = self._injector
+        try:
+            await trio.sleep(injector.reorder_window)
+        except BaseException:
+            for delivery in injector._held_back.pop(self.uri, ()):
+                self._host.dead_letters.record(delivery, self.uri, DeadLetterReason.SHUTDOWN)
+            raise
+        for delivery in injector._held_back.pop(self.uri, ()):
+            self._later(delivery, 0.0, counted=True)

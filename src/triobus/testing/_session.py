@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any, final
 
 import trio
 
-from ..bus import DispatchKind, MessageBus
-from ..bus._context import Envelope
-from ..bus._plans import EndpointRuntime, Step
+from .._structured import exit_nursery
+from ..bus import Delivery, DispatchKind, MessageBus, Step, instrumented
 from ..mailbox import DeadLetter
 from ._records import QuietTimeout, Record, RecordKind
 
@@ -62,7 +61,7 @@ class TrackedSession:
     def record(
         self,
         kind: RecordKind,
-        envelope: Envelope,
+        delivery: Delivery,
         *,
         endpoint: str | None = None,
         handler: str | None = None,
@@ -70,15 +69,15 @@ class TrackedSession:
         exception: BaseException | None = None,
         **detail: Any,
     ) -> None:
-        """Add a record about ``envelope`` (used by the bus probe and fault injector)."""
+        """Add a record about ``delivery`` (used by the bus probe and fault injector)."""
         self.records.append(
             Record(
                 kind=kind,
-                message=envelope.message,
-                message_name=envelope.plan.name,
-                message_id=envelope.message_id,
-                correlation_id=envelope.correlation_id,
-                causation_id=envelope.causation_id,
+                message=delivery.message,
+                message_name=delivery.plan.name,
+                message_id=delivery.message_id,
+                correlation_id=delivery.correlation_id,
+                causation_id=delivery.causation_id,
                 endpoint=endpoint,
                 handler=handler,
                 attempt=attempt,
@@ -191,50 +190,44 @@ class _SessionProbe:
         self.bus = session.bus
         self.faults = session.faults
 
-    def dispatched(self, kind: DispatchKind, envelope: Envelope) -> None:
-        self.session.record(_DISPATCH_KINDS[kind], envelope, endpoint=envelope.plan.endpoint.uri)
+    def dispatched(self, kind: DispatchKind, delivery: Delivery) -> None:
+        self.session.record(_DISPATCH_KINDS[kind], delivery, endpoint=delivery.plan.endpoint.uri)
 
-    async def deliver(self, endpoint: EndpointRuntime, envelope: Envelope) -> None:
+    def before_receive(self, delivery: Delivery, endpoint: str) -> None:
         if self.faults is not None:
-            await self.faults.deliver(self.session, endpoint, envelope)
-        else:
-            await self.bus.tell(endpoint, envelope)
+            self.faults.before_receive(self.session, delivery, endpoint)
 
-    def before_receive(self, envelope: Envelope, endpoint: str) -> None:
+    def before_handle(self, delivery: Delivery, step: Step, endpoint: str) -> None:
         if self.faults is not None:
-            self.faults.before_receive(self.session, envelope, endpoint)
+            self.faults.before_handle(self.session, delivery, step, endpoint)
 
-    def before_handle(self, envelope: Envelope, step: Step, endpoint: str) -> None:
-        if self.faults is not None:
-            self.faults.before_handle(self.session, envelope, step, endpoint)
-
-    def handled(self, envelope: Envelope, step: Step, endpoint: str) -> None:
+    def handled(self, delivery: Delivery, step: Step, endpoint: str) -> None:
         self.session.record(
             RecordKind.HANDLED,
-            envelope,
+            delivery,
             endpoint=endpoint,
             handler=step.label,
-            attempt=envelope.attempt,
+            attempt=delivery.attempt,
         )
 
     def failed(
-        self, envelope: Envelope, step: Step, endpoint: str, error: Exception, retrying: bool
+        self, delivery: Delivery, step: Step, endpoint: str, error: Exception, retrying: bool
     ) -> None:
         self.session.record(
             RecordKind.FAILED,
-            envelope,
+            delivery,
             endpoint=endpoint,
             handler=step.label,
-            attempt=envelope.attempt,
+            attempt=delivery.attempt,
             exception=error,
         )
         if retrying:
             self.session.record(
                 RecordKind.RETRIED,
-                envelope,
+                delivery,
                 endpoint=endpoint,
                 handler=step.label,
-                attempt=envelope.attempt + 1,
+                attempt=delivery.attempt + 1,
             )
 
 
@@ -255,26 +248,36 @@ async def tracked(
         RuntimeError: another session is tracking this bus.
         QuietTimeout: the bus did not become quiet on exit.
     """
-    if bus._probe is not None:
-        raise RuntimeError("this bus is tracked by another session already: nest none")
     if not quiet_timeout > 0 or math.isnan(quiet_timeout):
         raise ValueError(
             f"quiet_timeout must be a positive number of seconds, got {quiet_timeout!r}"
         )
     session = TrackedSession(bus, faults, quiet_timeout)
-    probe = bus._probe = _SessionProbe(session)
-    unsubscribe = bus.dead_letters.subscribe(session._dead_letter)
+    probe = _SessionProbe(session)
+    # Delayed and held-back deliveries run in a nursery of the session's,
+    # entered by hand so that what the body raises leaves unwrapped.
+    manager = trio.open_nursery()
+    nursery = await manager.__aenter__()
     try:
-        yield session
-        await session.wait_quiet()
-    except BaseException:
-        # Left by an error: still let what this session started settle (within
-        # the timeout, even when cancelled), so none of it reaches the next one;
-        # with no more faults (hypothesis' data may be finished).
-        probe.faults = None
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + quiet_timeout):
-            await bus.wait_quiet()
-        raise
+        wrap = None if faults is None else faults.wrap(session, nursery)
+        with instrumented(bus, probe, wrap):
+            unsubscribe = bus.dead_letters.subscribe(session._dead_letter)
+            try:
+                yield session
+                await session.wait_quiet()
+            except BaseException:
+                # Left by an error: still let what this session started settle
+                # (within the timeout, even when cancelled), so none of it
+                # reaches the next one; with no more faults (hypothesis' data
+                # may be finished).
+                probe.faults = session.faults = None
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + quiet_timeout):
+                    await bus.wait_quiet()
+                raise
+            finally:
+                unsubscribe()
     finally:
-        unsubscribe()
-        bus._probe = None
+        nursery.cancel_scope.cancel()
+        internal = await exit_nursery(manager)
+    if internal is not None:
+        raise internal

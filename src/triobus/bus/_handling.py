@@ -1,0 +1,315 @@
+"""Handling: the one path that runs handlers, for every endpoint and every case.
+
+An endpoint's actors run :class:`EndpointActor`, whose ``receive`` hands
+the coroutine of one handler attempt to the actor loop and finishes the
+delivery when the loop reports back (:class:`~triobus.actors.Finisher`):
+what the handler sent is released or dropped, a told delivery is settled
+through its endpoint, a failed one goes through the retry policy and then
+to dead letters. The same component runs an invoke inline (a re-entrant
+invoke), handler classes and functions, behaviors, plugins and the testing
+kit's probe: there is no second path.
+
+A handler failure never crashes an endpoint: an ask's exception goes back
+to the asker; a told message's handler is retried in place, then
+dead-lettered with the last exception, and the other handlers of an event
+still run (each subscription is its own delivery).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Coroutine
+from contextvars import ContextVar
+from typing import Any, final
+
+import trio
+
+from .._errors import HandlerNotLocated
+from ..actors import Actor, Frame, current_frame
+from ..mailbox import DeadLetterReason, DeadLetters
+from ..supervision import SupervisorRef
+from ._accounting import Accounting
+from ._handlers import Callee
+from ._outbox import Outbox
+from ._plugins import DispatchEvent, Phase, Plugins
+from ._probe import Probe
+from ._seam import CLOSED, Delivery, Endpoint, Settlement, Step
+
+logger = logging.getLogger("triobus.bus")
+
+#: The delivery whose handler runs in this task (and in the tasks it started).
+current_delivery: ContextVar[Delivery | None] = ContextVar("triobus_current_delivery", default=None)
+
+
+@final
+class BusHost:
+    """What the bus shares with its endpoints and their handling (an ``EndpointHost``)."""
+
+    __slots__ = (
+        "_supervisor",
+        "accepted",
+        "accounting",
+        "dead_letters",
+        "outbox",
+        "plugins",
+        "probe",
+        "random",
+        "settled",
+    )
+
+    def __init__(
+        self,
+        accounting: Accounting,
+        dead_letters: DeadLetters,
+        rng: random.Random,
+        plugins: Plugins,
+    ) -> None:
+        self.accounting = accounting
+        #: Count a delivery in flight, and settle it (the accounting's own methods).
+        self.accepted = accounting.accepted
+        self.settled = accounting.settled
+        self.dead_letters = dead_letters
+        self.random = rng
+        self.plugins = plugins
+        self.outbox = Outbox(accounting, dead_letters)
+        #: The testing kit's instrument; ``None`` in production.
+        self.probe: Probe | None = None
+        self._supervisor: SupervisorRef | None = None
+
+    def attach(self, supervisor: SupervisorRef) -> None:
+        """The bus's supervisor, under which endpoints start their actors."""
+        self._supervisor = supervisor
+
+    @property
+    def supervisor(self) -> SupervisorRef:
+        assert self._supervisor is not None, "the bus has not started"
+        return self._supervisor
+
+    def handler_actor(self, endpoint: Endpoint, path: str) -> Actor:
+        return EndpointActor(self, endpoint, path)
+
+
+class EndpointActor(Actor):
+    """Runs the handlers of the deliveries of one endpoint (or one of its partitions)."""
+
+    def __init__(self, host: BusHost, endpoint: Endpoint, path: str) -> None:
+        self.host = host
+        self.endpoint = endpoint
+        self.path = path
+
+    # ------------------------------------------------------------ the actor loop's side
+
+    def receive(self, message: Any) -> Coroutine[Any, Any, Any]:
+        """Begin handling ``message`` (a :class:`Delivery`): the coroutine to await.
+
+        The actor loop awaits it and then calls :meth:`finished`, or
+        :meth:`failed` for a told delivery whose handler raised.
+        """
+        delivery: Delivery = message
+        probe = self.host.probe
+        if probe is not None:
+            probe.before_receive(delivery, self.path)  # raising here crashes the actor
+        frame = current_frame.get()
+        assert frame is not None  # set by the worker that runs this
+        frame.finish = self
+        current_delivery.set(delivery)
+        return self._begin(delivery)
+
+    def finished(self, frame: Frame | None, error: BaseException | None) -> None:
+        """The handed-over coroutine returned (``error is None``) or raised ``error``.
+
+        What the handler sent is released, or dropped with it; what it sends
+        from now on goes out directly. A told delivery that was handled is
+        settled. ``error`` is an ask's failure (the asker gets it) or an
+        interruption (the actor redelivers the message or dead-letters it).
+        """
+        delivery = current_delivery.get()
+        assert delivery is not None
+        current_delivery.set(None)
+        if delivery.held:
+            if error is None:
+                self.host.outbox.release(delivery)
+            else:
+                self.host.outbox.drop(delivery)
+        delivery.held = CLOSED
+        if error is None and not delivery.asked:
+            delivery.plan.endpoint.settle(delivery, Settlement.HANDLED)
+
+    async def failed(self, frame: Frame, error: Exception) -> None:
+        """A told delivery's only handler raised ``error``: the retry policy, then settle."""
+        delivery = current_delivery.get()
+        assert delivery is not None
+        try:
+            await self._retry(delivery, delivery.plan.steps[0], error)
+        except BaseException as exc:
+            self.finished(frame, exc)
+            raise
+        self.finished(frame, None)
+
+    # ------------------------------------------------------------ inline
+
+    async def run_inline(self, delivery: Delivery) -> Any:
+        """Handle the asked ``delivery`` here, in the caller's task (a re-entrant invoke)."""
+        token = current_delivery.set(delivery)
+        try:
+            result = await self._begin(delivery)
+        except BaseException as exc:
+            self.finished(None, exc)
+            raise
+        else:
+            self.finished(None, None)
+        finally:
+            current_delivery.reset(token)
+        return result
+
+    # ------------------------------------------------------------ the path
+
+    def _begin(self, delivery: Delivery) -> Coroutine[Any, Any, Any]:
+        delivery.held = None
+        plan = delivery.plan
+        factory = plan.factory
+        if factory is not None and self.host.probe is None and delivery.dispatch is None:
+            return factory().handle(delivery.message)  # type: ignore[no-any-return]
+        step = plan.single
+        if step is None:
+            return self._each_step(delivery)
+        return self._attempt(delivery, step)
+
+    def _attempt(self, delivery: Delivery, step: Step) -> Coroutine[Any, Any, Any]:
+        """One attempt of ``step``'s handler on ``delivery``, observed when instruments are on."""
+        if self.host.probe is None and delivery.dispatch is None:
+            factory = step.factory
+            if factory is not None:
+                return factory().handle(delivery.message)  # type: ignore[no-any-return]
+            return step.call(delivery.message)  # type: ignore[return-value]
+        return self._observed_attempt(delivery, step)
+
+    async def _observed_attempt(self, delivery: Delivery, step: Step) -> Any:
+        probe = self.host.probe
+        try:
+            if probe is not None:
+                probe.before_handle(delivery, step, self.path)
+            if delivery.dispatch is None:
+                result = await step.call(delivery.message)
+            else:
+                result = await self._attempt_with_plugins(delivery.dispatch, step, delivery)
+        except Exception as exc:
+            if probe is not None and delivery.asked:
+                probe.failed(delivery, step, self.path, exc, False)
+            raise
+        if probe is not None:
+            probe.handled(delivery, step, self.path)
+        return result
+
+    async def _each_step(self, delivery: Delivery) -> None:
+        """Every handler of an event on this endpoint, each its own delivery, in order.
+
+        ``progress`` counts the handlers done, for a redelivery after an
+        interruption (the handler cut off runs again; the ones before do not).
+        """
+        steps = delivery.plan.steps
+        index = delivery.progress
+        try:
+            for step in steps[index:] if index else steps:
+                try:
+                    await self._attempt(delivery, step)
+                except Exception as exc:
+                    await self._retry(delivery, step, exc)
+                    delivery.attempt = 1
+                else:
+                    if delivery.held:
+                        self.host.outbox.release(delivery)
+                index += 1
+        except BaseException:
+            delivery.progress = index  # cut off: this handler runs again on redelivery
+            raise
+
+    async def _retry(self, delivery: Delivery, step: Step, error: Exception) -> None:
+        """``step`` failed its first attempt with ``error``: retry, then dead-letter.
+
+        What a failed attempt sent is dropped before the next one.
+        """
+        policy = self.endpoint.retry
+        probe = self.host.probe
+        attempt = 1
+        while True:
+            delivery.attempt = attempt
+            if delivery.held:
+                self.host.outbox.drop(delivery)
+            retrying = attempt <= policy.retries
+            if probe is not None:
+                probe.failed(delivery, step, self.path, error, retrying)
+            logger.warning(
+                "%s failed on %s id=%s at %s (attempt %d of %d): %r",
+                step.label,
+                delivery.plan.name,
+                delivery.message_id,
+                self.path,
+                attempt,
+                policy.retries + 1,
+                error,
+            )
+            if not retrying:
+                self._dead_letter_failed(delivery, step, error, attempt)
+                return
+            if policy.backoff is not None:
+                await trio.sleep(policy.backoff.delay(attempt - 1, self.host.random))
+            attempt += 1
+            delivery.attempt = attempt
+            try:
+                await self._attempt(delivery, step)
+            except Exception as exc:
+                error = exc
+            else:
+                if delivery.held:
+                    self.host.outbox.release(delivery)
+                return
+
+    def _dead_letter_failed(
+        self, delivery: Delivery, step: Step, error: Exception, attempts: int
+    ) -> None:
+        # Recorded without the carrier's settle hook: the delivery is settled
+        # once, by whoever finishes it (a later handler of an event may run).
+        message, context = delivery.carried()
+        assert context is not None
+        self.host.dead_letters.record(
+            message,
+            self.path,
+            DeadLetterReason.FAILED,
+            error,
+            {**context, "handler": step.label, "attempts": attempts},
+        )
+
+    async def _attempt_with_plugins(
+        self, event: DispatchEvent, step: Step, delivery: Delivery
+    ) -> Any:
+        plugins = self.host.plugins
+        if not delivery.asked:
+            # Each subscription is its own delivery, each attempt finalized on its own.
+            event = event.for_handler(step.raw)
+        event.exception = None
+        try:
+            if step.handler is None:
+                event.handler = step.raw
+                if isinstance(event.handler, str):
+                    await plugins.run(Phase.LOCATE_HANDLER, event)
+                if event.handler is None or isinstance(event.handler, str):
+                    raise HandlerNotLocated(
+                        f"no locate plugin resolved the handler id {step.raw!r} of "
+                        f"{event.message_name!r}: attach one at Phase.LOCATE_HANDLER"
+                    )
+                step = Step(Callee(event.handler), step.behaviors)
+            else:
+                event.handler = step.handler.target
+                await plugins.run(Phase.LOCATE_HANDLER, event)
+            await plugins.run(Phase.INVOKE_HANDLER, event)
+            event.result = await step.call(delivery.message)
+        except Exception as exc:
+            event.exception = exc
+        if not event.finalized:  # a caller that gave up (timeout) finalized already
+            event.finalized = True
+            await plugins.run(Phase.FINALIZE, event)
+        if event.exception is not None:
+            raise event.exception
+        return event.result

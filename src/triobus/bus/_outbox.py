@@ -1,0 +1,121 @@
+"""What a handler sent: held while its handling runs, released after it succeeded.
+
+Messages a handler sends or publishes are held in its delivery and handed
+to their endpoints, in order, once its whole pipeline succeeded; if it
+fails they are dropped with it (a retry sends them again). A release never
+blocks the releasing actor: what does not fit now goes out, in order, from
+the bus's release task. A task that outlives its handler sends directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import final
+
+import trio
+
+from .._errors import ActorStopped, MailboxFull
+from ..mailbox import DeadLetterReason, DeadLetters
+from ._accounting import Accounting
+from ._seam import CLOSED, Delivery, Endpoint
+
+Held = list[tuple[Endpoint, Delivery]]
+
+
+@final
+class Outbox:
+    """Holds, drops and releases what handlers sent; runs the release task."""
+
+    __slots__ = ("_accounting", "_dead_letters", "_later")
+
+    def __init__(self, accounting: Accounting, dead_letters: DeadLetters) -> None:
+        self._accounting = accounting
+        self._dead_letters = dead_letters
+        self._later: trio.MemorySendChannel[Held] | None = None
+
+    @staticmethod
+    def holding(handling: Delivery | None) -> bool:
+        """Whether what is sent now, with ``handling`` in context, is held."""
+        return handling is not None and handling.held is not CLOSED
+
+    def hold(self, handling: Delivery, endpoint: Endpoint, delivery: Delivery) -> None:
+        """Keep ``delivery`` (counted in flight) until ``handling`` succeeded."""
+        if handling.held is None:
+            handling.held = []
+        handling.held.append((endpoint, delivery))
+        self._accounting.accepted()
+
+    def drop(self, handling: Delivery) -> None:
+        """The handler failed: what it sent is dropped with it."""
+        held = handling.held
+        if held:
+            handling.held = None
+            for _ in held:
+                self._accounting.settled()
+
+    def release(self, handling: Delivery) -> None:
+        """Deliver, in order, what the handler of ``handling`` sent, without blocking."""
+        held = handling.held
+        assert held  # the caller checked
+        handling.held = None
+        for index, (endpoint, delivery) in enumerate(held):
+            try:
+                endpoint.accept_nowait(delivery)
+            except MailboxFull:
+                # Full: the rest goes out in order from the release task, so
+                # this actor (which may be the target) is never blocked.
+                self._release_later(held[index:])
+                return
+            except ActorStopped:
+                pass  # a dead letter already
+            except Exception as exc:
+                # Never accepted: the dead letter settles the held count.
+                self._dead_letters.record(
+                    delivery, endpoint.uri, DeadLetterReason.UNDELIVERABLE, exc
+                )
+                continue
+            self._accounting.settled()  # the hold's count: the endpoint counts it now
+
+    def _release_later(self, items: Held) -> None:
+        if self._later is None:
+            for endpoint, delivery in items:
+                self._dead_letters.record(delivery, endpoint.uri, DeadLetterReason.SHUTDOWN)
+            return
+        self._later.send_nowait(items)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The release task: delivers late releases one batch after another, waiting for room."""
+        send, receive = trio.open_memory_channel[Held](math.inf)
+        self._later = send
+        task_status.started()
+        try:
+            async for items in receive:
+                await self._deliver_in_order(items)
+        finally:
+            self._later = None
+            # Shutdown: whatever was still queued for release is a dead letter.
+            while True:
+                try:
+                    items = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                for endpoint, delivery in items:
+                    self._dead_letters.record(delivery, endpoint.uri, DeadLetterReason.SHUTDOWN)
+
+    async def _deliver_in_order(self, items: Held) -> None:
+        for index, (endpoint, delivery) in enumerate(items):
+            try:
+                await endpoint.accept(delivery)
+            except ActorStopped:
+                pass  # a dead letter already
+            except Exception as exc:
+                self._dead_letters.record(
+                    delivery, endpoint.uri, DeadLetterReason.UNDELIVERABLE, exc
+                )
+                continue
+            except BaseException:
+                # Shutdown: what was not delivered yet is a dead letter, never lost.
+                for later, left in items[index:]:
+                    self._dead_letters.record(left, later.uri, DeadLetterReason.SHUTDOWN)
+                raise
+            self._accounting.settled()
