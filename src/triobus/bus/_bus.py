@@ -143,7 +143,7 @@ class MessageBus:
         assert self._token is not None, "the bus has not started"
         return BusPortal(self, self._token)
 
-    def opened(self, token: trio.lowlevel.TrioToken) -> None:
+    def _opened(self, token: trio.lowlevel.TrioToken) -> None:
         """The bus started in the trio run of ``token`` (called by ``open_bus``)."""
         self._thread = threading.get_ident()
         self._token = token

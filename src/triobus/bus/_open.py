@@ -273,7 +273,7 @@ class BusRunner:
             self._started.append(endpoint)
         bus.endpoints = dict(self._wiring.endpoints)
         _make_plans(bus, plans, self._wiring, new_id)
-        bus.opened(trio.lowlevel.current_trio_token())
+        bus._opened(trio.lowlevel.current_trio_token())
         plans.open = True
         return bus
 
