@@ -14,6 +14,7 @@ from ._errors import EventHandlerAlreadyRegistered as EventHandlerAlreadyRegiste
 from ._errors import HandlerNotLocated as HandlerNotLocated
 from ._errors import MailboxClosed as MailboxClosed
 from ._errors import MailboxFull as MailboxFull
+from ._errors import MessageVersionError as MessageVersionError
 from ._errors import ModuleFrozen as ModuleFrozen
 from ._errors import NoRouteError as NoRouteError
 from ._errors import PipelineBehaviorAlreadyRegistered as PipelineBehaviorAlreadyRegistered
@@ -96,6 +97,7 @@ __all__ = [
     "BusClosed",
     "EventHandlerAlreadyRegistered",
     "HandlerNotLocated",
+    "MessageVersionError",
     "ModuleFrozen",
     "NoRouteError",
     "PipelineBehaviorAlreadyRegistered",

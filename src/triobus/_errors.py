@@ -108,6 +108,15 @@ class PipelineBehaviorAlreadyRegistered(TriobusError):
     """The same pipeline behavior was bound twice for one message type."""
 
 
+class MessageVersionError(TriobusError, TypeError):
+    """A message's version is not a whole number >= 1.
+
+    Raised at bind time for a class's ``message_version`` (or ``version=``),
+    and at dispatch for a message whose version is malformed. It is also a
+    :class:`TypeError`, as the check was before it had a class of its own.
+    """
+
+
 class ModuleFrozen(TriobusError):
     """A module was changed after a bus started with it."""
 

@@ -9,6 +9,8 @@ fields. Any other object can travel too; it is named by the rule in
 from collections.abc import Callable, Mapping
 from typing import ClassVar, Generic, TypeVar
 
+from .._errors import MessageVersionError
+
 R_co = TypeVar("R_co", covariant=True)
 
 #: A message's identity on a bus: its name and version.
@@ -52,12 +54,28 @@ def type_name(cls: type) -> str:
 
 
 def type_version(cls: type) -> int:
-    version = getattr(cls, "message_version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise TypeError(
-            f"{cls.__qualname__}.message_version must be a whole number >= 1, got {version!r}"
-        )
-    return version
+    """The version of messages of class ``cls``: its ``message_version`` (1 when unset).
+
+    Raises:
+        MessageVersionError: it is not a whole number >= 1.
+    """
+    return checked_version(
+        getattr(cls, "message_version", 1), f"{cls.__qualname__}.message_version"
+    )
+
+
+def checked_version(version: object, what: str) -> int:
+    """``version`` when it is a whole number >= 1 (an ``int``, not a ``bool``).
+
+    Raises:
+        MessageVersionError: naming ``what`` (where the version came from) and the value.
+    """
+    if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
+        return version
+    raise MessageVersionError(
+        f"{what} is {version!r}, but a message version is a whole number >= 1 "
+        "(an int, not a bool): start at 1 and raise it by one per change"
+    )
 
 
 def default_message_name(message: object) -> str:
@@ -74,26 +92,42 @@ def default_message_name(message: object) -> str:
 
 
 def message_version(message: object) -> int:
-    """A ``dict``'s ``"message_version"`` key, else its class's ``message_version``."""
+    """A ``dict``'s ``"message_version"`` key, else its class's ``message_version``.
+
+    Raises:
+        MessageVersionError: the version is not a whole number >= 1.
+    """
     if isinstance(message, Mapping):
         version = message.get("message_version", 1)
         if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
             return version
-        raise TypeError(f"message_version of a dict message must be an int >= 1, got {version!r}")
+        name = message.get("message_name")
+        return checked_version(version, f"the message_version of the dict message {name!r}")
     if isinstance(message, str):
         return 1
     return type_version(type(message))
 
 
 def binding_identity(target: type | str, version: int | None) -> Identity:
-    """The identity a binding for ``target`` (a class or a name) answers to."""
+    """The identity a binding for ``target`` (a class or a name) answers to.
+
+    A class's own ``message_version`` is checked even when ``version`` is
+    given, since messages of that class are versioned by it at dispatch.
+
+    Raises:
+        MessageVersionError: the class's ``message_version`` or ``version`` is malformed.
+    """
     if isinstance(target, str):
         if not target:
             raise ValueError("a message name is a non-empty string")
-        return (target, version if version is not None else 1)
-    if not isinstance(target, type):
+        name, own = target, 1
+    elif isinstance(target, type):
+        name, own = type_name(target), type_version(target)
+    else:
         raise TypeError(f"bind a message class or a message name (str), not {target!r}")
-    return (type_name(target), version if version is not None else type_version(target))
+    if version is None:
+        return (name, own)
+    return (name, checked_version(version, f"the version= bound for {describe(target)}"))
 
 
 def describe(target: object) -> str:
