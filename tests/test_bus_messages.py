@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import attrs
 import pytest
 
 from triobus import (
+    DeadLetterReason,
+    DeadLetters,
     Event,
     MessageVersionError,
     Module,
     Request,
+    RequestHandlerAlreadyRegistered,
     TriobusError,
     open_bus,
 )
+from triobus.bus._messages import short_repr
 
 
 @attrs.frozen
@@ -101,3 +106,58 @@ async def test_a_dict_with_a_malformed_version_fails_at_dispatch_naming_it() -> 
         with pytest.raises(MessageVersionError) as info:
             await bus.invoke({"message_name": "quote", "message_version": "1"})
     assert str(info.value).startswith("the message_version of the dict message 'quote' is '1'")
+
+
+# ---------------------------------------------------------------- capped reprs
+
+HUGE = "x" * 10_000_000
+
+
+@attrs.frozen
+class Upload(Request[None]):
+    data: str
+
+
+def test_short_repr_keeps_a_short_repr_whole() -> None:
+    assert short_repr(Upload("abc")) == "Upload(data='abc')"
+
+
+def test_short_repr_cuts_a_long_repr_with_an_ellipsis_and_its_length() -> None:
+    text = short_repr(Upload(HUGE), limit=20)
+    assert text == f"Upload(data='xxxxxxx... ({len(repr(Upload(HUGE)))} chars)"
+
+
+def test_short_repr_survives_a_repr_that_raises() -> None:
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    assert short_repr(Broken()) == "<Broken object, repr failed: RuntimeError>"
+
+
+def test_a_huge_message_name_is_capped_in_a_bind_error() -> None:
+    module = Module("m").bind_request(HUGE, handle_ask)
+    with pytest.raises(RequestHandlerAlreadyRegistered) as info:
+        module.bind_request(HUGE, handle_ask)
+    assert len(str(info.value)) < 1_000
+
+
+def test_a_huge_handler_list_is_capped_in_a_bind_error() -> None:
+    with pytest.raises(TypeError) as info:
+        Module("m").bind_event(Happened, HUGE)
+    assert len(str(info.value)) < 1_000
+
+
+async def test_a_huge_dict_message_is_capped_in_a_version_error() -> None:
+    async with open_bus(Module("m").bind_request("quote", handle_ask)) as bus:
+        with pytest.raises(MessageVersionError) as info:
+            await bus.invoke({"message_name": HUGE, "message_version": HUGE})
+    assert len(str(info.value)) < 1_000
+
+
+def test_a_huge_dead_letter_is_capped_in_its_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="triobus.dead_letters")
+    DeadLetters().record(Upload(HUGE), "/app/uploads", DeadLetterReason.STOPPED)
+    [record] = caplog.records
+    assert "Upload(data='xxx" in record.getMessage()
+    assert len(record.getMessage()) < 1_000

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, final
 
 from ._handlers import Next
+from ._messages import short_repr
 
 
 class UnitOfWork(Protocol):
@@ -37,9 +38,8 @@ class TransactionalBehavior:
         def make() -> TransactionalBehavior:
             return cls(factory())
 
-        make.__qualname__ = (
-            f"TransactionalBehavior.using({getattr(factory, '__qualname__', factory)})"
-        )
+        name = getattr(factory, "__qualname__", None) or short_repr(factory)
+        make.__qualname__ = f"TransactionalBehavior.using({name})"
         return make
 
     async def __call__(self, message: Any, next: Next, /) -> Any:

@@ -14,6 +14,8 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar, final
 
+from ._messages import short_repr
+
 Req_contra = TypeVar("Req_contra", contravariant=True)
 R_co = TypeVar("R_co", covariant=True)
 E_contra = TypeVar("E_contra", contravariant=True)
@@ -53,12 +55,13 @@ class Callee:
     def __init__(self, target: object) -> None:
         if not callable(target):
             raise TypeError(
-                f"{target!r} is neither an async function nor a factory (a class or callable)"
+                f"{short_repr(target)} is neither an async function nor a factory "
+                "(a class or callable)"
             )
         self.target: Any = target
         #: True when ``target`` is itself the async callable (not a factory).
         self.direct = inspect.iscoroutinefunction(target)
-        self.label = getattr(target, "__qualname__", None) or repr(target)
+        self.label = getattr(target, "__qualname__", None) or short_repr(target)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Callee) and other.target == self.target

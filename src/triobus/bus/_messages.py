@@ -11,6 +11,9 @@ from typing import ClassVar, Generic, TypeVar
 
 from .._errors import MessageVersionError
 
+# Re-exported: the one helper that caps a message's repr in error and log text.
+from .._errors import short_repr as short_repr
+
 R_co = TypeVar("R_co", covariant=True)
 
 #: A message's identity on a bus: its name and version.
@@ -73,7 +76,7 @@ def checked_version(version: object, what: str) -> int:
     if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
         return version
     raise MessageVersionError(
-        f"{what} is {version!r}, but a message version is a whole number >= 1 "
+        f"{what} is {short_repr(version)}, but a message version is a whole number >= 1 "
         "(an int, not a bool): start at 1 and raise it by one per change"
     )
 
@@ -102,7 +105,9 @@ def message_version(message: object) -> int:
         if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
             return version
         name = message.get("message_name")
-        return checked_version(version, f"the message_version of the dict message {name!r}")
+        return checked_version(
+            version, f"the message_version of the dict message {short_repr(name)}"
+        )
     if isinstance(message, str):
         return 1
     return type_version(type(message))
@@ -124,16 +129,17 @@ def binding_identity(target: type | str, version: int | None) -> Identity:
     elif isinstance(target, type):
         name, own = type_name(target), type_version(target)
     else:
-        raise TypeError(f"bind a message class or a message name (str), not {target!r}")
+        raise TypeError(f"bind a message class or a message name (str), not {short_repr(target)}")
     if version is None:
         return (name, own)
     return (name, checked_version(version, f"the version= bound for {describe(target)}"))
 
 
 def describe(target: object) -> str:
+    """A binding target for error text: a class's qualname, else a capped repr."""
     if isinstance(target, type):
         return target.__qualname__
-    return repr(target)
+    return short_repr(target)
 
 
 def is_command(target: type | str) -> bool:

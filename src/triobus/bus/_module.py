@@ -14,7 +14,7 @@ from .._errors import (
     RequestHandlerAlreadyRegistered,
 )
 from ._handlers import Callee, handler_call
-from ._messages import Identity, binding_identity, describe
+from ._messages import Identity, binding_identity, describe, short_repr
 
 
 @final
@@ -63,7 +63,7 @@ class Module:
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name:
-            raise ValueError(f"a module name is a non-empty string, got {name!r}")
+            raise ValueError(f"a module name is a non-empty string, got {short_repr(name)}")
         self.name = name
         self.requests: dict[Identity, RequestBinding] = {}
         self.events: dict[Identity, list[EventBinding]] = {}
@@ -133,7 +133,8 @@ class Module:
         identity = binding_identity(event, version)
         if isinstance(handlers, str) or not isinstance(handlers, Iterable):
             raise TypeError(
-                f"bind_event takes a list of handlers for {describe(event)}, got {handlers!r}"
+                f"bind_event takes a list of handlers for {describe(event)}, "
+                f"got {short_repr(handlers)}"
             )
         bound = self.events.setdefault(identity, [])
         chain = _behaviors(event, behaviors)

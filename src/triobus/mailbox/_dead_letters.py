@@ -17,6 +17,8 @@ from typing import Any, final
 import attrs
 import trio
 
+from .._errors import short_repr
+
 logger = logging.getLogger("triobus.dead_letters")
 
 DEFAULT_DEAD_LETTER_CAPACITY = 10_000
@@ -142,9 +144,14 @@ class DeadLetters:
             self.evicted += 1
         self._records.append(letter)
         self.total += 1
-        logger.info(
-            "dead letter to %s (%s): %r", recipient, reason.value, message, exc_info=exception
-        )
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "dead letter to %s (%s): %s",
+                recipient,
+                reason.value,
+                short_repr(message),
+                exc_info=exception,
+            )
         for subscriber in tuple(self._subscribers):
             try:
                 subscriber(letter)
