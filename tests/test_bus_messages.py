@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, ClassVar
 
@@ -12,6 +13,7 @@ from triobus import (
     DeadLetterReason,
     DeadLetters,
     Event,
+    InvalidHandler,
     MessageVersionError,
     Module,
     Request,
@@ -161,3 +163,98 @@ def test_a_huge_dead_letter_is_capped_in_its_log_line(caplog: pytest.LogCaptureF
     [record] = caplog.records
     assert "Upload(data='xxx" in record.getMessage()
     assert len(record.getMessage()) < 1_000
+
+
+# ---------------------------------------------------------------- handler kinds
+
+
+def test_a_plain_sync_function_is_refused_as_a_handler_at_bind_time() -> None:
+    def handle(request: Ask) -> int:
+        return request.n
+
+    with pytest.raises(InvalidHandler) as info:
+        Module("m").bind_request(Ask, handle)
+    text = str(info.value)
+    assert "handle" in text
+    assert "make it 'async def handle(message)'" in text
+    assert "zero-argument factory or a class" in text
+    assert isinstance(info.value, TypeError)
+    assert isinstance(info.value, TriobusError)
+
+
+def test_a_sync_lambda_is_refused_as_an_event_handler_at_bind_time() -> None:
+    with pytest.raises(InvalidHandler, match="<lambda>"):
+        Module("m").bind_event(Happened, [lambda event: None])
+
+
+def test_a_plain_sync_function_is_refused_as_a_behavior_at_bind_time() -> None:
+    def log(message: Any, next: Any) -> Any:
+        return next()
+
+    with pytest.raises(InvalidHandler) as info:
+        Module("m").bind_request(Ask, handle_ask, behaviors=[log])
+    assert "pipeline behavior" in str(info.value)
+    assert "make it 'async def log(message, next)'" in str(info.value)
+
+
+async def test_a_plain_sync_function_is_refused_in_the_global_pipeline() -> None:
+    def log(message: Any, next: Any) -> Any:
+        return next()
+
+    with pytest.raises(InvalidHandler, match="log"):
+        async with open_bus(Module("m").bind_request(Ask, handle_ask), pipeline=[log]):
+            pass  # pragma: no cover
+
+
+class Doubler:
+    async def handle(self, request: Ask) -> int:
+        return request.n * 2
+
+
+def make_doubler(prefix: str = "") -> Doubler:
+    return Doubler()
+
+
+def make_with(prefix: str) -> Doubler:
+    return Doubler()
+
+
+async def test_zero_argument_factories_and_classes_are_still_handlers() -> None:
+    module = (
+        Module("m")
+        .bind_request(Ask, make_doubler)  # optional parameters only
+        .bind_request("partial", functools.partial(make_with, "p"))
+        .bind_request("class", Doubler)
+    )
+    async with open_bus(module) as bus:
+        assert await bus.invoke(Ask(2)) == 4
+
+
+def test_a_partial_that_still_needs_arguments_is_refused() -> None:
+    def handle(prefix: str, request: Ask) -> int:
+        return 0
+
+    with pytest.raises(InvalidHandler):
+        Module("m").bind_request(Ask, functools.partial(handle, "p"))
+
+
+class AsyncCallable:
+    async def __call__(self, request: Ask) -> int:
+        return request.n + 1
+
+
+class AsyncBehavior:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def __call__(self, message: Any, next: Any) -> Any:
+        self.log.append("around")
+        return await next()
+
+
+async def test_an_object_with_an_async_call_is_a_handler_and_a_behavior() -> None:
+    log: list[str] = []
+    module = Module("m").bind_request(Ask, AsyncCallable(), behaviors=[AsyncBehavior(log)])
+    async with open_bus(module) as bus:
+        assert await bus.invoke(Ask(1)) == 2
+    assert log == ["around"]

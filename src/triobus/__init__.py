@@ -12,6 +12,7 @@ from ._errors import BusClosed as BusClosed
 from ._errors import DeadlockError as DeadlockError
 from ._errors import EventHandlerAlreadyRegistered as EventHandlerAlreadyRegistered
 from ._errors import HandlerNotLocated as HandlerNotLocated
+from ._errors import InvalidHandler as InvalidHandler
 from ._errors import MailboxClosed as MailboxClosed
 from ._errors import MailboxFull as MailboxFull
 from ._errors import MessageVersionError as MessageVersionError
@@ -97,6 +98,7 @@ __all__ = [
     "BusClosed",
     "EventHandlerAlreadyRegistered",
     "HandlerNotLocated",
+    "InvalidHandler",
     "MessageVersionError",
     "ModuleFrozen",
     "NoRouteError",

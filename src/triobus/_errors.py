@@ -137,6 +137,14 @@ class MessageVersionError(TriobusError, TypeError):
     """
 
 
+class InvalidHandler(TriobusError, TypeError):
+    """A handler or pipeline behavior was bound that the bus cannot call.
+
+    Bind an ``async def`` function (or an object whose ``__call__`` is
+    async), a class, or a factory that takes no arguments.
+    """
+
+
 class ModuleFrozen(TriobusError):
     """A module was changed after a bus started with it."""
 
