@@ -21,7 +21,7 @@ from triobus import (
     TriobusError,
     open_bus,
 )
-from triobus.bus._messages import short_repr
+from triobus.bus._messages import short_repr, unbound_advice
 
 
 @attrs.frozen
@@ -258,3 +258,55 @@ async def test_an_object_with_an_async_call_is_a_handler_and_a_behavior() -> Non
     async with open_bus(module) as bus:
         assert await bus.invoke(Ask(1)) == 2
     assert log == ["around"]
+
+
+# ---------------------------------------------------------------- advice for an unbound message
+
+
+@pytest.mark.parametrize("verb", ["invoke", "send", "publish"])
+@pytest.mark.parametrize("message", [{"n": 1}, {"message_name": ""}, {"message_name": 3}])
+def test_a_dict_without_a_message_name_is_advised_to_add_one(message: Any, verb: str) -> None:
+    advice = unbound_advice(message, verb)
+    assert advice.startswith('a dict message is named by its "message_name" key')
+    assert 'add a "message_name" key' in advice
+    assert "dict," not in advice  # never: bind_request(dict, ...)
+
+
+def test_a_dict_without_a_name_gets_the_bind_call_of_its_verb() -> None:
+    assert unbound_advice({}, "invoke").endswith(
+        "bind that name with Module(...).bind_request('orders.place', handler)"
+    )
+    assert unbound_advice({}, "publish").endswith(
+        "bind that name with Module(...).bind_event('orders.place', [handler, ...])"
+    )
+
+
+def test_a_class_is_advised_to_bind_request_for_invoke_and_send() -> None:
+    assert (
+        unbound_advice(Ask(1), "invoke") == "bind one with Module(...).bind_request(Ask, handler)"
+    )
+    assert unbound_advice(Ask(1), "send") == "bind one with Module(...).bind_request(Ask, handler)"
+
+
+def test_a_class_is_advised_to_bind_event_for_publish() -> None:
+    assert unbound_advice(Happened(1), "publish") == (
+        "bind one with Module(...).bind_event(Happened, [handler, ...])"
+    )
+
+
+def test_a_named_dict_or_a_str_is_advised_to_bind_its_name_and_version() -> None:
+    assert unbound_advice({"message_name": "quote"}, "invoke") == (
+        "bind one with Module(...).bind_request('quote', handler)"
+    )
+    assert unbound_advice({"message_name": "quote", "message_version": 2}, "publish") == (
+        "bind one with Module(...).bind_event('quote', [handler, ...], version=2)"
+    )
+    assert (
+        unbound_advice("ping", "send") == "bind one with Module(...).bind_request('ping', handler)"
+    )
+
+
+def test_advice_caps_a_huge_name_and_refuses_an_unknown_verb() -> None:
+    assert len(unbound_advice(HUGE, "send")) < 1_000
+    with pytest.raises(ValueError, match="verb must be one of"):
+        unbound_advice(Ask(1), "sendd")

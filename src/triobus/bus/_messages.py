@@ -7,7 +7,7 @@ fields. Any other object can travel too; it is named by the rule in
 """
 
 from collections.abc import Callable, Mapping
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from .._errors import MessageVersionError
 
@@ -144,3 +144,49 @@ def describe(target: object) -> str:
 
 def is_command(target: type | str) -> bool:
     return isinstance(target, type) and issubclass(target, Command)
+
+
+#: The bus calls whose missing handler :func:`unbound_advice` advises on.
+VERBS = ("invoke", "send", "publish")
+
+
+def unbound_advice(message: object, verb: str) -> str:
+    """What to do when ``verb`` (``"invoke"``, ``"send"`` or ``"publish"``) finds
+    no handler for ``message``: the advice part of the error, to follow a
+    sentence that says what went wrong.
+
+    A ``dict`` without a usable ``"message_name"`` key is told to add one
+    (binding ``dict`` itself would not name it); anything else is told to
+    bind its name, with ``bind_request`` for invoke and send, with
+    ``bind_event`` for publish.
+
+    Raises:
+        ValueError: ``verb`` is not one of :data:`VERBS`.
+    """
+    if verb not in VERBS:
+        raise ValueError(f"verb must be one of {VERBS}, got {short_repr(verb)}")
+    if isinstance(message, Mapping) and not _has_name(message):
+        example = _binding_call(repr("orders.place"), "", verb)
+        return (
+            'a dict message is named by its "message_name" key and this one has none: '
+            'add a "message_name" key (a non-empty str, for example "orders.place") '
+            f"and bind that name with {example}"
+        )
+    if isinstance(message, str):
+        return f"bind one with {_binding_call(short_repr(message), '', verb)}"
+    if isinstance(message, Mapping):
+        version = message.get("message_version", 1)
+        extra = "" if version == 1 else f", version={short_repr(version)}"
+        return f"bind one with {_binding_call(short_repr(message['message_name']), extra, verb)}"
+    return f"bind one with {_binding_call(describe(type(message)), '', verb)}"
+
+
+def _has_name(message: Mapping[Any, Any]) -> bool:
+    name = message.get("message_name")
+    return isinstance(name, str) and bool(name)
+
+
+def _binding_call(target: str, extra: str, verb: str) -> str:
+    if verb == "publish":
+        return f"Module(...).bind_event({target}, [handler, ...]{extra})"
+    return f"Module(...).bind_request({target}, handler{extra})"
