@@ -12,9 +12,11 @@ from ._errors import BusClosed as BusClosed
 from ._errors import DeadlockError as DeadlockError
 from ._errors import EventHandlerAlreadyRegistered as EventHandlerAlreadyRegistered
 from ._errors import HandlerNotLocated as HandlerNotLocated
+from ._errors import InvalidHandler as InvalidHandler
 from ._errors import InvalidHeaders as InvalidHeaders
 from ._errors import MailboxClosed as MailboxClosed
 from ._errors import MailboxFull as MailboxFull
+from ._errors import MessageVersionError as MessageVersionError
 from ._errors import ModuleFrozen as ModuleFrozen
 from ._errors import NoRouteError as NoRouteError
 from ._errors import PartitionKeyError as PartitionKeyError
@@ -106,6 +108,8 @@ __all__ = [
     "BusClosed",
     "EventHandlerAlreadyRegistered",
     "HandlerNotLocated",
+    "InvalidHandler",
+    "MessageVersionError",
     "ModuleFrozen",
     "NoRouteError",
     "PipelineBehaviorAlreadyRegistered",

@@ -2,12 +2,32 @@
 
 All of them derive from :class:`TriobusError`; not-found errors are also
 :class:`LookupError`, timeouts are also :class:`TimeoutError`. Each message
-says what happened and what to do about it.
+says what happened and what to do about it; :func:`short_repr` caps what
+an object's repr (a message, a payload) contributes to that text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+#: At most this many characters of an object's repr go into an error or a log line.
+REPR_LIMIT = 200
+
+
+def short_repr(obj: object, limit: int = REPR_LIMIT) -> str:
+    """``repr(obj)`` for error and log text, cut to at most ``limit`` characters.
+
+    A longer repr is cut with ``...`` and its full length, so a 10 MB
+    message never ends up whole in an exception or a log. Never raises: a
+    ``repr`` that fails is named as such.
+    """
+    try:
+        text = repr(obj)
+    except Exception as exc:
+        return f"<{type(obj).__name__} object, repr failed: {type(exc).__name__}>"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} chars)"
 
 
 class TriobusError(Exception):
@@ -122,6 +142,23 @@ class EventHandlerAlreadyRegistered(TriobusError):
 
 class PipelineBehaviorAlreadyRegistered(TriobusError):
     """The same pipeline behavior was bound twice for one message type."""
+
+
+class MessageVersionError(TriobusError, TypeError):
+    """A message's version is not a whole number >= 1.
+
+    Raised at bind time for a class's ``message_version`` (or ``version=``),
+    and at dispatch for a message whose version is malformed. It is also a
+    :class:`TypeError`, as the check was before it had a class of its own.
+    """
+
+
+class InvalidHandler(TriobusError, TypeError):
+    """A handler or pipeline behavior was bound that the bus cannot call.
+
+    Bind an ``async def`` function (or an object whose ``__call__`` is
+    async), a class, or a factory that takes no arguments.
+    """
 
 
 class ModuleFrozen(TriobusError):

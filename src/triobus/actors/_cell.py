@@ -19,7 +19,7 @@ import trio
 from .._errors import ActorStartError, DeadlockError, MailboxFull
 from .._lifecycle import ChildKind, ChildState, Restart
 from .._structured import single_exception
-from ..mailbox import DeadLetterReason, Mailbox, MailboxSpec
+from ..mailbox import Carrier, DeadLetterReason, Mailbox, MailboxSpec
 from ._actor import Actor
 from ._ask import Ask, Finisher, Frame, current_frame
 from ._ref import ActorRef
@@ -578,7 +578,11 @@ class ActorCell:
             self._scope.cancel()
 
     def finalize(self, reason: DeadLetterReason, cause: BaseException | None = None) -> None:
-        """Close the mailbox for good and dead-letter everything left in it."""
+        """Close the mailbox for good and dead-letter everything left in it.
+
+        Each leftover is recorded (and its asker fails with ``ActorStopped``),
+        but logged as one summary line with the count, not one line each.
+        """
         self.stopping = True
         self.state = ChildState.STOPPED
         self._stay_asleep()
@@ -586,9 +590,18 @@ class ActorCell:
         left: list[object] = list(self._redeliver) if self._redeliver else []
         self._redeliver = None
         left.extend(self.mailbox.drain())
+        letters = self.runtime.dead_letters
+        count = 0
         for item in left:
-            if item is not _WAKE:
-                self._dead_letter_item(item, reason, cause)
+            if item is _WAKE or (isinstance(item, Carrier) and item.left_over()):
+                continue
+            count += 1
+            if type(item) is Ask:
+                letters.record(item.message, self.path, reason, cause, log=False)
+                item.stopped(cause)
+            else:
+                letters.record(item, self.path, reason, cause, log=False)
+        letters.log_summary(self.path, count, reason)
 
     # ------------------------------------------------------------ dead letters
 

@@ -31,7 +31,7 @@ from ..mailbox import DeadLetters
 from ._accounting import Accounting
 from ._handlers import Callee
 from ._handling import BusHost, EndpointActor, current_delivery
-from ._messages import Request, default_message_name, message_version
+from ._messages import Request, default_message_name, message_version, short_repr
 from ._plans import INVOKE, SEND, PlanTable
 from ._plugins import DispatchEvent, DispatchKind, Phase, Plugin, PluginHandle
 from ._probe import Probe
@@ -60,7 +60,7 @@ _DEFAULT: Final = _Default.DEFAULT
 
 def _refused(event: object, uris: list[str]) -> PublishError:
     return PublishError(
-        f"{default_message_name(event)!r} was refused by endpoint(s) {uris}; "
+        f"{short_repr(default_message_name(event))} was refused by endpoint(s) {uris}; "
         "the other subscribers got it (see dead letters)",
         uris,
     )
@@ -402,7 +402,9 @@ class MessageBus:
                     nursery.start_soon(deliver, delivery)
         if not failures:
             return
-        group = ExceptionGroup(f"{len(failures)} handler(s) of {plans[0].name!r} failed", failures)
+        group = ExceptionGroup(
+            f"{len(failures)} handler(s) of {short_repr(plans[0].name)} failed", failures
+        )
         if dispatch is None:
             raise group
         # One finalize phase in the caller sees the group and may clear it.

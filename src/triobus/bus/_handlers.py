@@ -1,10 +1,20 @@
 """Handlers and pipeline behaviors, and how a bus calls them.
 
-A bound handler is either an async function (called with the message) or a
-factory (a class with a no-argument constructor, or any callable) that makes
-a fresh handler object per message, whose ``async def handle(message)`` is
-called. Pipeline behaviors follow the same rule, with
-``async def __call__(message, next)``.
+What is bound is classified once, at bind time, by one rule:
+
+- an ``async def`` function (or an object whose ``__call__`` is
+  ``async def``) is the handler itself, called with the message;
+- a class is a handler class: made fresh per message (no arguments), its
+  ``async def handle(self, message)`` is called (checked at bind time);
+- any other callable is a factory, called with no arguments per message to
+  make the handler object, only if it can be called with no arguments (no
+  required parameter in its signature);
+- anything else (a plain ``def handle(message)``, a ``lambda m: ...``) is
+  refused with :class:`~triobus.InvalidHandler`.
+
+Pipeline behaviors follow the same rule, with
+``async def __call__(self, message, next)`` (``async def fn(message, next)``
+for a function), except that a class is not checked for ``__call__``.
 """
 
 from __future__ import annotations
@@ -13,6 +23,9 @@ import abc
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar, final
+
+from .._errors import InvalidHandler
+from ._messages import short_repr
 
 Req_contra = TypeVar("Req_contra", contravariant=True)
 R_co = TypeVar("R_co", covariant=True)
@@ -44,21 +57,72 @@ class PipelineBehavior(Protocol):
     async def __call__(self, message: Any, next: Next, /) -> Any: ...
 
 
+def is_async_callable(target: object) -> bool:
+    """Whether calling ``target`` starts a coroutine: an ``async def`` function,
+    method or partial of one, or an object whose ``__call__`` is ``async def``.
+    """
+    if inspect.iscoroutinefunction(target):
+        return True
+    if isinstance(target, type) or inspect.isroutine(target):
+        return False
+    return inspect.iscoroutinefunction(type(target).__call__)
+
+
+def takes_no_arguments(target: object) -> bool:
+    """Whether ``target`` can be called with no arguments (no required parameter).
+
+    A signature that cannot be read (some built-ins) is taken as a yes.
+    """
+    try:
+        parameters = inspect.signature(target).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return True
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return all(p.default is not p.empty or p.kind in variadic for p in parameters)
+
+
+def _refused(target: object, label: str, behavior: bool) -> InvalidHandler:
+    name = getattr(target, "__name__", None) or ("__call__" if behavior else "handle")
+    if behavior:
+        what, signature = "pipeline behavior", "(message, next)"
+        instances = "'async def __call__(self, message, next)'"
+    else:
+        what, signature = "handler", "(message)"
+        instances = "'async def handle(self, message)'"
+    return InvalidHandler(
+        f"the {what} {label} is a plain (not async) callable that needs arguments, so it is "
+        f"neither a {what} nor a factory: make it 'async def {name}{signature}', or pass a "
+        f"zero-argument factory or a class whose instances have {instances}"
+    )
+
+
 @final
 class Callee:
-    """A bound handler or behavior, classified once at bind time."""
+    """A bound handler or behavior, classified once at bind time.
+
+    ``behavior=True`` classifies a pipeline behavior (only the wording of
+    the errors differs). See the module docstring for the rule.
+
+    Raises:
+        InvalidHandler: ``target`` is not callable, or is a plain callable
+            that needs arguments (neither async nor a factory).
+    """
 
     __slots__ = ("direct", "label", "target")
 
-    def __init__(self, target: object) -> None:
+    def __init__(self, target: object, *, behavior: bool = False) -> None:
+        self.label: str = getattr(target, "__qualname__", None) or short_repr(target)
         if not callable(target):
-            raise TypeError(
-                f"{target!r} is neither an async function nor a factory (a class or callable)"
+            what = "pipeline behavior" if behavior else "handler"
+            raise InvalidHandler(
+                f"the {what} {self.label} is not callable: bind an async function, "
+                "a class or a zero-argument factory"
             )
         self.target: Any = target
         #: True when ``target`` is itself the async callable (not a factory).
-        self.direct = inspect.iscoroutinefunction(target)
-        self.label = getattr(target, "__qualname__", None) or repr(target)
+        self.direct = is_async_callable(target)
+        if not self.direct and not isinstance(target, type) and not takes_no_arguments(target):
+            raise _refused(target, self.label, behavior)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Callee) and other.target == self.target
@@ -83,11 +147,11 @@ def handler_call(handler: Callee) -> Callable[[Any], Awaitable[Any]]:
         return target  # type: ignore[no-any-return]
     if isinstance(target, type):
         if not inspect.iscoroutinefunction(getattr(target, "handle", None)):
-            raise TypeError(
+            raise InvalidHandler(
                 f"handler class {handler.label} has no 'async def handle(self, message)'"
             )
         if inspect.isabstract(target):
-            raise TypeError(f"handler class {handler.label} is abstract: implement handle()")
+            raise InvalidHandler(f"handler class {handler.label} is abstract: implement handle()")
 
         def make_and_handle(message: Any) -> Awaitable[Any]:
             return target().handle(message)  # type: ignore[no-any-return]
@@ -103,7 +167,7 @@ async def call_handler(handler: Callee, message: object) -> Any:
     instance = handler.target()
     handle = getattr(instance, "handle", None)
     if handle is None:
-        raise TypeError(
+        raise InvalidHandler(
             f"the factory {handler.label} made {type(instance).__qualname__}, which has no "
             "'async def handle(self, message)'"
         )

@@ -14,7 +14,7 @@ from .._errors import (
     RequestHandlerAlreadyRegistered,
 )
 from ._handlers import Callee, handler_call
-from ._messages import Identity, binding_identity, describe
+from ._messages import Identity, binding_identity, describe, short_repr
 
 
 @final
@@ -44,7 +44,7 @@ class EventBinding:
 def _behaviors(target: object, behaviors: Iterable[object]) -> tuple[Callee, ...]:
     callees: list[Callee] = []
     for behavior in behaviors:
-        callee = Callee(behavior)
+        callee = Callee(behavior, behavior=True)
         if callee in callees:
             raise PipelineBehaviorAlreadyRegistered(
                 f"behavior {callee.label} is bound twice for {describe(target)}: bind it once"
@@ -63,7 +63,7 @@ class Module:
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name:
-            raise ValueError(f"a module name is a non-empty string, got {name!r}")
+            raise ValueError(f"a module name is a non-empty string, got {short_repr(name)}")
         self.name = name
         self.requests: dict[Identity, RequestBinding] = {}
         self.events: dict[Identity, list[EventBinding]] = {}
@@ -96,9 +96,18 @@ class Module:
     ) -> Self:
         """Bind the one handler of a request or command (a class or a message name).
 
+        ``handler`` (and each of ``behaviors``) is an ``async def`` function
+        or an object whose ``__call__`` is async (called as it is), a class
+        (made per message; a handler class needs ``async def handle``), or a
+        factory that takes no arguments (called per message). A plain
+        function that needs arguments is neither, and is refused here.
+
         Raises:
             RequestHandlerAlreadyRegistered: this module already binds one.
             PipelineBehaviorAlreadyRegistered: a behavior is listed twice.
+            InvalidHandler: the handler or a behavior is none of the above.
+            MessageVersionError: the class's ``message_version`` or ``version`` is
+                not a whole number >= 1.
         """
         self._check_open()
         identity = binding_identity(request, version)
@@ -125,15 +134,22 @@ class Module:
     ) -> Self:
         """Subscribe ``handlers`` to an event (a class or a message name).
 
+        Each handler and behavior follows the rule of :meth:`bind_request`.
+
         Raises:
             EventHandlerAlreadyRegistered: a handler is bound twice for this event.
             PipelineBehaviorAlreadyRegistered: a behavior is listed twice.
+            InvalidHandler: a handler or a behavior is not async, a class or a
+                zero-argument factory.
+            MessageVersionError: the class's ``message_version`` or ``version`` is
+                not a whole number >= 1.
         """
         self._check_open()
         identity = binding_identity(event, version)
         if isinstance(handlers, str) or not isinstance(handlers, Iterable):
             raise TypeError(
-                f"bind_event takes a list of handlers for {describe(event)}, got {handlers!r}"
+                f"bind_event takes a list of handlers for {describe(event)}, "
+                f"got {short_repr(handlers)}"
             )
         bound = self.events.setdefault(identity, [])
         chain = _behaviors(event, behaviors)

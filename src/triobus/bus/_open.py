@@ -67,7 +67,7 @@ class _Wiring:
             self.endpoints[endpoint.uri] = endpoint
         self.pipeline: list[Callee] = []
         for behavior in pipeline:
-            callee = Callee(behavior)
+            callee = Callee(behavior, behavior=True)
             if callee in self.pipeline:
                 raise PipelineBehaviorAlreadyRegistered(
                     f"global behavior {callee.label} is listed twice in pipeline=: list it once"

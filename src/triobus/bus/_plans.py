@@ -10,7 +10,14 @@ from collections.abc import Callable, Mapping
 from typing import final
 
 from .._errors import BusClosed, NoRouteError, RequestHandlerNotFound, WrongVerb
-from ._messages import Identity, NameDetector, default_message_name, describe, message_version
+from ._messages import (
+    Identity,
+    NameDetector,
+    default_message_name,
+    message_version,
+    short_repr,
+    unbound_advice,
+)
 from ._seam import Endpoint, Plan
 
 #: What a caller did: the verb named in errors.
@@ -19,12 +26,6 @@ SEND = "send"
 PUBLISH = "publish"
 
 _PAST = {INVOKE: "invoked", SEND: "sent", PUBLISH: "published"}
-
-
-def _bind_advice(message: object, method: str) -> str:
-    if isinstance(message, Mapping) and "message_name" not in message:
-        return 'give the dict a "message_name" key, then bind a handler for that name'
-    return f"bind one with Module(...).{method}({describe(type(message))}, handler)"
 
 
 @final
@@ -78,13 +79,13 @@ class PlanTable:
         if plan is None:
             if identity in self.events:
                 raise WrongVerb(
-                    f"{identity[0]!r} is bound as an event (bind_event), so it cannot be "
+                    f"{short_repr(identity[0])} is bound as an event (bind_event), so it cannot be "
                     f"{_PAST[verb]}: publish it with bus.publish(...)"
                 )
             error = RequestHandlerNotFound if verb == INVOKE else NoRouteError
             raise error(
-                f"no handler is bound for {identity[0]!r} (version {identity[1]}), so it cannot "
-                f"be {_PAST[verb]}: {_bind_advice(message, 'bind_request')}"
+                f"no handler is bound for {short_repr(identity[0])} (version {identity[1]}), so it "
+                f"cannot be {_PAST[verb]}: {unbound_advice(message, verb)}"
             )
         if self._cacheable(type(message)):
             self.request_cache[type(message)] = plan
@@ -101,7 +102,7 @@ class PlanTable:
         plans = self.events.get(identity, ())
         if not plans and identity in self.requests:
             raise WrongVerb(
-                f"{identity[0]!r} is bound as a request or command (bind_request), so it "
+                f"{short_repr(identity[0])} is bound as a request or command (bind_request), so it "
                 "cannot be published: use bus.send(...) or bus.invoke(...)"
             )
         if self._cacheable(type(message)):

@@ -307,7 +307,11 @@ class Delivery(Carrier):
     def left_over(self) -> bool:
         if self.asked:
             return False
-        return self.plan.endpoint.keep(self)
+        endpoint = self.plan.endpoint
+        if not endpoint.keep(self):
+            return False
+        endpoint.settle(self, Settlement.LEFT_FOR_REDELIVERY)
+        return True
 
     def __repr__(self) -> str:
         return f"<Delivery {self.plan.name} id={self.message_id}>"

@@ -3,6 +3,12 @@
 A bounded ring of frozen records. Nothing triobus refuses, drops or fails
 is dropped silently: it is recorded here with the reason, logged, and
 handed to every subscriber.
+
+Logging: each dead letter is one WARNING line on the ``triobus.dead_letters``
+logger (recipient, reason, message type, message id when known, and the
+message's repr capped by :func:`~triobus._errors.short_repr`; the exception,
+if any, as ``exc_info``). What an actor dead-letters when it stops for good
+is logged as one WARNING summary line per actor with the count instead.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from typing import Any, final
 import attrs
 import trio
 
+from .._errors import short_repr
+
+#: Where dead letters are logged (WARNING); see the module docstring.
 logger = logging.getLogger("triobus.dead_letters")
 
 DEFAULT_DEAD_LETTER_CAPACITY = 10_000
@@ -84,6 +93,27 @@ class Carrier(abc.ABC):
     def dead_lettered(self, reason: DeadLetterReason) -> None:  # noqa: B027 - optional hook
         """Called once the carried message is recorded as a dead letter."""
 
+    def left_over(self) -> bool:
+        """Its actor stopped for good with it still queued: does the owner keep it?
+
+        ``True`` means the owner keeps it for a later delivery (a durable
+        store), so it is no dead letter; the default is ``False``.
+        """
+        return False
+
+
+def _log(letter: DeadLetter) -> None:
+    message_id = letter.context.get("message_id") if letter.context else None
+    logger.warning(
+        "dead letter to %s (reason %s): %s%s: %s",
+        letter.recipient,
+        letter.reason.value,
+        type(letter.message).__qualname__,
+        "" if message_id is None else f" id={message_id}",
+        short_repr(letter.message),
+        exc_info=letter.exception,
+    )
+
 
 def _now() -> float | None:
     try:
@@ -128,10 +158,14 @@ class DeadLetters:
         reason: DeadLetterReason,
         exception: BaseException | None = None,
         context: Mapping[str, Any] | None = None,
+        *,
+        log: bool = True,
     ) -> DeadLetter:
-        """Record one dead letter, log it and tell the subscribers.
+        """Record one dead letter, log it (WARNING) and tell the subscribers.
 
         A :class:`Carrier` is recorded as the message it carries, with its context.
+        ``log=False`` records without a log line, for a caller that records
+        many at once and then calls :meth:`log_summary`.
         """
         carrier = message if isinstance(message, Carrier) else None
         if carrier is not None:
@@ -142,9 +176,8 @@ class DeadLetters:
             self.evicted += 1
         self._records.append(letter)
         self.total += 1
-        logger.info(
-            "dead letter to %s (%s): %r", recipient, reason.value, message, exc_info=exception
-        )
+        if log and logger.isEnabledFor(logging.WARNING):
+            _log(letter)
         for subscriber in tuple(self._subscribers):
             try:
                 subscriber(letter)
@@ -153,6 +186,20 @@ class DeadLetters:
         if carrier is not None:
             carrier.dead_lettered(reason)
         return letter
+
+    def log_summary(self, recipient: str, count: int, reason: DeadLetterReason) -> None:
+        """Log one WARNING line for ``count`` dead letters recorded with ``log=False``.
+
+        The line reads ``"<recipient>: N message(s) dead-lettered at shutdown
+        (reason ...)"``; nothing is logged when ``count`` is 0.
+        """
+        if count:
+            logger.warning(
+                "%s: %d message(s) dead-lettered at shutdown (reason %s)",
+                recipient,
+                count,
+                reason.value,
+            )
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Call ``subscriber`` with every new record; returns the unsubscribe call."""
