@@ -9,7 +9,7 @@ start-up; dispatch only looks them up and calls the endpoint seam.
 from __future__ import annotations
 
 import enum
-import threading
+from threading import get_ident
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -111,7 +111,7 @@ class MessageBus:
         #: The endpoints by uri.
         self.endpoints: dict[str, Endpoint] = {}
         #: The thread of the trio run the bus lives in, and that run's token.
-        self._thread = threading.get_ident()
+        self._thread = get_ident()
         self._token: trio.lowlevel.TrioToken | None = None
 
     # ------------------------------------------------------------ views
@@ -145,7 +145,7 @@ class MessageBus:
 
     def _opened(self, token: trio.lowlevel.TrioToken) -> None:
         """The bus started in the trio run of ``token`` (called by ``open_bus``)."""
-        self._thread = threading.get_ident()
+        self._thread = get_ident()
         self._token = token
 
     def _wrong_thread(self) -> WrongThread:
@@ -209,7 +209,7 @@ class MessageBus:
             request, INVOKE
         )
         handling = current_delivery.get()
-        if handling is None and threading.get_ident() != self._thread:
+        if handling is None and get_ident() != self._thread:
             raise self._wrong_thread()
         delivery = Delivery(request, plan, handling, headers, correlation_id, reply_to, True)
         probe = self._host.probe
@@ -264,7 +264,7 @@ class MessageBus:
             command, SEND
         )
         handling = current_delivery.get()
-        if handling is None and threading.get_ident() != self._thread:
+        if handling is None and get_ident() != self._thread:
             raise self._wrong_thread()
         delivery = Delivery(command, plan, handling, headers, correlation_id, reply_to)
         probe = self._host.probe
@@ -313,7 +313,7 @@ class MessageBus:
         if not plans:
             return
         handling = current_delivery.get()
-        if handling is None and threading.get_ident() != self._thread:
+        if handling is None and get_ident() != self._thread:
             raise self._wrong_thread()
         if self._collect:
             await self._publish_collecting(
@@ -339,7 +339,8 @@ class MessageBus:
         for plan in plans:
             # One published event is one message with one id.
             delivery = first if plan is plans[0] else first.same_message(plan)
-            delivery.dispatch = dispatch
+            if dispatch is not None:
+                delivery.dispatch = dispatch
             if probe is not None:
                 probe.dispatched(DispatchKind.PUBLISH, delivery)
             endpoint = plan.endpoint
@@ -442,7 +443,7 @@ class MessageBus:
         plugins = self._host.plugins
         handling = current_delivery.get()
         try:
-            if handling is None and threading.get_ident() != self._thread:
+            if handling is None and get_ident() != self._thread:
                 raise self._wrong_thread()
             await plugins.run(Phase.INITIALIZE, event)
             await plugins.run(Phase.DETECT_MESSAGE_NAME, event)

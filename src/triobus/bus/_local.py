@@ -31,6 +31,10 @@ def _positive_seconds(name: str, value: object) -> float:
     return float(value)
 
 
+def _not_running() -> None:
+    raise RuntimeError("the endpoint is not running: it counts deliveries once started")
+
+
 def _actor_name(uri: str) -> str:
     return uri.replace("/", "%2F")
 
@@ -73,6 +77,9 @@ class LocalQueue:
         #: The only actor, when the queue is not partitioned and running.
         self._only: ActorRef | None = None
         self._host: EndpointHost | None = None
+        # The host's counters, bound at start.
+        self._accepted: Callable[[], None] = _not_running
+        self._settled: Callable[[], None] = _not_running
 
     @property
     def uri(self) -> str:
@@ -88,6 +95,8 @@ class LocalQueue:
         if self._host is not None:
             raise RuntimeError(f"endpoint {self._uri!r} is running in a bus already")
         self._host = host
+        self._accepted = host.accepted
+        self._settled = host.settled
         supervisor = host.supervisor
         name = _actor_name(self._uri)
         path = f"{supervisor.path}/{name}"
@@ -123,6 +132,7 @@ class LocalQueue:
         finally:
             self._host = None
             self._only = None
+            self.refs = ()
 
     # ------------------------------------------------------------ deliveries
 
@@ -132,6 +142,8 @@ class LocalQueue:
         Raises:
             PartitionKeyError: ``partition_by`` raised, or gave an unhashable key.
         """
+        if not self.refs:
+            raise ActorStopped(f"endpoint {self._uri!r} is not running")
         if self.partition_by is None:
             return self.refs[0]
         try:
@@ -144,47 +156,36 @@ class LocalQueue:
         return self.refs[key % len(self.refs)]
 
     def accept_nowait(self, delivery: Delivery) -> None:
-        host = self._host
-        if host is None:
-            raise self._not_running(delivery)
         ref = self._only or self.pick(delivery.message)
-        host.accepted()
+        self._accepted()
         try:
             ref.tell_nowait(delivery)
         except ActorStopped:
             raise  # a dead letter already, which settled it
         except BaseException:
-            host.settled()
+            self._settled()
             raise
 
     async def accept(self, delivery: Delivery) -> None:
-        host = self._host
-        if host is None:
-            raise self._not_running(delivery)
-        ref = self.pick(delivery.message)
-        host.accepted()
+        ref = self._only or self.pick(delivery.message)
+        self._accepted()
         try:
             await ref.tell(delivery)
         except ActorStopped:
             raise  # a dead letter already, which settled it
         except BaseException:
-            host.settled()
+            self._settled()
             raise
 
     async def ask(self, delivery: Delivery, timeout: float | None) -> Any:
-        if self._host is None:
-            raise self._not_running(delivery)
-        return await self.pick(delivery.message).ask(delivery, timeout=timeout)
+        ref = self._only or self.pick(delivery.message)
+        return await ref.ask(delivery, timeout=timeout)
 
     def settle(self, delivery: Delivery, settlement: Settlement) -> None:
-        assert self._host is not None
-        self._host.settled()
+        self._settled()
 
     def keep(self, delivery: Delivery) -> bool:
         return False  # in memory only: a final stop dead-letters the backlog
-
-    def _not_running(self, delivery: Delivery) -> ActorStopped:
-        return ActorStopped(f"endpoint {self._uri!r} is not running; it took no {delivery!r}")
 
     def __repr__(self) -> str:
         return f"<LocalQueue {self._uri!r} actors={len(self.refs)}>"
