@@ -9,10 +9,10 @@ start-up; dispatch only looks them up and calls the endpoint seam.
 from __future__ import annotations
 
 import enum
-from threading import get_ident
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
+from threading import get_ident
 from typing import Any, Final, TypeVar, final, overload
 
 import trio
