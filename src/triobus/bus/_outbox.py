@@ -78,10 +78,18 @@ class Outbox:
 
     def _release_later(self, items: Held) -> None:
         if self._later is None:
-            for endpoint, delivery in items:
-                self._dead_letters.record(delivery, endpoint.uri, DeadLetterReason.SHUTDOWN)
+            self._shutdown(items)
             return
         self._later.send_nowait(items)
+
+    def _shutdown(self, items: Held) -> None:
+        """Dead-letter ``items`` at shutdown: recorded each, logged as one line per endpoint."""
+        counts: dict[str, int] = {}
+        for endpoint, delivery in items:
+            self._dead_letters.record(delivery, endpoint.uri, DeadLetterReason.SHUTDOWN, log=False)
+            counts[endpoint.uri] = counts.get(endpoint.uri, 0) + 1
+        for uri, count in counts.items():
+            self._dead_letters.log_summary(uri, count, DeadLetterReason.SHUTDOWN)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The release task: delivers late releases one batch after another, waiting for room."""
@@ -94,13 +102,13 @@ class Outbox:
         finally:
             self._later = None
             # Shutdown: whatever was still queued for release is a dead letter.
+            left: Held = []
             while True:
                 try:
-                    items = receive.receive_nowait()
+                    left.extend(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                for endpoint, delivery in items:
-                    self._dead_letters.record(delivery, endpoint.uri, DeadLetterReason.SHUTDOWN)
+            self._shutdown(left)
 
     async def _deliver_in_order(self, items: Held) -> None:
         for index, (endpoint, delivery) in enumerate(items):
@@ -115,7 +123,6 @@ class Outbox:
                 continue
             except BaseException:
                 # Shutdown: what was not delivered yet is a dead letter, never lost.
-                for later, left in items[index:]:
-                    self._dead_letters.record(left, later.uri, DeadLetterReason.SHUTDOWN)
+                self._shutdown(items[index:])
                 raise
             self._accounting.settled()
