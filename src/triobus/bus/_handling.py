@@ -124,6 +124,20 @@ class EndpointActor(Actor):
         settled. ``error`` is an ask's failure (the asker gets it) or an
         interruption (the actor redelivers the message or dead-letters it).
         """
+        self._finish(error, Settlement.HANDLED)
+
+    async def failed(self, frame: Frame, error: Exception) -> None:
+        """A told delivery's only handler raised ``error``: the retry policy, then settle."""
+        delivery = current_delivery.get()
+        assert delivery is not None
+        try:
+            settlement = await self._retry(delivery, delivery.plan.steps[0], error)
+        except BaseException as exc:
+            self._finish(exc, Settlement.HANDLED)
+            raise
+        self._finish(None, settlement)
+
+    def _finish(self, error: BaseException | None, settlement: Settlement) -> None:
         delivery = current_delivery.get()
         assert delivery is not None
         current_delivery.set(None)
@@ -134,18 +148,7 @@ class EndpointActor(Actor):
                 self.host.outbox.drop(delivery)
         delivery.held = CLOSED
         if error is None and not delivery.asked:
-            delivery.plan.endpoint.settle(delivery, Settlement.HANDLED)
-
-    async def failed(self, frame: Frame, error: Exception) -> None:
-        """A told delivery's only handler raised ``error``: the retry policy, then settle."""
-        delivery = current_delivery.get()
-        assert delivery is not None
-        try:
-            await self._retry(delivery, delivery.plan.steps[0], error)
-        except BaseException as exc:
-            self.finished(frame, exc)
-            raise
-        self.finished(frame, None)
+            delivery.plan.endpoint.settle(delivery, settlement)
 
     # ------------------------------------------------------------ inline
 
@@ -225,10 +228,11 @@ class EndpointActor(Actor):
             delivery.progress = index  # cut off: this handler runs again on redelivery
             raise
 
-    async def _retry(self, delivery: Delivery, step: Step, error: Exception) -> None:
+    async def _retry(self, delivery: Delivery, step: Step, error: Exception) -> Settlement:
         """``step`` failed its first attempt with ``error``: retry, then dead-letter.
 
-        What a failed attempt sent is dropped before the next one.
+        What a failed attempt sent is dropped before the next one. Returns
+        how the delivery of ``step`` ended: handled, or dead-lettered.
         """
         policy = self.endpoint.retry
         probe = self.host.probe
@@ -252,7 +256,7 @@ class EndpointActor(Actor):
             )
             if not retrying:
                 self._dead_letter_failed(delivery, step, error, attempt)
-                return
+                return Settlement.DEAD_LETTERED
             if policy.backoff is not None:
                 await trio.sleep(policy.backoff.delay(attempt - 1, self.host.random))
             attempt += 1
@@ -264,7 +268,7 @@ class EndpointActor(Actor):
             else:
                 if delivery.held:
                     self.host.outbox.release(delivery)
-                return
+                return Settlement.HANDLED
 
     def _dead_letter_failed(
         self, delivery: Delivery, step: Step, error: Exception, attempts: int
