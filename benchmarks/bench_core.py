@@ -1,4 +1,4 @@
-"""Core triobus costs against the raw trio baselines of PERF-NOTES.md.
+"""Core triobus costs against the raw trio baselines (benchmarks/README.md).
 
 Measures ask, tell_nowait, await tell, spawn rate and idle memory per actor,
 each next to its raw trio baseline in the same run, and prints one table of
@@ -80,7 +80,7 @@ def _abort(raise_cancel: object) -> trio.lowlevel.Abort:
 
 
 async def handle(m: object) -> object:
-    """The handler of PERF-NOTES: ``m + 1`` for an int, else None."""
+    """The baselines' handler: ``m + 1`` for an int, else None."""
     return m + 1 if isinstance(m, int) else None
 
 
@@ -620,7 +620,7 @@ def _partial_notes(results: dict[str, Pair], limit: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="triobus core costs against the raw trio baselines of PERF-NOTES.md"
+        description="triobus core costs against the raw trio baselines (benchmarks/README.md)"
     )
     parser.add_argument(
         "--rounds", type=int, default=None, help="rounds (default 5; 1 with --quick)"

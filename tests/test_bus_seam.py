@@ -430,3 +430,43 @@ async def test_the_tracked_session_observes_the_production_path_of_a_failing_lat
     letters = [letter for letter in bus.dead_letters if letter.message == Twice(1)]
     assert [letter.reason for letter in letters] == [DeadLetterReason.LATE_REPLY]
     assert isinstance(letters[0].exception, ValueError)
+
+
+def test_a_handler_class_that_needs_constructor_arguments_is_refused_at_bind_time() -> None:
+    class NeedsRepository:
+        def __init__(self, repository: object) -> None:
+            self.repository = repository
+
+        async def handle(self, command: Note) -> None:
+            return None
+
+    with pytest.raises(triobus.InvalidHandler, match="needs constructor arguments"):
+        Module("m").bind_request(Note, NeedsRepository)
+    Module("m").bind_request(Note, lambda: NeedsRepository(object()))  # a factory is fine
+
+
+def test_the_bus_called_from_another_thread_raises_before_looking_the_message_up() -> None:
+    outcomes: list[BaseException] = []
+
+    def other_thread(bus: MessageBus) -> None:
+        async def call() -> None:
+            for call in (
+                bus.send(Note("unbound")),
+                bus.invoke(Twice(1)),
+                bus.publish(Noted("nobody subscribed")),
+            ):
+                try:
+                    await call
+                except BaseException as exc:
+                    outcomes.append(exc)
+
+        trio.run(call)
+
+    async def main() -> None:
+        async with open_bus(Module("m")) as bus:
+            thread = threading.Thread(target=other_thread, args=(bus,))
+            thread.start()
+            await trio.to_thread.run_sync(thread.join)
+
+    trio.run(main)
+    assert [type(exc) for exc in outcomes] == [WrongThread, WrongThread, WrongThread]

@@ -205,12 +205,12 @@ class MessageBus:
             )
         if headers is not None:
             _check_headers(headers)
-        plan = self._plans.request_cache.get(type(request)) or self._plans.request_plan(
-            request, INVOKE
-        )
         handling = current_delivery.get()
         if handling is None and get_ident() != self._thread:
             raise self._wrong_thread()
+        plan = self._plans.request_cache.get(type(request)) or self._plans.request_plan(
+            request, INVOKE
+        )
         delivery = Delivery(request, plan, handling, headers, correlation_id, reply_to, True)
         probe = self._host.probe
         if probe is not None:
@@ -260,12 +260,12 @@ class MessageBus:
             return
         if headers is not None:
             _check_headers(headers)
-        plan = self._plans.request_cache.get(type(command)) or self._plans.request_plan(
-            command, SEND
-        )
         handling = current_delivery.get()
         if handling is None and get_ident() != self._thread:
             raise self._wrong_thread()
+        plan = self._plans.request_cache.get(type(command)) or self._plans.request_plan(
+            command, SEND
+        )
         delivery = Delivery(command, plan, handling, headers, correlation_id, reply_to)
         probe = self._host.probe
         if probe is not None:
@@ -307,14 +307,14 @@ class MessageBus:
             return
         if headers is not None:
             _check_headers(headers)
+        handling = current_delivery.get()
+        if handling is None and get_ident() != self._thread:
+            raise self._wrong_thread()
         plans = self._plans.event_cache.get(type(event))
         if plans is None:
             plans = self._plans.event_plans(event)
         if not plans:
             return
-        handling = current_delivery.get()
-        if handling is None and get_ident() != self._thread:
-            raise self._wrong_thread()
         if self._collect:
             await self._publish_collecting(
                 event, plans, handling, headers, correlation_id, reply_to

@@ -121,6 +121,13 @@ class Callee:
         self.target: Any = target
         #: True when ``target`` is itself the async callable (not a factory).
         self.direct = is_async_callable(target)
+        if isinstance(target, type) and not self.direct and not takes_no_arguments(target):
+            what = "pipeline behavior" if behavior else "handler"
+            raise InvalidHandler(
+                f"the {what} class {self.label} needs constructor arguments, but it is made "
+                "fresh per message with none: give every __init__ parameter a default, or "
+                f"bind a zero-argument factory, e.g. lambda: {self.label}(...)"
+            )
         if not self.direct and not isinstance(target, type) and not takes_no_arguments(target):
             raise _refused(target, self.label, behavior)
 

@@ -64,7 +64,10 @@ class PlanTable:
 
     def _check_open(self, verb: str) -> None:
         if not self.open:
-            raise BusClosed(f"the bus is not running: {verb} inside 'async with open_bus(...)'")
+            raise BusClosed(
+                f"the bus is not running (not started yet, or shutting down): {verb} inside "
+                "'async with open_bus(...)', before the block ends"
+            )
 
     def request_plan(self, message: object, verb: str) -> Plan:
         """The plan of the request or command ``message`` (``verb``: invoke or send).

@@ -2,10 +2,13 @@
 
 Rules say which deliveries may suffer which fault (by message type or name,
 and by endpoint). For every delivery a rule matches, the injector asks its
-source whether to apply the fault: a hypothesis ``data`` object (``st.data()``)
-draws a boolean, which shrinks towards "no fault", so a failing example
-shrinks to the fewest faults that still break it; a ``random.Random`` flips a
-coin, for plain tests. Every fault applied is recorded in the session.
+source whether to apply a fault: a hypothesis ``data`` object (``st.data()``)
+draws an integer, 0 for "no fault" and otherwise which matching rule applies,
+which shrinks towards "no fault", so a failing example shrinks to the fewest
+faults that still break it; a ``random.Random`` flips a coin, for plain tests.
+Every fault applied is recorded in the session. Delivery faults (drop,
+duplicate, delay, reorder) are injected by an endpoint put in front of each of
+the bus's endpoints through the seam; crashes by the probe on the handling path.
 """
 
 from __future__ import annotations
