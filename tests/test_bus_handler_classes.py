@@ -215,11 +215,14 @@ async def test_a_backlog_of_failing_invokes_still_lets_other_tasks_run() -> None
             await trio.lowlevel.checkpoint()
 
     module = Module("m").bind_request(Fail, Refuse)
-    async with open_bus(
-        module,
-        endpoints=[local_queue("one", max_concurrency=1)],
-        routing=[route(Fail).to("one")],
-    ) as bus, trio.open_nursery() as outer:
+    async with (
+        open_bus(
+            module,
+            endpoints=[local_queue("one", max_concurrency=1)],
+            routing=[route(Fail).to("one")],
+        ) as bus,
+        trio.open_nursery() as outer,
+    ):
         outer.start_soon(observer)
         async with trio.open_nursery() as nursery:
             for _ in range(3 * FAIRNESS_BUDGET):
@@ -298,9 +301,7 @@ async def test_a_sent_handler_class_that_keeps_failing_is_a_dead_letter_and_the_
         open_bus(
             Module("m").bind_request(Job, Picky),
             system=system,
-            endpoints=[
-                local_queue("jobs", retries=1, backoff=Backoff(initial=2.0, jitter=0.0))
-            ],
+            endpoints=[local_queue("jobs", retries=1, backoff=Backoff(initial=2.0, jitter=0.0))],
             routing=[route(Job).to("jobs")],
         ) as bus,
     ):
@@ -412,12 +413,15 @@ async def test_an_invoked_handler_class_cut_off_by_shutdown_drops_what_it_sent(
             errors.append(exc)
 
     module = Module("m").bind_request(Lookup, Stuck).bind_request(FollowUp, _followups(followed))
-    async with trio.open_nursery() as nursery, open_bus(
-        module,
-        endpoints=[local_queue("one", shutdown=1.0), local_queue("rest")],
-        routing=[route(Lookup).to("one"), route(FollowUp).to("rest")],
-        drain_timeout=0,
-    ) as bus:
+    async with (
+        trio.open_nursery() as nursery,
+        open_bus(
+            module,
+            endpoints=[local_queue("one", shutdown=1.0), local_queue("rest")],
+            routing=[route(Lookup).to("one"), route(FollowUp).to("rest")],
+            drain_timeout=0,
+        ) as bus,
+    ):
         nursery.start_soon(call, bus)
         await trio.sleep(1)
     assert followed == []
