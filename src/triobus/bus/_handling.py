@@ -114,30 +114,26 @@ class EndpointActor(Actor):
         assert frame is not None  # set by the worker that runs this
         frame.finish = self
         current_delivery.set(delivery)
-        return self._begin(delivery)
+        delivery.held = None
+        step = delivery.plan.single
+        if step is None:
+            return self._each_step(delivery)
+        return self._attempt(delivery, step)
 
-    def finished(self, frame: Frame | None, error: BaseException | None) -> None:
+    def finished(
+        self,
+        frame: Frame | None,
+        error: BaseException | None,
+        settlement: Settlement = Settlement.HANDLED,
+    ) -> None:
         """The handed-over coroutine returned (``error is None``) or raised ``error``.
 
         What the handler sent is released, or dropped with it; what it sends
-        from now on goes out directly. A told delivery that was handled is
-        settled. ``error`` is an ask's failure (the asker gets it) or an
-        interruption (the actor redelivers the message or dead-letters it).
+        from now on goes out directly. A told delivery that ended is settled
+        (as ``settlement``). ``error`` is an ask's failure (the asker gets
+        it) or an interruption (the actor redelivers the message or
+        dead-letters it).
         """
-        self._finish(error, Settlement.HANDLED)
-
-    async def failed(self, frame: Frame, error: Exception) -> None:
-        """A told delivery's only handler raised ``error``: the retry policy, then settle."""
-        delivery = current_delivery.get()
-        assert delivery is not None
-        try:
-            settlement = await self._retry(delivery, delivery.plan.steps[0], error)
-        except BaseException as exc:
-            self._finish(exc, Settlement.HANDLED)
-            raise
-        self._finish(None, settlement)
-
-    def _finish(self, error: BaseException | None, settlement: Settlement) -> None:
         delivery = current_delivery.get()
         assert delivery is not None
         current_delivery.set(None)
@@ -150,13 +146,25 @@ class EndpointActor(Actor):
         if error is None and not delivery.asked:
             delivery.plan.endpoint.settle(delivery, settlement)
 
+    async def failed(self, frame: Frame, error: Exception) -> None:
+        """A told delivery's only handler raised ``error``: the retry policy, then settle."""
+        delivery = current_delivery.get()
+        assert delivery is not None
+        try:
+            settlement = await self._retry(delivery, delivery.plan.steps[0], error)
+        except BaseException as exc:
+            self.finished(frame, exc)
+            raise
+        self.finished(frame, None, settlement)
+
     # ------------------------------------------------------------ inline
 
     async def run_inline(self, delivery: Delivery) -> Any:
         """Handle the asked ``delivery`` here, in the caller's task (a re-entrant invoke)."""
         token = current_delivery.set(delivery)
+        delivery.held = None
         try:
-            result = await self._begin(delivery)
+            result = await self._attempt(delivery, delivery.plan.steps[0])
         except BaseException as exc:
             self.finished(None, exc)
             raise
@@ -167,17 +175,6 @@ class EndpointActor(Actor):
         return result
 
     # ------------------------------------------------------------ the path
-
-    def _begin(self, delivery: Delivery) -> Coroutine[Any, Any, Any]:
-        delivery.held = None
-        plan = delivery.plan
-        factory = plan.factory
-        if factory is not None and self.host.probe is None and delivery.dispatch is None:
-            return factory().handle(delivery.message)  # type: ignore[no-any-return]
-        step = plan.single
-        if step is None:
-            return self._each_step(delivery)
-        return self._attempt(delivery, step)
 
     def _attempt(self, delivery: Delivery, step: Step) -> Coroutine[Any, Any, Any]:
         """One attempt of ``step``'s handler on ``delivery``, observed when instruments are on."""

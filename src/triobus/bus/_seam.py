@@ -107,7 +107,6 @@ class Plan:
     __slots__ = (
         "bus",
         "endpoint",
-        "factory",
         "kind",
         "name",
         "new_id",
@@ -137,9 +136,6 @@ class Plan:
         self.steps = tuple(steps)
         #: The only step, or ``None`` when there are several (an event's subscribers).
         self.single = self.steps[0] if len(self.steps) == 1 else None
-        #: The handler class of the only step, when that step is just
-        #: ``factory().handle(message)``; ``None`` otherwise.
-        self.factory = self.steps[0].factory if len(self.steps) == 1 else None
 
     def __repr__(self) -> str:
         labels = ", ".join(step.label for step in self.steps)
