@@ -13,6 +13,7 @@ import trio.testing
 from triobus import (
     Actor,
     ActorRef,
+    ActorStartError,
     ActorStopped,
     ActorSystem,
     Backoff,
@@ -1032,3 +1033,37 @@ async def test_a_restart_failing_in_a_one_for_all_round_starts_no_later_child_be
         ]
         assert restarts(system.tree(), "a", "b", "c") == [2, 2, 1]
         assert [await ref.ask("ok") for ref in (a, c)] == ["ok", "ok"]
+
+
+def cause_chain(error: BaseException | None) -> list[BaseException]:
+    """``error`` and the chain its traceback shows (``__cause__``, else unsuppressed context)."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        if error.__cause__ is not None or error.__suppress_context__:
+            error = error.__cause__
+        else:
+            error = error.__context__
+    return chain
+
+
+async def test_a_supervisor_whose_restart_fails_keeps_the_childs_error_in_the_chain(
+    autojump_clock: MockClock,
+) -> None:
+    log: list[Any] = []
+    with pytest.raises(SupervisorGaveUp) as info:
+        async with ActorSystem(name="app", max_restarts=1) as system:
+            sup = await system.spawn_supervisor("sup", max_restarts=0)
+            (a,) = await spawn_members(sup, "a", log)
+            await sup.spawn(fails_second_start("b", log), name="b")
+            await a.tell("boom")  # sup gives up; the root's restart of sup fails on b
+            await trio.sleep_forever()
+    chain = cause_chain(info.value)
+    assert [type(e) for e in chain] == [
+        SupervisorGaveUp,  # the root
+        ActorStartError,  # sup failed to start b
+        ActorStartError,  # b failed to start
+        Crash,  # b's own error
+    ]
+    assert "failed to start /app/sup/b" in str(chain[1])
+    assert str(chain[3]) == "b cannot start"

@@ -169,9 +169,10 @@ class SupervisorCell:
                     await self._supervise()
                     nursery.cancel_scope.cancel()
         except Exception as exc:
-            if not started:
-                raise single_exception(exc) from None
             error = single_exception(exc)
+            if not started:
+                # Out of our nursery's group, keeping what caused it (the child's error).
+                raise error from error.__cause__
         finally:
             self._nursery = None
             self._scope = None
