@@ -12,7 +12,7 @@ import trio
 
 from .._errors import SupervisorGaveUp, SystemClosed
 from .._lifecycle import Restart
-from .._structured import exit_nursery, what_leaves
+from .._structured import exit_nursery, raise_as_it_was, what_leaves
 from ..actors import Actor, ActorRef
 from ..actors._cell import ActorFactory
 from ..actors._runtime import Runtime
@@ -113,7 +113,7 @@ class ActorSystem:
         self._root.finalize(DeadLetterReason.SHUTDOWN, self._failure)
         leaving = what_leaves(exc or stop_error, internal, self._failure)
         if leaving is not None:
-            raise leaving
+            raise_as_it_was(leaving)
         if exc is None and stop_error is not None:
             raise stop_error
         return False
