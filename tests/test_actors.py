@@ -558,6 +558,26 @@ async def test_ask_timeout_covers_waiting_for_room_in_a_full_mailbox(
         assert trio.current_time() == 1.0
 
 
+async def test_settled_asks_are_not_kept_behind_a_slow_ask_of_the_same_timeout(
+    autojump_clock: MockClock,
+) -> None:
+    # One ask stays pending while many quick asks with the same timeout come
+    # and go: the timer holds about as many entries as asks in flight, not
+    # one per ask made since the slow one.
+    gate = trio.Event()
+    async with ActorSystem(name="app") as system:
+        slow = await system.spawn(lambda: Gated(gate, []), name="slow")
+        fast = await system.spawn(Echo, name="fast")
+        timer = system._runtime.timer
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow.ask, "slow")
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(10_000):
+                assert await fast.ask(i) == i
+            assert len(timer) <= 2 * 32 + 1  # it was 10,001
+            gate.set()
+
+
 # ---------------------------------------------------------------- crashes and asks
 
 
