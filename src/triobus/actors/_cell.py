@@ -21,7 +21,7 @@ from .._lifecycle import ChildKind, ChildState, Restart
 from .._structured import single_exception
 from ..mailbox import DeadLetterReason, Mailbox, MailboxSpec
 from ._actor import Actor
-from ._ask import Ask, Finisher, Frame, current_frame
+from ._ask import Ask, Frame, current_frame
 from ._ref import ActorRef
 from ._runtime import Parent, Runtime
 
@@ -251,6 +251,14 @@ class ActorCell:
                     pool = self.max_concurrency > 1
                     reschedule = trio.lowlevel.reschedule
                     value = outcome.Value
+                    # The message in hand, from the moment it is taken until it
+                    # is settled (_EMPTY otherwise): whatever interrupts the
+                    # loop in between (a KeyboardInterrupt at any bytecode, a
+                    # cancellation) finds it here and redelivers or
+                    # dead-letters it. The takes themselves are KI-protected
+                    # (trio's channel methods, _attend) and hand it over
+                    # straight into this local.
+                    item: object = _EMPTY
                     self._running += 1
                     try:
                         while True:
@@ -270,6 +278,7 @@ class ActorCell:
                                             self._parked -= 1
                                     budget = FAIRNESS_BUDGET
                                     if item is _WAKE:
+                                        item = _EMPTY
                                         continue
                                 except trio.EndOfChannel:
                                     break
@@ -299,6 +308,7 @@ class ActorCell:
                                     finish = frame.finish
                                     if finish is None:
                                         item.fail(exc)
+                                        item = _EMPTY
                                         raise
                                     # The behavior answers for this failure: the
                                     # asker gets it and the actor goes on.
@@ -311,9 +321,6 @@ class ActorCell:
                                         )
                                     else:
                                         item.fail(exc)
-                                except BaseException as exc:
-                                    self._cut_off(frame, item, exc)
-                                    raise
                                 else:
                                     finish = frame.finish
                                     if finish is not None:
@@ -322,6 +329,7 @@ class ActorCell:
                                             finish.finished(frame, None)
                                         except Exception as exc:
                                             item.fail(exc)  # never left waiting
+                                            item = _EMPTY
                                             raise
                                     frame.chain = ()
                                     if item.done:
@@ -331,6 +339,7 @@ class ActorCell:
                                         reschedule(item.task, value(result))
                                     else:
                                         item.reply(result)
+                                item = _EMPTY
                             else:
                                 try:
                                     await receive(item)
@@ -338,14 +347,19 @@ class ActorCell:
                                     finish = frame.finish
                                     if finish is None:
                                         self.dead_letter(item, DeadLetterReason.CRASHED, exc)
+                                        item = _EMPTY
                                         raise
                                     # The behavior answers for this failure (its error policy).
                                     frame.finish = None
-                                    await self._recover(finish, frame, item, exc)
-                                except BaseException as exc:
-                                    self._cut_off(frame, item, exc)
-                                    raise
+                                    try:
+                                        await finish.failed(frame, exc)
+                                    except Exception as crash:
+                                        self.dead_letter(item, DeadLetterReason.CRASHED, crash)
+                                        item = _EMPTY
+                                        raise
+                                    item = _EMPTY
                                 else:
+                                    item = _EMPTY
                                     finish = frame.finish
                                     if finish is not None:
                                         frame.finish = None
@@ -354,6 +368,10 @@ class ActorCell:
                             if not budget:
                                 budget = FAIRNESS_BUDGET
                                 await trio.lowlevel.checkpoint()
+                    except BaseException as exc:
+                        if item is not _EMPTY:
+                            self._cut_off(frame, item, exc)
+                        raise
                     finally:
                         self._running -= 1
         except Exception as exc:
@@ -385,21 +403,6 @@ class ActorCell:
             self.state = ChildState.RESTARTING
             self.parent.child_exited(self, self.incarnation, error)
 
-    async def _recover(
-        self, finish: Finisher, frame: Frame, item: object, error: Exception
-    ) -> None:
-        # A told message whose handed-over handler raised: the behavior's
-        # ``failed`` runs its error policy. What escapes that is handled as
-        # any failure or interruption of a told message.
-        try:
-            await finish.failed(frame, error)
-        except Exception as exc:
-            self.dead_letter(item, DeadLetterReason.CRASHED, exc)
-            raise
-        except BaseException:
-            self._interrupted(item)
-            raise
-
     def saturated(self) -> bool:
         """Whether every worker is taken, so a nested ask to this actor would wait.
 
@@ -414,6 +417,7 @@ class ActorCell:
             self._worker_count += 1
             self._workers.start_soon(self._main, instance, None)
 
+    @trio.lowlevel.enable_ki_protection  # a message to redeliver is in hand once popped
     async def _attend(self, instance: Actor) -> object:
         """The loop's rare path: system signals, a stop request, redeliveries.
 
