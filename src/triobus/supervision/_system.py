@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import final
@@ -17,8 +18,16 @@ from ..actors import Actor, ActorRef
 from ..actors._cell import ActorFactory
 from ..actors._runtime import Runtime
 from ..mailbox import DEFAULT_DEAD_LETTER_CAPACITY, DeadLetterReason, DeadLetters, MailboxSpec
-from ._spec import Backoff, Strategy, check_intensity
-from ._supervisor import DEFAULT_SHUTDOWN, SupervisorCell, SupervisorRef, _check_name
+from ._spec import (
+    DEFAULT_SHUTDOWN,
+    Backoff,
+    ChildSpec,
+    Strategy,
+    SupervisorSpec,
+    check_intensity,
+    check_name,
+)
+from ._supervisor import SupervisorCell, SupervisorRef
 from ._tree import TreeNode
 
 
@@ -49,7 +58,7 @@ class ActorSystem:
         dead_letter_capacity: int = DEFAULT_DEAD_LETTER_CAPACITY,
         rng: random.Random | None = None,
     ) -> None:
-        _check_name(name)
+        check_name(name)
         check_intensity(max_restarts, within)
         self.name = name
         #: Every message that could not be delivered, with the reason.
@@ -173,8 +182,12 @@ class ActorSystem:
         backoff: Backoff | None = None,
         restart: Restart | str = Restart.PERMANENT,
         shutdown: float = math.inf,
+        children: Iterable[ChildSpec | SupervisorSpec] = (),
     ) -> SupervisorRef:
-        """Start a supervisor under the root; see :meth:`SupervisorRef.spawn_supervisor`."""
+        """Start a supervisor under the root, with its ``children`` started in order.
+
+        See :meth:`SupervisorRef.spawn_supervisor`.
+        """
         return await self._running_root().spawn_supervisor(
             name,
             strategy=strategy,
@@ -183,6 +196,7 @@ class ActorSystem:
             backoff=backoff,
             restart=restart,
             shutdown=shutdown,
+            children=children,
         )
 
     def tree(self) -> TreeNode:
