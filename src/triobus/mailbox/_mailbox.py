@@ -98,9 +98,6 @@ class Mailbox:
         "_system",
         "closed",
         "dropped",
-        "get",
-        "get_nowait",
-        "send_nowait",
         "spec",
     )
 
@@ -109,20 +106,6 @@ class Mailbox:
         send, recv = trio.open_memory_channel[Any](spec.capacity)
         self._send = send
         self._recv = recv
-        # The owner's hot path calls the channel's own methods: no layer of ours.
-        #: Enqueue without the overflow policy (the channel's ``send_nowait``).
-        #: Raises ``trio.WouldBlock`` when full (then :meth:`apply_overflow`)
-        #: and ``trio.ClosedResourceError`` once closed. :meth:`put_nowait`
-        #: is the same with the policy applied.
-        self.send_nowait: Callable[[object], None] = send.send_nowait
-        #: Take the oldest user message (the channel's ``receive_nowait``).
-        #: Raises ``trio.WouldBlock`` when nothing waits and
-        #: ``trio.EndOfChannel`` when the mailbox is closed and empty.
-        self.get_nowait: Callable[[], object] = recv.receive_nowait
-        #: Wait for the oldest user message and take it (the channel's
-        #: ``receive``, a schedule point). Raises ``trio.EndOfChannel`` when
-        #: the mailbox is closed and empty.
-        self.get: Callable[[], Awaitable[object]] = recv.receive
         # The system lane is made on first use: most mailboxes never see a signal.
         self._system: deque[object] | None = None
         self._on_drop = on_drop
@@ -132,6 +115,37 @@ class Mailbox:
         self.dropped = 0
 
     # ------------------------------------------------------------ user lane
+
+    # The owner's hot path calls the channel's own methods (fetched once,
+    # kept in locals): no layer of ours, and no bound method kept per mailbox.
+
+    @property
+    def send_nowait(self) -> Callable[[object], None]:
+        """Enqueue without the overflow policy (the channel's ``send_nowait``).
+
+        It raises ``trio.WouldBlock`` when full (then :meth:`apply_overflow`)
+        and ``trio.ClosedResourceError`` once closed. :meth:`put_nowait` is
+        the same with the policy applied.
+        """
+        return self._send.send_nowait
+
+    @property
+    def get_nowait(self) -> Callable[[], object]:
+        """Take the oldest user message (the channel's ``receive_nowait``).
+
+        It raises ``trio.WouldBlock`` when nothing waits and
+        ``trio.EndOfChannel`` when the mailbox is closed and empty.
+        """
+        return self._recv.receive_nowait
+
+    @property
+    def get(self) -> Callable[[], Awaitable[object]]:
+        """Wait for the oldest user message and take it (the channel's ``receive``).
+
+        A schedule point. It raises ``trio.EndOfChannel`` when the mailbox
+        is closed and empty.
+        """
+        return self._recv.receive
 
     def put_nowait(self, message: object) -> None:
         """Enqueue ``message`` without waiting, applying the overflow policy.
