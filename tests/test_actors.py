@@ -558,6 +558,26 @@ async def test_ask_timeout_covers_waiting_for_room_in_a_full_mailbox(
         assert trio.current_time() == 1.0
 
 
+async def test_settled_asks_are_not_kept_behind_a_slow_ask_of_the_same_timeout(
+    autojump_clock: MockClock,
+) -> None:
+    # One ask stays pending while many quick asks with the same timeout come
+    # and go: the timer holds about as many entries as asks in flight, not
+    # one per ask made since the slow one.
+    gate = trio.Event()
+    async with ActorSystem(name="app") as system:
+        slow = await system.spawn(lambda: Gated(gate, []), name="slow")
+        fast = await system.spawn(Echo, name="fast")
+        timer = system._runtime.timer
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow.ask, "slow")
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(10_000):
+                assert await fast.ask(i) == i
+            assert len(timer) <= 2 * 32 + 1  # it was 10,001
+            gate.set()
+
+
 # ---------------------------------------------------------------- crashes and asks
 
 
@@ -1021,3 +1041,71 @@ async def test_stop_self_in_a_pool_ends_the_incarnation_once(autojump_clock: Moc
         assert await ref.ask("who") == 2
         assert system.tree().find("pool").restarts == 1
     assert log == [("start", 1), ("stop", 1), ("restart", 2, None), ("start", 2), ("stop", 2)]
+
+
+# ---------------------------------------------------------------- KeyboardInterrupt in the loop
+
+
+def interrupt_once_in_hand(message: object) -> Any:
+    """A tracer raising ``KeyboardInterrupt`` in the actor loop just after it took ``message``.
+
+    A SIGINT lands wherever the loop is when trio does not defer it; this
+    lands it at the first line the loop runs with ``message`` (or its ask)
+    in hand, before the handler starts.
+    """
+    from triobus.actors._ask import Ask
+    from triobus.actors._cell import ActorCell
+
+    loop_code = ActorCell._main.__code__
+    fired = False
+
+    def holds(value: object) -> bool:
+        return value is message or (type(value) is Ask and value.message is message)
+
+    def local(frame: Any, event: str, arg: object) -> Any:
+        nonlocal fired
+        if not fired and event == "line" and any(map(holds, frame.f_locals.values())):
+            fired = True
+            raise KeyboardInterrupt
+        return local
+
+    def calls(frame: Any, event: str, arg: object) -> Any:
+        return local if frame.f_code is loop_code and not fired else None
+
+    return calls
+
+
+@pytest.mark.parametrize("asked", [False, True], ids=["tell", "ask"])
+async def test_a_keyboard_interrupt_after_taking_a_message_never_loses_it(
+    autojump_clock: MockClock, asked: bool
+) -> None:
+    import sys
+
+    message = Ping()
+    handled: list[object] = []
+
+    class Recording(Actor):
+        async def receive(self, m: Any) -> Any:
+            handled.append(m)
+            return m
+
+    async def ask(ref: ActorRef) -> None:
+        await ref.ask(message)
+
+    previous = sys.gettrace()
+    with pytest.raises(KeyboardInterrupt):
+        async with ActorSystem(name="app") as system:
+            ref = await system.spawn(Recording, name="r")
+            assert await ref.ask("warm up") == "warm up"
+            sys.settrace(interrupt_once_in_hand(message))
+            try:
+                async with trio.open_nursery() as nursery:
+                    if asked:
+                        nursery.start_soon(ask, ref)
+                    else:
+                        ref.tell_nowait(message)
+                    await trio.sleep_forever()
+            finally:
+                sys.settrace(previous)
+    dead = [letter.message for letter in system.dead_letters]
+    assert handled.count(message) + dead.count(message) == 1

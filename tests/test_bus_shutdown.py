@@ -484,3 +484,32 @@ async def test_a_drain_timeout_of_zero_stops_without_waiting(
     assert [(d.message, d.reason) for d in bus.dead_letters] == [
         (Work(1), DeadLetterReason.SHUTDOWN)
     ]
+
+
+# ---------------------------------------------------------------- KeyboardInterrupt, SystemExit
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit], ids=lambda t: t.__name__)
+@pytest.mark.parametrize("own_system", [True, False], ids=["own-system", "given-system"])
+async def test_keyboard_interrupt_or_system_exit_from_a_handler_leaves_open_bus_bare(
+    autojump_clock: trio.testing.MockClock, interrupt: type[BaseException], own_system: bool
+) -> None:
+    raised = interrupt()
+
+    async def interrupting(command: Work) -> None:
+        raise raised
+
+    module = Module("m").bind_request(Work, interrupting)
+    caught: BaseException | None = None
+    try:
+        if own_system:
+            async with open_bus(module) as bus:
+                await bus.send(Work(1))
+                await trio.sleep_forever()
+        else:
+            async with ActorSystem() as system, open_bus(module, system=system) as bus:
+                await bus.send(Work(1))
+                await trio.sleep_forever()
+    except interrupt as exc:  # a plain except clause catches it: no group around it
+        caught = exc
+    assert caught is raised

@@ -366,21 +366,3 @@ def test_clearing_dead_letters_forgets_records_but_keeps_counters() -> None:
     assert list(letters) == []
     assert (letters.total, letters.evicted) == (2, 1)
     assert repr(letters) == "<DeadLetters kept=0 total=2 evicted=1>"
-
-
-async def test_the_statistics_stand_in_counts_what_the_channel_buffer_would() -> None:
-    # On a trio that hides its channel state, the mailbox reads its depth and
-    # its parked receivers from the channel's public statistics instead.
-    from triobus.mailbox._mailbox import _Counted
-
-    send, recv = trio.open_memory_channel[object](4)
-    depth = _Counted(recv, "current_buffer_used")
-    parked = _Counted(recv, "tasks_waiting_receive")
-    assert (len(depth), len(parked)) == (0, 0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(recv.receive)
-        await trio.testing.wait_all_tasks_blocked()
-        assert (len(depth), len(parked)) == (0, 1)
-        send.send_nowait("to the parked receiver")
-        send.send_nowait("queued")
-    assert (len(depth), len(parked)) == (1, 0)

@@ -12,16 +12,20 @@ import trio.testing
 
 from triobus import (
     Actor,
+    ActorNameTaken,
     ActorRef,
+    ActorStartError,
     ActorStopped,
     ActorSystem,
     Backoff,
     ChildKind,
+    ChildSpec,
     ChildState,
     DeadLetterReason,
     Strategy,
     SupervisorGaveUp,
     SupervisorRef,
+    SupervisorSpec,
     SystemClosed,
     TreeNode,
 )
@@ -1032,3 +1036,124 @@ async def test_a_restart_failing_in_a_one_for_all_round_starts_no_later_child_be
         ]
         assert restarts(system.tree(), "a", "b", "c") == [2, 2, 1]
         assert [await ref.ask("ok") for ref in (a, c)] == ["ok", "ok"]
+
+
+def cause_chain(error: BaseException | None) -> list[BaseException]:
+    """``error`` and the chain its traceback shows (``__cause__``, else unsuppressed context)."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        if error.__cause__ is not None or error.__suppress_context__:
+            error = error.__cause__
+        else:
+            error = error.__context__
+    return chain
+
+
+async def test_a_supervisor_whose_restart_fails_keeps_the_childs_error_in_the_chain(
+    autojump_clock: MockClock,
+) -> None:
+    log: list[Any] = []
+    with pytest.raises(SupervisorGaveUp) as info:
+        async with ActorSystem(name="app", max_restarts=1) as system:
+            sup = await system.spawn_supervisor("sup", max_restarts=0)
+            (a,) = await spawn_members(sup, "a", log)
+            await sup.spawn(fails_second_start("b", log), name="b")
+            await a.tell("boom")  # sup gives up; the root's restart of sup fails on b
+            await trio.sleep_forever()
+    chain = cause_chain(info.value)
+    assert [type(e) for e in chain] == [
+        SupervisorGaveUp,  # the root
+        ActorStartError,  # sup failed to start b
+        ActorStartError,  # b failed to start
+        Crash,  # b's own error
+    ]
+    assert "failed to start /app/sup/b" in str(chain[1])
+    assert str(chain[3]) == "b cannot start"
+
+
+# ---------------------------------------------------------------- starting with children
+
+
+async def test_spawn_supervisor_with_children_starts_them_in_order_before_it_returns(
+    autojump_clock: MockClock,
+) -> None:
+    log: list[Any] = []
+    async with ActorSystem(name="app") as system:
+        sup = await system.spawn_supervisor(
+            "sup",
+            strategy="one_for_all",
+            children=[
+                ChildSpec("a", member("a", log)),
+                SupervisorSpec("inner", children=[ChildSpec("b", member("b", log))]),
+                ChildSpec("c", member("c", log), restart="transient", max_concurrency=2),
+            ],
+        )
+        assert events(log) == [("start", "a"), ("start", "b"), ("start", "c")]
+        tree = system.tree().find("sup")
+        assert [(n.name, n.kind) for n in tree.children] == [
+            ("a", ChildKind.ACTOR),
+            ("inner", ChildKind.SUPERVISOR),
+            ("c", ChildKind.ACTOR),
+        ]
+        assert [n.name for n in tree.find("inner").children] == ["b"]
+        assert sup.strategy is Strategy.ONE_FOR_ALL
+        log.clear()
+    # The children are ordinary children: stopped in reverse order on exit.
+    assert events(log) == [("stop", "c"), ("stop", "b"), ("stop", "a")]
+
+
+@pytest.mark.parametrize("under", ["system", "supervisor"])
+async def test_a_child_failing_to_start_stops_the_started_ones_in_reverse_and_fails_the_spawn(
+    autojump_clock: MockClock, under: str
+) -> None:
+    log: list[Any] = []
+
+    class Refuses(Actor):
+        async def on_start(self) -> None:
+            raise Crash("cannot start")
+
+    async with ActorSystem(name="app") as system:
+        parent: ActorSystem | SupervisorRef = system
+        if under == "supervisor":
+            parent = await system.spawn_supervisor("outer")
+        with pytest.raises(ActorStartError) as info:
+            await parent.spawn_supervisor(
+                "sup",
+                children=[
+                    ChildSpec("a", member("a", log)),
+                    SupervisorSpec("inner", children=[ChildSpec("b", member("b", log))]),
+                    ChildSpec("refuses", Refuses),
+                    ChildSpec("never", member("never", log)),
+                ],
+            )
+        assert events(log) == [
+            ("start", "a"),
+            ("start", "b"),
+            ("stop", "b"),
+            ("stop", "a"),
+        ]
+        chain = cause_chain(info.value)
+        assert "failed to start" in str(chain[0]) and "/sup/refuses" in str(chain[0])
+        assert isinstance(chain[-1], Crash) and str(chain[-1]) == "cannot start"
+        # The supervisor is gone and its name is free again.
+        assert "sup" not in [n.name for n in parent.tree().children]
+        await parent.spawn_supervisor("sup", children=[ChildSpec("a", member("a", log))])
+
+
+async def test_child_specs_check_their_arguments_and_names(autojump_clock: MockClock) -> None:
+    with pytest.raises(ValueError, match="child name"):
+        ChildSpec("a/b", Actor)
+    with pytest.raises(ValueError, match="max_concurrency"):
+        ChildSpec("a", Actor, max_concurrency=0)
+    with pytest.raises(ValueError, match="restart type"):
+        ChildSpec("a", Actor, restart="sometimes")
+    with pytest.raises(ActorNameTaken, match="'a'"):
+        SupervisorSpec("sup", children=[ChildSpec("a", Actor), ChildSpec("a", Actor)])
+    with pytest.raises(TypeError, match="ChildSpec or SupervisorSpec"):
+        SupervisorSpec("sup", children=[Actor])  # type: ignore[list-item]
+    async with ActorSystem(name="app") as system:
+        with pytest.raises(ActorNameTaken):
+            await system.spawn_supervisor(
+                "sup", children=[ChildSpec("a", Actor), ChildSpec("a", Actor)]
+            )

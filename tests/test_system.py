@@ -400,3 +400,54 @@ async def test_a_supervisor_shutdown_deadline_bounds_its_whole_subtree(
     assert trio.current_time() == 3.0
     assert ("stop", "a") in log
     assert sorted(dead(system)) == [(1, DeadLetterReason.SHUTDOWN), (2, DeadLetterReason.SHUTDOWN)]
+
+
+# ---------------------------------------------------------------- KeyboardInterrupt, SystemExit
+
+
+class Interrupting(Actor):
+    """Raises ``interrupt`` from its handler, while handling a ``LookupError``."""
+
+    def __init__(self, interrupt: BaseException) -> None:
+        self.interrupt = interrupt
+
+    async def receive(self, message: Any) -> Any:
+        try:
+            raise LookupError("what was being handled")
+        except LookupError:
+            raise self.interrupt  # noqa: B904 (the context is what the test checks)
+
+
+def frames_of(error: BaseException) -> list[str]:
+    names = []
+    tb = error.__traceback__
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return names
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit], ids=lambda t: t.__name__)
+@pytest.mark.parametrize("depth", [0, 1, 3], ids=lambda d: f"{d}-supervisors-deep")
+@pytest.mark.parametrize("workers", [1, 4], ids=lambda n: f"{n}-workers")
+async def test_keyboard_interrupt_or_system_exit_from_a_handler_leaves_the_system_bare(
+    autojump_clock: MockClock, interrupt: type[BaseException], depth: int, workers: int
+) -> None:
+    raised = interrupt()
+    caught: BaseException | None = None
+    try:
+        async with ActorSystem(name="app") as system:
+            parent: Any = system
+            for level in range(depth):
+                parent = await parent.spawn_supervisor(f"sup{level}")
+                await parent.spawn(lambda: Worker("bystander", []), name="bystander")
+            ref = await parent.spawn(
+                lambda: Interrupting(raised), name="interrupting", max_concurrency=workers
+            )
+            await ref.tell("go")
+            await trio.sleep_forever()
+    except interrupt as exc:  # a plain except clause catches it: no group around it
+        caught = exc
+    assert caught is raised
+    assert "receive" in frames_of(caught)  # the original traceback is kept ...
+    assert isinstance(caught.__context__, LookupError)  # ... and so is its context

@@ -85,10 +85,12 @@ from .mailbox import Overflow as Overflow
 from .supervision import ActorSystem as ActorSystem
 from .supervision import Backoff as Backoff
 from .supervision import ChildKind as ChildKind
+from .supervision import ChildSpec as ChildSpec
 from .supervision import ChildState as ChildState
 from .supervision import Restart as Restart
 from .supervision import Strategy as Strategy
 from .supervision import SupervisorRef as SupervisorRef
+from .supervision import SupervisorSpec as SupervisorSpec
 from .supervision import TreeNode as TreeNode
 
 __version__ = "0.1.0"
@@ -137,10 +139,12 @@ __all__ = [
     "ActorSystem",
     "Backoff",
     "ChildKind",
+    "ChildSpec",
     "ChildState",
     "Restart",
     "Strategy",
     "SupervisorRef",
+    "SupervisorSpec",
     "TreeNode",
     # bus
     "DEFAULT_DRAIN_TIMEOUT",

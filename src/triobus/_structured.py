@@ -4,14 +4,20 @@
 body's own exception must leave unchanged, a ``Cancelled`` from outside must
 leave as a bare ``Cancelled``, and anything else the internal tasks raised
 (a ``KeyboardInterrupt``, hypothesis' own control exceptions) must not be
-lost.
+lost. A ``KeyboardInterrupt`` or ``SystemExit`` from any depth of the tree
+leaves bare, as asyncio's ``TaskGroup`` lets it, so that ``except
+KeyboardInterrupt:`` sees it.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
+from typing import NoReturn
 
 import trio
+
+#: What leaves bare from a nursery of ours, whatever else failed with it.
+_INTERRUPTS = (KeyboardInterrupt, SystemExit)
 
 
 async def exit_nursery(manager: AbstractAsyncContextManager[trio.Nursery]) -> BaseException | None:
@@ -36,6 +42,17 @@ def _without_cancelled(error: BaseException) -> BaseException | None:
     return None if isinstance(error, trio.Cancelled) else error
 
 
+def _first_interrupt(error: BaseException) -> BaseException | None:
+    """The first ``KeyboardInterrupt`` or ``SystemExit`` in ``error``, nested groups included."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _first_interrupt(inner)
+            if found is not None:
+                return found
+        return None
+    return error if isinstance(error, _INTERRUPTS) else None
+
+
 def _first_cancelled(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
@@ -57,11 +74,11 @@ def what_leaves(
     if internal is not None:
         rest = _without_cancelled(internal)
         if rest is not None:
-            if isinstance(rest, BaseExceptionGroup) and len(rest.exceptions) == 1:
-                only: BaseException = rest.exceptions[0]
-                if not isinstance(only, Exception | BaseExceptionGroup):
-                    return only
-            return rest
+            interrupt = _first_interrupt(rest)
+            if interrupt is not None:
+                return interrupt
+            only = single_exception(rest)
+            return rest if isinstance(only, Exception) else only
     if failure is not None:
         return failure
     if body is not None:
@@ -69,3 +86,17 @@ def what_leaves(
     if internal is not None:
         return _first_cancelled(internal)
     return None
+
+
+def raise_as_it_was(error: BaseException) -> NoReturn:
+    """Raise ``error`` from an ``__aexit__``, keeping the context it was raised with.
+
+    A ``raise`` sets ``__context__`` to the exception being handled (the
+    body's ``Cancelled``, say); an exception that comes from an internal task
+    keeps the context it had there, and its traceback grows from where it was.
+    """
+    context = error.__context__
+    try:
+        raise error
+    finally:
+        error.__context__ = context

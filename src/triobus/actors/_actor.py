@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._cell import ActorCell
     from ._ref import ActorRef
 
 
@@ -21,15 +22,14 @@ class Actor:
     """
 
     # Set by the runtime before on_start; never None while the actor runs.
-    _ref: ActorRef | None = None
-    _stop_requested: bool = False
+    _cell: ActorCell | None = None
 
     @property
     def ref(self) -> ActorRef:
         """The address of this actor (it survives restarts)."""
-        if self._ref is None:
+        if self._cell is None:
             raise RuntimeError("this actor was not spawned: it has no address yet")
-        return self._ref
+        return self._cell.ref
 
     async def receive(self, message: Any) -> Any:
         """Handle one message; the return value answers an ask."""
@@ -57,6 +57,5 @@ class Actor:
         OTP), ``transient`` and ``temporary`` ones are removed and what is
         left in their mailbox goes to dead letters.
         """
-        self._stop_requested = True
-        if self._ref is not None:
-            self._ref._cell._attention = True  # the actor's loop looks before the next message
+        if self._cell is not None:
+            self._cell.stop_self(self)

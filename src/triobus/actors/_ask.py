@@ -135,46 +135,68 @@ class Ask:
 _PRUNE_AT = 32
 
 
+class _Queue(deque[Ask]):
+    """The asks of one timeout value, in the order they were made (so of their deadlines)."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Pruned when longer than this: twice the asks left by the last
+        #: pruning (at least _PRUNE_AT), so pruning costs O(1) per ask.
+        self.limit = _PRUNE_AT
+
+
 @final
 class AskTimer:
     """The ask deadlines of a whole system, served by one task.
 
     Asks with the same timeout expire in the order they were made, so each
     timeout value gets a FIFO queue: adding is an append. Settled asks are
-    pruned from the head in batches, when a queue grows past a few entries
-    and whenever the timer wakes, so a queue holds about as many entries as
-    there are asks in flight. An ask whose deadline does not follow that
-    order (it waited for room in a full mailbox first) goes to a heap.
+    pruned in batches, when a queue grows past its limit and whenever the
+    timer wakes, so a queue holds at most about twice as many entries as
+    there are asks in flight (also behind a slow ask at its head). An ask
+    whose deadline does not follow that order (it waited for room in a full
+    mailbox first) goes to a heap, pruned the same way.
     """
 
-    __slots__ = ("_heap", "_now", "_queues", "_scope", "_tiebreak")
+    __slots__ = ("_heap", "_heap_limit", "_now", "_queues", "_scope", "_tiebreak")
 
     def __init__(self) -> None:
-        self._queues: dict[float, deque[Ask]] = {}
+        self._queues: dict[float, _Queue] = {}
         self._heap: list[tuple[float, int, Ask]] = []
+        self._heap_limit = _PRUNE_AT
         self._tiebreak = 0
         self._scope: trio.CancelScope | None = None
         #: The run's clock, read directly once the timer task runs.
         self._now: Callable[[], float] = trio.current_time
+
+    def __len__(self) -> int:
+        """The asks held: those in flight, and settled ones not pruned yet."""
+        return sum(map(len, self._queues.values())) + len(self._heap)
 
     def add(self, ask: Ask, timeout: float) -> None:
         """Expire ``ask`` (not settled yet) ``timeout`` seconds from now."""
         deadline = ask.deadline = self._now() + timeout
         queue = self._queues.get(timeout)
         if queue is None:
-            queue = self._queues[timeout] = deque()
+            queue = self._queues[timeout] = _Queue()
         queue.append(ask)
         length = len(queue)
-        if length > _PRUNE_AT:
-            while queue[0].done:  # stops at the ask just added, if not before
-                queue.popleft()
+        if length > queue.limit:
+            _prune(queue)
         elif length == 1:
             self._lower(deadline)  # the head of a FIFO: maybe the earliest deadline
 
     def add_at(self, ask: Ask, deadline: float) -> None:
         """Expire ``ask`` at ``deadline``, in no particular order with the others."""
         self._tiebreak += 1
-        heapq.heappush(self._heap, (deadline, self._tiebreak, ask))
+        heap = self._heap
+        heapq.heappush(heap, (deadline, self._tiebreak, ask))
+        if len(heap) > self._heap_limit:
+            heap[:] = [entry for entry in heap if not entry[2].done]
+            heapq.heapify(heap)
+            self._heap_limit = max(_PRUNE_AT, 2 * len(heap))
         self._lower(deadline)
 
     def _lower(self, deadline: float) -> None:
@@ -213,6 +235,17 @@ class AskTimer:
             heap = self._heap
             while heap and heap[0][0] <= now:
                 heapq.heappop(heap)[2].expire()
+
+
+def _prune(queue: _Queue) -> None:
+    """Drop the settled asks of ``queue``, keeping the order of the others."""
+    while queue[0].done:  # stops at the ask just added, if not before
+        queue.popleft()
+    if len(queue) > queue.limit:  # a slow ask at the head holds the rest back
+        pending = [ask for ask in queue if not ask.done]
+        queue.clear()
+        queue.extend(pending)
+    queue.limit = max(_PRUNE_AT, 2 * len(queue))
 
 
 @final

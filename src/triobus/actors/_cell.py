@@ -21,7 +21,7 @@ from .._lifecycle import ChildKind, ChildState, Restart
 from .._structured import single_exception
 from ..mailbox import Carrier, DeadLetterReason, Mailbox, MailboxSpec
 from ._actor import Actor
-from ._ask import Ask, Finisher, Frame, current_frame
+from ._ask import Ask, Frame, current_frame
 from ._ref import ActorRef
 from ._runtime import Parent, Runtime
 
@@ -65,12 +65,13 @@ class ActorCell:
         "_instance",
         "_nursery",
         "_orphans",
+        "_parked",
         "_redeliver",
         "_remove_requested",
         "_resume",
         "_running",
         "_scope",
-        "_starter",
+        "_stop_from",
         "_stop_mode",
         "_worker_count",
         "_workers",
@@ -87,6 +88,7 @@ class ActorCell:
         "restarts",
         "runtime",
         "shutdown",
+        "starter",
         "state",
         "stopping",
     )
@@ -121,6 +123,11 @@ class ActorCell:
         self.incarnation = 0
         #: Workers whose loop is running (see :meth:`saturated`).
         self._running = 0
+        #: Pool workers parked on the empty mailbox, counted by themselves
+        #: (the count drops when a woken worker runs, a moment after the
+        #: mailbox handed it a message). Tells a worker that takes a message
+        #: whether another one is free (see the pool's growth in ``_main``).
+        self._parked = 0
         #: True from the moment a supervisor asked this actor to stop.
         self.stopping = False
         self.last_error: BaseException | None = None
@@ -130,7 +137,10 @@ class ActorCell:
         self._stop_mode: _Signal | None = None
         self._resume: trio.Event | None = None
         self._orphans: list[Ask] | None = None
-        self._starter: trio.lowlevel.Task | None = None
+        #: The task running the start hooks, while they run.
+        self.starter: trio.lowlevel.Task | None = None
+        #: The instance that asked to end (``Actor.stop_self``), if any.
+        self._stop_from: Actor | None = None
         self._remove_requested = False
         self._redeliver: deque[object] | None = None
         self._workers: trio.Nursery | None = None
@@ -156,7 +166,7 @@ class ActorCell:
         # Started again, so no longer stopping, whether or not the start
         # succeeds: a start that fails is a failure to restart again.
         self.stopping = False
-        self._starter = trio.lowlevel.current_task()
+        self.starter = trio.lowlevel.current_task()
         try:
             instance = self.factory()
             if not isinstance(instance, Actor):
@@ -164,7 +174,7 @@ class ActorCell:
                     f"the factory of {self.path} returned {type(instance).__qualname__}, "
                     "not an Actor: pass an Actor subclass or a callable that returns one"
                 )
-            instance._ref = self.ref
+            instance._cell = self
             kind = type(instance)
             # The base hooks do nothing: skip making their coroutines.
             if restarting and kind.on_restart is not Actor.on_restart:
@@ -175,9 +185,8 @@ class ActorCell:
             self.state = ChildState.RESTARTING if restarting else ChildState.NEW
             raise ActorStartError(f"actor {self.path} failed to start: {exc!r}") from exc
         finally:
-            self._starter = None
-        if self.mailbox._system:
-            self.mailbox._system.clear()  # signals meant for an earlier incarnation
+            self.starter = None
+        self.mailbox.clear_system()  # signals meant for an earlier incarnation
         self._resume = None
         self._instance = instance
         self.incarnation += 1
@@ -203,14 +212,14 @@ class ActorCell:
 
     def _wake_send(self, message: object) -> None:
         """The first send to a dormant actor: enqueue, then start its task."""
-        send = self.mailbox._send.send_nowait
+        send = self.mailbox.send_nowait
         send(message)
         self.ref._send_nowait = send
         self._launch()
 
     def _stay_asleep(self) -> None:
         """A dormant incarnation is ending: sends queue for the next one."""
-        self.ref._send_nowait = self.mailbox._send.send_nowait
+        self.ref._send_nowait = self.mailbox.send_nowait
 
     # ------------------------------------------------------------ the task
 
@@ -233,43 +242,60 @@ class ActorCell:
                 else:
                     receive = instance.receive
                     mailbox = self.mailbox
-                    recv = mailbox._recv
-                    receive_nowait = recv.receive_nowait
-                    waiting = mailbox._waiting
+                    get_nowait = mailbox.get_nowait
+                    get = mailbox.get
+                    would_block = trio.WouldBlock
                     frame = Frame(self)
                     current_frame.set(frame)
                     budget = FAIRNESS_BUDGET
                     pool = self.max_concurrency > 1
                     reschedule = trio.lowlevel.reschedule
                     value = outcome.Value
-                    parked = mailbox._parked
+                    # The message in hand, from the moment it is taken until it
+                    # is settled (_EMPTY otherwise): whatever interrupts the
+                    # loop in between (a KeyboardInterrupt at any bytecode, a
+                    # cancellation) finds it here and redelivers or
+                    # dead-letters it. The takes themselves are KI-protected
+                    # (trio's channel methods, _attend) and hand it over
+                    # straight into this local.
+                    item: object = _EMPTY
                     self._running += 1
                     try:
                         while True:
-                            if waiting and not self._attention:
-                                item = receive_nowait()  # the buffer is not empty
-                            elif self._attention:
+                            if not self._attention:
+                                try:
+                                    item = get_nowait()
+                                except would_block:
+                                    # Nothing queued: park (one schedule point per idle period).
+                                    if pool:
+                                        self._parked += 1  # for _grow: drops once it runs again
+                                    try:
+                                        item = await get()
+                                    except trio.EndOfChannel:
+                                        break
+                                    finally:
+                                        if pool:
+                                            self._parked -= 1
+                                    budget = FAIRNESS_BUDGET
+                                    if item is _WAKE:
+                                        item = _EMPTY
+                                        continue
+                                except trio.EndOfChannel:
+                                    break
+                            else:
                                 item = await self._attend(instance)
                                 if item is _STOP:
                                     break
                                 if item is _EMPTY:
                                     if not self._attention:
                                         continue  # nothing pending now: take or park as usual
-                                    if not waiting:
+                                    try:
+                                        item = get_nowait()
+                                    except (would_block, trio.EndOfChannel):
                                         break  # a final stop, with the backlog handled
-                                    item = receive_nowait()
-                            else:
-                                # Nothing queued: park (one schedule point per idle period).
-                                try:
-                                    item = await recv.receive()
-                                except trio.EndOfChannel:
-                                    break
-                                budget = FAIRNESS_BUDGET
-                                if item is _WAKE:
-                                    continue
                             if (
                                 pool
-                                and not parked
+                                and not self._parked
                                 and self._running >= self._worker_count < self.max_concurrency
                             ):
                                 # Every worker runs and none waits for the next message: add one.
@@ -282,6 +308,7 @@ class ActorCell:
                                     finish = frame.finish
                                     if finish is None:
                                         item.fail(exc)
+                                        item = _EMPTY
                                         raise
                                     # The behavior answers for this failure: the
                                     # asker gets it and the actor goes on.
@@ -294,9 +321,6 @@ class ActorCell:
                                         )
                                     else:
                                         item.fail(exc)
-                                except BaseException as exc:
-                                    self._cut_off(frame, item, exc)
-                                    raise
                                 else:
                                     finish = frame.finish
                                     if finish is not None:
@@ -305,6 +329,7 @@ class ActorCell:
                                             finish.finished(frame, None)
                                         except Exception as exc:
                                             item.fail(exc)  # never left waiting
+                                            item = _EMPTY
                                             raise
                                     frame.chain = ()
                                     if item.done:
@@ -314,6 +339,7 @@ class ActorCell:
                                         reschedule(item.task, value(result))
                                     else:
                                         item.reply(result)
+                                item = _EMPTY
                             else:
                                 try:
                                     await receive(item)
@@ -321,14 +347,19 @@ class ActorCell:
                                     finish = frame.finish
                                     if finish is None:
                                         self.dead_letter(item, DeadLetterReason.CRASHED, exc)
+                                        item = _EMPTY
                                         raise
                                     # The behavior answers for this failure (its error policy).
                                     frame.finish = None
-                                    await self._recover(finish, frame, item, exc)
-                                except BaseException as exc:
-                                    self._cut_off(frame, item, exc)
-                                    raise
+                                    try:
+                                        await finish.failed(frame, exc)
+                                    except Exception as crash:
+                                        self.dead_letter(item, DeadLetterReason.CRASHED, crash)
+                                        item = _EMPTY
+                                        raise
+                                    item = _EMPTY
                                 else:
+                                    item = _EMPTY
                                     finish = frame.finish
                                     if finish is not None:
                                         frame.finish = None
@@ -337,6 +368,10 @@ class ActorCell:
                             if not budget:
                                 budget = FAIRNESS_BUDGET
                                 await trio.lowlevel.checkpoint()
+                    except BaseException as exc:
+                        if item is not _EMPTY:
+                            self._cut_off(frame, item, exc)
+                        raise
                     finally:
                         self._running -= 1
         except Exception as exc:
@@ -350,6 +385,8 @@ class ActorCell:
 
     async def _ended_incarnation(self, instance: Actor, error: BaseException | None) -> None:
         self._workers = None
+        if self._stop_from is instance:
+            self._stop_from = None
         if self._orphans:
             # Asks cut off mid-handling get ActorStopped (with the crash, if any) at once.
             orphans, self._orphans = self._orphans, None
@@ -366,35 +403,21 @@ class ActorCell:
             self.state = ChildState.RESTARTING
             self.parent.child_exited(self, self.incarnation, error)
 
-    async def _recover(
-        self, finish: Finisher, frame: Frame, item: object, error: Exception
-    ) -> None:
-        # A told message whose handed-over handler raised: the behavior's
-        # ``failed`` runs its error policy. What escapes that is handled as
-        # any failure or interruption of a told message.
-        try:
-            await finish.failed(frame, error)
-        except Exception as exc:
-            self.dead_letter(item, DeadLetterReason.CRASHED, exc)
-            raise
-        except BaseException:
-            self._interrupted(item)
-            raise
-
     def saturated(self) -> bool:
         """Whether every worker is taken, so a nested ask to this actor would wait.
 
         A worker is taken while its loop runs and it is not parked on the
         mailbox; a pool that can still grow is never saturated. Nothing is
-        counted per message: this reads the mailbox's parked receivers.
+        counted per message: this reads the mailbox's waiting receivers.
         """
-        return self._running >= self.max_concurrency and not self.mailbox._parked
+        return self._running >= self.max_concurrency and not self.mailbox.receivers_waiting
 
     def _grow(self, instance: Actor) -> None:
         if self._workers is not None:
             self._worker_count += 1
             self._workers.start_soon(self._main, instance, None)
 
+    @trio.lowlevel.enable_ki_protection  # a message to redeliver is in hand once popped
     async def _attend(self, instance: Actor) -> object:
         """The loop's rare path: system signals, a stop request, redeliveries.
 
@@ -402,10 +425,10 @@ class ActorCell:
         handle again first, or ``_EMPTY``. The loop keeps calling this while
         a stop is under way (a final stop drains the backlog first).
         """
-        if self.mailbox._system or self._stop_mode is not None:  # noqa: SIM102
+        if self.mailbox.system_waiting or self._stop_mode is not None:  # noqa: SIM102
             if await self._serve_signals():
                 return _STOP
-        if instance._stop_requested:
+        if self._stop_from is instance:
             self._wake_idle()
             return _STOP
         if self._redeliver:
@@ -457,10 +480,9 @@ class ActorCell:
             self._attention = True
 
     def _wake_idle(self) -> None:
-        waiting = len(self.mailbox._parked)  # the idle workers, counted before they wake
-        for _ in range(waiting):
+        for _ in range(self.mailbox.receivers_waiting):  # the idle workers, before they wake
             try:
-                self.mailbox._send.send_nowait(_WAKE)
+                self.mailbox.send_nowait(_WAKE)
             except (trio.WouldBlock, trio.ClosedResourceError):
                 return
 
@@ -562,6 +584,14 @@ class ActorCell:
         self.mailbox.close()
         self._stop_mode = _Signal.STOP_FINAL
         self._attention = True
+
+    def stop_self(self, instance: Actor) -> None:
+        """``instance`` ends itself normally once the message in hand is handled.
+
+        Only the incarnation of ``instance`` ends (it may still be starting).
+        """
+        self._stop_from = instance
+        self._attention = True  # the loop looks before the next message
 
     @property
     def remove_requested(self) -> bool:

@@ -36,7 +36,7 @@ class ActorRef:
         self._cell = cell
         # The mailbox's send_nowait; while the actor is dormant, the call that
         # also starts its task.
-        self._send_nowait: Callable[[Any], None] = cell.mailbox._send.send_nowait
+        self._send_nowait: Callable[[Any], None] = cell.mailbox.send_nowait
 
     @property
     def name(self) -> str:
@@ -63,7 +63,7 @@ class ActorRef:
         try:
             self._send_nowait(message)
         except trio.WouldBlock:
-            self._cell.mailbox._overflow(message)
+            self._cell.mailbox.apply_overflow(message)
         except trio.ClosedResourceError:
             raise self._refused(message) from None
 
@@ -123,7 +123,7 @@ class ActorRef:
         cell = self._cell
         if frame is None:
             chain: tuple[ActorCell, ...] = ()
-            if cell._starter is not None and cell._starter is trio.lowlevel.current_task():
+            if cell.starter is not None and cell.starter is trio.lowlevel.current_task():
                 raise cell.deadlock(())  # asked from its own start hook: it cannot run yet
         else:
             chain = (*frame.chain, frame.cell)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Callable, Sized
+from collections.abc import Awaitable, Callable
 from typing import Any, final
 
 import attrs
@@ -80,19 +80,6 @@ class MailboxStatistics:
 DropHandler = Callable[[object, MailboxFull], None]
 
 
-class _Counted:
-    """One count from a channel's statistics, as a ``Sized`` (on a trio that hides its state)."""
-
-    __slots__ = ("_field", "_recv")
-
-    def __init__(self, recv: trio.MemoryReceiveChannel[Any], field: str) -> None:
-        self._recv = recv
-        self._field = field
-
-    def __len__(self) -> int:
-        return int(getattr(self._recv.statistics(), self._field))
-
-
 @final
 class Mailbox:
     """A bounded mailbox with a system lane and an overflow policy.
@@ -106,11 +93,9 @@ class Mailbox:
 
     __slots__ = (
         "_on_drop",
-        "_parked",
         "_recv",
         "_send",
         "_system",
-        "_waiting",
         "closed",
         "dropped",
         "spec",
@@ -121,19 +106,6 @@ class Mailbox:
         send, recv = trio.open_memory_channel[Any](spec.capacity)
         self._send = send
         self._recv = recv
-        # How many messages wait: the channel's own buffer, read (never
-        # changed), so the owner takes with receive_nowait() only when it
-        # cannot fail; on a trio that hides it, the (slower) statistics.
-        state = getattr(recv, "_state", None)
-        buffer = getattr(state, "data", None)
-        self._waiting: Sized = (
-            buffer if isinstance(buffer, deque) else _Counted(recv, "current_buffer_used")
-        )
-        # Likewise the tasks parked on receive (the owner's idle workers).
-        parked = getattr(state, "receive_tasks", None)
-        self._parked: Sized = (
-            parked if isinstance(parked, dict) else _Counted(recv, "tasks_waiting_receive")
-        )
         # The system lane is made on first use: most mailboxes never see a signal.
         self._system: deque[object] | None = None
         self._on_drop = on_drop
@@ -143,6 +115,37 @@ class Mailbox:
         self.dropped = 0
 
     # ------------------------------------------------------------ user lane
+
+    # The owner's hot path calls the channel's own methods (fetched once,
+    # kept in locals): no layer of ours, and no bound method kept per mailbox.
+
+    @property
+    def send_nowait(self) -> Callable[[object], None]:
+        """Enqueue without the overflow policy (the channel's ``send_nowait``).
+
+        It raises ``trio.WouldBlock`` when full (then :meth:`apply_overflow`)
+        and ``trio.ClosedResourceError`` once closed. :meth:`put_nowait` is
+        the same with the policy applied.
+        """
+        return self._send.send_nowait
+
+    @property
+    def get_nowait(self) -> Callable[[], object]:
+        """Take the oldest user message (the channel's ``receive_nowait``).
+
+        It raises ``trio.WouldBlock`` when nothing waits and
+        ``trio.EndOfChannel`` when the mailbox is closed and empty.
+        """
+        return self._recv.receive_nowait
+
+    @property
+    def get(self) -> Callable[[], Awaitable[object]]:
+        """Wait for the oldest user message and take it (the channel's ``receive``).
+
+        A schedule point. It raises ``trio.EndOfChannel`` when the mailbox
+        is closed and empty.
+        """
+        return self._recv.receive
 
     def put_nowait(self, message: object) -> None:
         """Enqueue ``message`` without waiting, applying the overflow policy.
@@ -154,7 +157,7 @@ class Mailbox:
         try:
             self._send.send_nowait(message)
         except trio.WouldBlock:
-            self._overflow(message)
+            self.apply_overflow(message)
         except trio.ClosedResourceError:
             raise self._closed_error() from None
 
@@ -173,7 +176,7 @@ class Mailbox:
             return
         except trio.WouldBlock:
             if self.spec.overflow is not Overflow.BLOCK:
-                self._overflow(message)
+                self.apply_overflow(message)
                 return
         except trio.ClosedResourceError:
             raise self._closed_error() from None
@@ -182,7 +185,16 @@ class Mailbox:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise self._closed_error() from None
 
-    def _overflow(self, message: object) -> None:
+    def apply_overflow(self, message: object) -> None:
+        """Apply the overflow policy to ``message``, which found the mailbox full.
+
+        ``drop_oldest`` evicts the oldest waiting message and enqueues this
+        one; ``drop_newest`` drops this one. The dropped message goes to the
+        drop handler.
+
+        Raises:
+            MailboxFull: the policy is ``block`` or ``fail``.
+        """
         policy = self.spec.overflow
         if policy is Overflow.BLOCK or policy is Overflow.FAIL:
             raise MailboxFull(
@@ -204,15 +216,6 @@ class Mailbox:
     def _closed_error(self) -> MailboxClosed:
         return MailboxClosed("the mailbox is closed and takes no more messages")
 
-    def get_nowait(self) -> object:
-        """Take the oldest user message.
-
-        Raises:
-            trio.WouldBlock: nothing is waiting.
-            trio.EndOfChannel: the mailbox is closed and empty.
-        """
-        return self._recv.receive_nowait()
-
     # ------------------------------------------------------------ system lane
 
     def post_system(self, signal: object) -> None:
@@ -226,6 +229,16 @@ class Mailbox:
         if self._system:
             return self._system.popleft()
         return None
+
+    @property
+    def system_waiting(self) -> bool:
+        """Whether a system signal waits."""
+        return bool(self._system)
+
+    def clear_system(self) -> None:
+        """Drop every waiting system signal."""
+        if self._system:
+            self._system.clear()
 
     # ------------------------------------------------------------ life cycle
 
@@ -250,6 +263,11 @@ class Mailbox:
 
     def __len__(self) -> int:
         return self._send.statistics().current_buffer_used
+
+    @property
+    def receivers_waiting(self) -> int:
+        """Tasks waiting in :attr:`get` for a message (the owner's idle workers)."""
+        return self._recv.statistics().tasks_waiting_receive
 
     def statistics(self) -> MailboxStatistics:
         """A snapshot of depth, capacity, policy, drops and state."""

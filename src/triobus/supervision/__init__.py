@@ -3,9 +3,11 @@
 from .._lifecycle import ChildKind as ChildKind
 from .._lifecycle import ChildState as ChildState
 from .._lifecycle import Restart as Restart
+from ._spec import DEFAULT_SHUTDOWN as DEFAULT_SHUTDOWN
 from ._spec import Backoff as Backoff
+from ._spec import ChildSpec as ChildSpec
 from ._spec import Strategy as Strategy
-from ._supervisor import DEFAULT_SHUTDOWN as DEFAULT_SHUTDOWN
+from ._spec import SupervisorSpec as SupervisorSpec
 from ._supervisor import SupervisorRef as SupervisorRef
 from ._system import ActorSystem as ActorSystem
 from ._tree import TreeNode as TreeNode
@@ -15,9 +17,11 @@ __all__ = [
     "ActorSystem",
     "Backoff",
     "ChildKind",
+    "ChildSpec",
     "ChildState",
     "Restart",
     "Strategy",
     "SupervisorRef",
+    "SupervisorSpec",
     "TreeNode",
 ]

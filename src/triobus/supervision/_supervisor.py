@@ -13,25 +13,22 @@ import enum
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, final
 
 import trio
 
 from .._errors import ActorNameTaken, ActorStartError, SupervisorGaveUp, SystemClosed
-from .._lifecycle import ChildKind, ChildState, Restart, to_restart
+from .._lifecycle import ChildKind, ChildState, Restart
 from .._structured import single_exception
 from ..actors import Actor, ActorRef
 from ..actors._cell import ActorCell, ActorFactory
 from ..actors._runtime import Parent, Runtime
 from ..mailbox import DeadLetterReason, MailboxSpec
-from ._spec import Backoff, Strategy, check_intensity, to_strategy
+from ._spec import DEFAULT_SHUTDOWN, Backoff, ChildSpec, Strategy, SupervisorSpec
 from ._tree import TreeNode
 
 logger = logging.getLogger("triobus.supervision")
-
-#: The default shutdown deadline of an actor, in seconds.
-DEFAULT_SHUTDOWN = 5.0
 
 
 class Child(Protocol):
@@ -67,12 +64,6 @@ class Child(Protocol):
 class _Event(enum.Enum):
     EXIT = "exit"
     STOP = "stop"
-
-
-def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ValueError(f"a child name is a non-empty string without '/', got {name!r}")
-    return name
 
 
 @final
@@ -169,9 +160,10 @@ class SupervisorCell:
                     await self._supervise()
                     nursery.cancel_scope.cancel()
         except Exception as exc:
-            if not started:
-                raise single_exception(exc) from None
             error = single_exception(exc)
+            if not started:
+                # Out of our nursery's group, keeping what caused it (the child's error).
+                raise error from error.__cause__
         finally:
             self._nursery = None
             self._scope = None
@@ -472,18 +464,37 @@ def _snapshot(child: Child) -> TreeNode:
     )
 
 
-def _check_concurrency(value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"max_concurrency must be a whole number >= 1, got {value!r}")
-    return value
-
-
-def _check_shutdown(value: float) -> float:
-    if not value > 0:
-        raise ValueError(
-            f"shutdown must be a positive number of seconds (or math.inf), got {value!r}"
+def _make_child(sup: SupervisorCell, spec: ChildSpec | SupervisorSpec) -> Child:
+    """The cell of ``spec`` under ``sup`` (not started), with its own children if any."""
+    path = f"{sup.path}/{spec.name}"
+    if isinstance(spec, ChildSpec):
+        return ActorCell(
+            sup.runtime,
+            sup,
+            spec.name,
+            path,
+            spec.factory,
+            spec.mailbox,
+            spec.max_concurrency,
+            spec.restart,
+            spec.shutdown,
         )
-    return value
+    cell = SupervisorCell(
+        sup.runtime,
+        sup,
+        spec.name,
+        path,
+        strategy=spec.strategy,
+        max_restarts=spec.max_restarts,
+        within=spec.within,
+        backoff=spec.backoff,
+        restart=spec.restart,
+        shutdown=spec.shutdown,
+    )
+    for child in spec.children:
+        cell.children.append(_make_child(cell, child))
+        cell._names.add(child.name)
+    return cell
 
 
 @final
@@ -528,27 +539,15 @@ class SupervisorRef:
             SystemClosed: the supervisor is not running.
             ValueError: a bad argument (the message says which).
         """
-        sup = self._cell
-        checked = _check_name(name)
-        spec = mailbox if mailbox is not None else MailboxSpec()
-        concurrency = _check_concurrency(max_concurrency)
-        restart_type = to_restart(restart)
-        deadline = _check_shutdown(shutdown)
-
-        def make() -> ActorCell:
-            return ActorCell(
-                sup.runtime,
-                sup,
-                checked,
-                f"{sup.path}/{checked}",
-                factory,
-                spec,
-                concurrency,
-                restart_type,
-                deadline,
-            )
-
-        child = await sup.add_child(checked, make)
+        spec = ChildSpec(
+            name,
+            factory,
+            restart=restart,
+            shutdown=shutdown,
+            mailbox=mailbox,
+            max_concurrency=max_concurrency,
+        )
+        child = await self._cell.add_child(spec.name, lambda: _make_child(self._cell, spec))
         assert isinstance(child, ActorCell)
         return child.ref
 
@@ -562,39 +561,37 @@ class SupervisorRef:
         backoff: Backoff | None = None,
         restart: Restart | str = Restart.PERMANENT,
         shutdown: float = math.inf,
+        children: Iterable[ChildSpec | SupervisorSpec] = (),
     ) -> SupervisorRef:
-        """Start a child supervisor (with no children yet) under this one.
+        """Start a child supervisor under this one, with its ``children`` (OTP's start).
+
+        The children (:class:`ChildSpec` for actors, :class:`SupervisorSpec`
+        for supervisors, each with its own children) start in order, each
+        one's ``on_start`` finished before the next starts and before this
+        returns. If one fails to start, those already started are stopped in
+        reverse order, the new supervisor is removed, and the spawn fails.
 
         Defaults are OTP's: at most 1 restart within 5 seconds, else the
         new supervisor gives up and this one decides.
 
         Raises:
-            ActorNameTaken: a sibling already has ``name``.
+            ActorNameTaken: a sibling already has ``name``, or two children
+                share a name.
+            ActorStartError: a child failed to start (chained to its error).
             SystemClosed: this supervisor is not running.
             ValueError: a bad argument (the message says which).
         """
-        sup = self._cell
-        checked = _check_name(name)
-        check_intensity(max_restarts, within)
-        strategy_ = to_strategy(strategy)
-        restart_type = to_restart(restart)
-        deadline = _check_shutdown(shutdown)
-
-        def make() -> SupervisorCell:
-            return SupervisorCell(
-                sup.runtime,
-                sup,
-                checked,
-                f"{sup.path}/{checked}",
-                strategy=strategy_,
-                max_restarts=max_restarts,
-                within=within,
-                backoff=backoff,
-                restart=restart_type,
-                shutdown=deadline,
-            )
-
-        child = await sup.add_child(checked, make)
+        spec = SupervisorSpec(
+            name,
+            children=children,
+            strategy=strategy,
+            max_restarts=max_restarts,
+            within=within,
+            backoff=backoff,
+            restart=restart,
+            shutdown=shutdown,
+        )
+        child = await self._cell.add_child(spec.name, lambda: _make_child(self._cell, spec))
         assert isinstance(child, SupervisorCell)
         return child.ref
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import final
@@ -12,13 +13,21 @@ import trio
 
 from .._errors import SupervisorGaveUp, SystemClosed
 from .._lifecycle import Restart
-from .._structured import exit_nursery, what_leaves
+from .._structured import exit_nursery, raise_as_it_was, what_leaves
 from ..actors import Actor, ActorRef
 from ..actors._cell import ActorFactory
 from ..actors._runtime import Runtime
 from ..mailbox import DEFAULT_DEAD_LETTER_CAPACITY, DeadLetterReason, DeadLetters, MailboxSpec
-from ._spec import Backoff, Strategy, check_intensity
-from ._supervisor import DEFAULT_SHUTDOWN, SupervisorCell, SupervisorRef, _check_name
+from ._spec import (
+    DEFAULT_SHUTDOWN,
+    Backoff,
+    ChildSpec,
+    Strategy,
+    SupervisorSpec,
+    check_intensity,
+    check_name,
+)
+from ._supervisor import SupervisorCell, SupervisorRef
 from ._tree import TreeNode
 
 
@@ -49,7 +58,7 @@ class ActorSystem:
         dead_letter_capacity: int = DEFAULT_DEAD_LETTER_CAPACITY,
         rng: random.Random | None = None,
     ) -> None:
-        _check_name(name)
+        check_name(name)
         check_intensity(max_restarts, within)
         self.name = name
         #: Every message that could not be delivered, with the reason.
@@ -118,7 +127,7 @@ class ActorSystem:
         self._root.finalize(DeadLetterReason.SHUTDOWN, self._failure)
         leaving = what_leaves(exc or stop_error, internal, self._failure)
         if leaving is not None:
-            raise leaving
+            raise_as_it_was(leaving)
         if exc is None and stop_error is not None:
             raise stop_error
         return False
@@ -178,8 +187,12 @@ class ActorSystem:
         backoff: Backoff | None = None,
         restart: Restart | str = Restart.PERMANENT,
         shutdown: float = math.inf,
+        children: Iterable[ChildSpec | SupervisorSpec] = (),
     ) -> SupervisorRef:
-        """Start a supervisor under the root; see :meth:`SupervisorRef.spawn_supervisor`."""
+        """Start a supervisor under the root, with its ``children`` started in order.
+
+        See :meth:`SupervisorRef.spawn_supervisor`.
+        """
         return await self._running_root().spawn_supervisor(
             name,
             strategy=strategy,
@@ -188,6 +201,7 @@ class ActorSystem:
             backoff=backoff,
             restart=restart,
             shutdown=shutdown,
+            children=children,
         )
 
     def tree(self) -> TreeNode:
