@@ -1109,3 +1109,38 @@ async def test_a_keyboard_interrupt_after_taking_a_message_never_loses_it(
                 sys.settrace(previous)
     dead = [letter.message for letter in system.dead_letters]
     assert handled.count(message) + dead.count(message) == 1
+
+
+class _SlowThenCrash(Actor):
+    async def receive(self, message: Any) -> Any:
+        await trio.sleep(10)
+        if message == "crash":
+            raise ValueError("crashed after the asker left")
+        return f"reply to {message}"
+
+
+async def test_a_crash_on_an_ask_whose_asker_timed_out_leaves_a_dead_letter(
+    autojump_clock: MockClock,
+) -> None:
+    async with ActorSystem("app", max_restarts=5) as system:
+        ref = await system.spawn(_SlowThenCrash, name="slow")
+        with pytest.raises(AskTimeout):
+            await ref.ask("crash", timeout=1)
+        await trio.sleep(20)
+        letters = [letter for letter in system.dead_letters if letter.message == "crash"]
+    assert [letter.reason for letter in letters] == [DeadLetterReason.CRASHED]
+    assert isinstance(letters[0].exception, ValueError)
+
+
+async def test_a_late_replys_dead_letter_records_the_question_and_the_reply(
+    autojump_clock: MockClock,
+) -> None:
+    async with ActorSystem("app") as system:
+        ref = await system.spawn(_SlowThenCrash, name="slow")
+        with pytest.raises(AskTimeout):
+            await ref.ask("question", timeout=1)
+        await trio.sleep(20)
+        letters = [letter for letter in system.dead_letters if letter.message == "question"]
+    assert [letter.reason for letter in letters] == [DeadLetterReason.LATE_REPLY]
+    assert letters[0].context is not None
+    assert letters[0].context["reply"] == "reply to question"

@@ -168,6 +168,7 @@ async def test_a_final_stop_asks_the_endpoint_whether_it_keeps_its_backlog() -> 
         await bus.send(Note("queued"))
         await started.wait()
     assert ("keep?", Note("queued")) in recording.log
+    assert ("keep?", Note("in hand")) in recording.log  # cut off by the stop: asked too
     reasons = {letter.message: letter.reason for letter in bus.dead_letters}
     assert reasons[Note("queued")] is DeadLetterReason.SHUTDOWN
     assert bus.in_flight == 0

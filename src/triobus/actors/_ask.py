@@ -77,9 +77,16 @@ class Ask:
             self._outcome = result
 
     def reply(self, value: object) -> None:
-        """Answer the asker; a reply to a settled ask becomes a dead letter."""
+        """Answer the asker; a reply to a settled ask becomes a dead letter.
+
+        That dead letter records the question, with the reply under
+        ``context["reply"]``.
+        """
         if self.done:
-            self.target.dead_letter(self.message, DeadLetterReason.LATE_REPLY)
+            # The question is the dead letter; the reply travels in its context.
+            self.target.dead_letter(
+                self.message, DeadLetterReason.LATE_REPLY, None, {"reply": value}
+            )
         else:
             self._settle(outcome.Value(value))
 

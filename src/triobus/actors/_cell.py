@@ -10,8 +10,8 @@ import contextlib
 import enum
 import logging
 from collections import deque
-from collections.abc import Callable
-from typing import final
+from collections.abc import Callable, Mapping
+from typing import Any, final
 
 import outcome
 import trio
@@ -307,7 +307,12 @@ class ActorCell:
                                 except Exception as exc:
                                     finish = frame.finish
                                     if finish is None:
-                                        item.fail(exc)
+                                        if item.done:  # the asker gave up: keep the crash
+                                            self.dead_letter(
+                                                item.message, DeadLetterReason.CRASHED, exc
+                                            )
+                                        else:
+                                            item.fail(exc)
                                         item = _EMPTY
                                         raise
                                     # The behavior answers for this failure: the
@@ -468,6 +473,8 @@ class ActorCell:
         # stop the message is a shutdown dead letter, otherwise it is handled
         # first by the next incarnation.
         if self._stop_mode is _Signal.STOP_FINAL:
+            if isinstance(item, Carrier) and item.left_over():
+                return  # its owner keeps it for a later delivery
             self._dead_letter_item(item, DeadLetterReason.SHUTDOWN)
         elif type(item) is Ask:
             if self._orphans is None:
@@ -636,9 +643,13 @@ class ActorCell:
     # ------------------------------------------------------------ dead letters
 
     def dead_letter(
-        self, message: object, reason: DeadLetterReason, error: BaseException | None = None
+        self,
+        message: object,
+        reason: DeadLetterReason,
+        error: BaseException | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> None:
-        self.runtime.dead_letters.record(message, self.path, reason, error)
+        self.runtime.dead_letters.record(message, self.path, reason, error, context)
 
     def _dead_letter_item(
         self, item: object, reason: DeadLetterReason, cause: BaseException | None = None

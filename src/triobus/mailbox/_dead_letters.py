@@ -170,7 +170,8 @@ class DeadLetters:
         carrier = message if isinstance(message, Carrier) else None
         if carrier is not None:
             message, carried_context = carrier.carried()
-            context = context if context is not None else carried_context
+            if carried_context is not None:
+                context = {**carried_context, **context} if context else carried_context
         letter = DeadLetter(message, recipient, reason, exception, context, _now())
         if len(self._records) == self._records.maxlen:
             self.evicted += 1
