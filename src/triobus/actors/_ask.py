@@ -259,17 +259,16 @@ def _prune(queue: _Queue) -> None:
 class Frame:
     """What an actor's worker task is doing: for deadlock detection, and for its behavior.
 
-    ``handling`` belongs to the behavior: the bus keeps there the envelope
-    its handler is working on. One frame per worker, so nothing is set in
-    a context variable per message.
+    One frame per worker, found through :data:`current_frame` (set once per
+    worker, not per message). ``finish`` is the behavior's hand-over hook
+    for the message in hand.
     """
 
-    __slots__ = ("cell", "chain", "finish", "handling")
+    __slots__ = ("cell", "chain", "finish")
 
     def __init__(self, cell: ActorCell, chain: tuple[ActorCell, ...] = ()) -> None:
         self.cell = cell
         self.chain = chain
-        self.handling: Any = None
         #: Set by a behavior whose ``receive`` handed back its handler's
         #: coroutine: see :class:`Finisher`.
         self.finish: Finisher | None = None

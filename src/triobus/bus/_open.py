@@ -16,7 +16,7 @@ from typing import final
 import trio
 
 from .._errors import PipelineBehaviorAlreadyRegistered, WiringError
-from .._structured import exit_nursery, what_leaves
+from .._structured import exit_nursery, raise_as_it_was, what_leaves
 from ..supervision import ActorSystem, SupervisorRef
 from ._accounting import Accounting
 from ._bus import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INVOKE_TIMEOUT, MessageBus
@@ -342,7 +342,7 @@ class BusRunner:
             )
         leaving = what_leaves(failure, internal, None)
         if leaving is not None:
-            raise leaving
+            raise_as_it_was(leaving)
         if exc is None and stop_error is not None:
             raise stop_error
         return False

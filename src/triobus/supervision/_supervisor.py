@@ -21,9 +21,7 @@ import trio
 from .._errors import ActorNameTaken, ActorStartError, SupervisorGaveUp, SystemClosed
 from .._lifecycle import ChildKind, ChildState, Restart
 from .._structured import single_exception
-from ..actors import Actor, ActorRef
-from ..actors._cell import ActorCell, ActorFactory
-from ..actors._runtime import Parent, Runtime
+from ..actors import Actor, ActorCell, ActorFactory, ActorRef, Parent, Runtime
 from ..mailbox import DeadLetterReason, MailboxSpec
 from ._spec import DEFAULT_SHUTDOWN, Backoff, ChildSpec, Strategy, SupervisorSpec
 from ._tree import TreeNode

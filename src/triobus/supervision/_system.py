@@ -14,9 +14,7 @@ import trio
 from .._errors import SupervisorGaveUp, SystemClosed
 from .._lifecycle import Restart
 from .._structured import exit_nursery, raise_as_it_was, what_leaves
-from ..actors import Actor, ActorRef
-from ..actors._cell import ActorFactory
-from ..actors._runtime import Runtime
+from ..actors import Actor, ActorFactory, ActorRef, Runtime
 from ..mailbox import DEFAULT_DEAD_LETTER_CAPACITY, DeadLetterReason, DeadLetters, MailboxSpec
 from ._spec import (
     DEFAULT_SHUTDOWN,
