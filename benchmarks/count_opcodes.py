@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("operations", nargs="*", help=f"some of: {', '.join(OPERATIONS)}")
     parser.add_argument("-v", "--verbose", action="store_true", help="top functions of triobus")
+    parser.add_argument("--top", type=int, default=15, help="how many functions -v lists")
     args = parser.parse_args(argv)
     unknown = set(args.operations) - set(OPERATIONS)
     if unknown:
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         total, base = sum(ours.values()), sum(theirs.values())
         print(f"{name:12s} | {total:8.0f} | {base:8.0f} | {total / base:.2f}x", flush=True)
         if args.verbose:
-            for (file, function), count in sorted(ours.items(), key=lambda kv: -kv[1])[:15]:
+            for (file, function), count in sorted(ours.items(), key=lambda kv: -kv[1])[: args.top]:
                 print(f"    {count:7.1f}  {file}:{function}")
 
 

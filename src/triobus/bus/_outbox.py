@@ -69,12 +69,13 @@ class Outbox:
             except ActorStopped:
                 pass  # a dead letter already
             except Exception as exc:
-                # Never accepted: the dead letter settles the held count.
-                self._dead_letters.record(
-                    delivery, endpoint.uri, DeadLetterReason.UNDELIVERABLE, exc
-                )
+                self._undeliverable(endpoint, delivery, exc)
                 continue
             self._accounting.settled()  # the hold's count: the endpoint counts it now
+
+    def _undeliverable(self, endpoint: Endpoint, delivery: Delivery, error: Exception) -> None:
+        """``endpoint`` refused ``delivery`` with ``error``: a dead letter (which settles it)."""
+        self._dead_letters.record(delivery, endpoint.uri, DeadLetterReason.UNDELIVERABLE, error)
 
     def _release_later(self, items: Held) -> None:
         if self._later is None:
@@ -117,9 +118,7 @@ class Outbox:
             except ActorStopped:
                 pass  # a dead letter already
             except Exception as exc:
-                self._dead_letters.record(
-                    delivery, endpoint.uri, DeadLetterReason.UNDELIVERABLE, exc
-                )
+                self._undeliverable(endpoint, delivery, exc)
                 continue
             except BaseException:
                 # Shutdown: what was not delivered yet is a dead letter, never lost.
