@@ -8,7 +8,7 @@ ask, and settles by counting: nothing outlives the process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, final
 
 from .._errors import ActorStopped, PartitionKeyError
@@ -177,9 +177,9 @@ class LocalQueue:
             self._settled()
             raise
 
-    async def ask(self, delivery: Delivery, timeout: float | None) -> Any:
+    def ask(self, delivery: Delivery, timeout: float | None) -> Awaitable[Any]:
         ref = self._only or self.pick(delivery.message)
-        return await ref.ask(delivery, timeout=timeout)
+        return ref.ask(delivery, timeout=timeout)
 
     def settle(self, delivery: Delivery, settlement: Settlement) -> None:
         self._settled()

@@ -388,10 +388,13 @@ class Endpoint(Protocol):
             ActorStopped: the endpoint is stopped (the delivery is a dead letter).
         """
 
-    async def ask(self, delivery: Delivery, timeout: float | None) -> Any:
-        """Deliver ``delivery`` (``delivery.asked``) and return its handler's response.
+    def ask(self, delivery: Delivery, timeout: float | None) -> Awaitable[Any]:
+        """Deliver ``delivery`` (``delivery.asked``); await the result for its handler's response.
 
-        Raises:
+        An ``async def`` implements this; a plain method may return the
+        awaitable of a lower layer instead (no coroutine layer of its own).
+
+        Raises (from the call or the await):
             AskTimeout: no response within ``timeout`` seconds.
             Exception: whatever the handler raised.
         """

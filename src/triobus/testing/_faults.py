@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Self, final
 
 import attrs
@@ -327,8 +327,8 @@ class FaultyEndpoint:
         for now in self._faulted(delivery):
             await self.inner.accept(now)
 
-    async def ask(self, delivery: Delivery, timeout: float | None) -> Any:
-        return await self.inner.ask(delivery, timeout)
+    def ask(self, delivery: Delivery, timeout: float | None) -> Awaitable[Any]:
+        return self.inner.ask(delivery, timeout)
 
     def settle(self, delivery: Delivery, settlement: Settlement) -> None:
         self.inner.settle(delivery, settlement)
