@@ -471,3 +471,35 @@ def test_the_bus_called_from_another_thread_raises_before_looking_the_message_up
 
     trio.run(main)
     assert [type(exc) for exc in outcomes] == [WrongThread, WrongThread, WrongThread]
+
+
+def test_a_delivery_of_a_decoded_envelope_keeps_its_ids_and_context() -> None:
+    from triobus.bus import Plan, Step
+    from triobus.bus._handlers import Callee
+    from triobus.bus._seam import PlanKind
+
+    async def note(command: Note) -> None:
+        return None
+
+    ids = iter(["first", "second"])
+    plan = Plan(
+        triobus.MessageBus.__new__(triobus.MessageBus),
+        lambda: next(ids),
+        "note",
+        1,
+        PlanKind.REQUEST,
+        local_queue("x"),
+        [Step(Callee(note), ())],
+    )
+    root = Delivery(Note("a"), plan, None, {"tenant": "t"}, reply_to="back")
+    child = Delivery(Note("b"), plan, root)
+    envelope = child.envelope()
+    assert (envelope.message_id, envelope.correlation_id, envelope.causation_id) == (
+        "second",
+        "first",
+        "first",
+    )
+    assert envelope.headers == {"tenant": "t"}
+    again = Delivery.of(envelope, plan)
+    assert again.envelope() == envelope
+    assert again.attempt == 1 and again.progress == 0 and not again.asked
