@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Self, final
+from typing import Any, Self, final
 
 import attrs
 import trio
@@ -24,10 +24,7 @@ import trio
 from .._errors import ActorStopped, MailboxFull
 from ..bus import Delivery, DeliveryMode, Endpoint, EndpointHost, RetryPolicy, Settlement, Step
 from ..mailbox import DeadLetterReason
-from ._records import RecordKind
-
-if TYPE_CHECKING:
-    from ._session import TrackedSession
+from ._records import Recorder, RecordKind
 
 
 class InjectedFault(Exception):
@@ -242,7 +239,7 @@ class FaultInjector:
     # ------------------------------------------------------------ the probe side
 
     def wrap(
-        self, session: TrackedSession, nursery: trio.Nursery
+        self, session: Recorder, nursery: trio.Nursery
     ) -> Callable[[Endpoint, EndpointHost], Endpoint]:
         """What puts a faulty endpoint in front of each endpoint of the tracked bus."""
 
@@ -251,13 +248,13 @@ class FaultInjector:
 
         return wrap
 
-    def before_receive(self, session: TrackedSession, delivery: Delivery, endpoint: str) -> None:
+    def before_receive(self, session: Recorder, delivery: Delivery, endpoint: str) -> None:
         if self._first_fault((Fault.CRASH_ACTOR,), delivery, "actor crash") is not None:
             session.record(RecordKind.CRASHED, delivery, endpoint=endpoint, target="actor")
             raise InjectedFault(f"injected crash of endpoint actor {endpoint}")
 
     def before_handle(
-        self, session: TrackedSession, delivery: Delivery, step: Step, endpoint: str
+        self, session: Recorder, delivery: Delivery, step: Step, endpoint: str
     ) -> None:
         if self._first_fault((Fault.CRASH_HANDLER,), delivery, "handler crash") is not None:
             session.record(
@@ -289,7 +286,7 @@ class FaultyEndpoint:
         inner: Endpoint,
         host: EndpointHost,
         injector: FaultInjector,
-        session: TrackedSession,
+        session: Recorder,
         nursery: trio.Nursery,
     ) -> None:
         self.inner = inner

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 import attrs
+
+if TYPE_CHECKING:
+    from ..bus import Delivery
 
 
 class QuietTimeout(AssertionError):
@@ -53,3 +56,24 @@ class Record:
     time: float = 0.0
     #: Extra detail (the fault's parameters, the dead letter's reason).
     detail: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class Recorder(Protocol):
+    """What the fault injector needs of a session: somewhere to record, and its switch."""
+
+    @property
+    def faults(self) -> object | None:
+        """The session's injector; ``None`` once faults are switched off."""
+
+    def record(
+        self,
+        kind: RecordKind,
+        delivery: Delivery,
+        *,
+        endpoint: str | None = None,
+        handler: str | None = None,
+        attempt: int | None = None,
+        exception: BaseException | None = None,
+        **detail: Any,
+    ) -> None:
+        """Add a record about ``delivery``."""
