@@ -503,3 +503,32 @@ def test_a_delivery_of_a_decoded_envelope_keeps_its_ids_and_context() -> None:
     again = Delivery.of(envelope, plan)
     assert again.envelope() == envelope
     assert again.attempt == 1 and again.progress == 0 and not again.asked
+
+
+class KeepingEndpoint(RecordingEndpoint):
+    """An endpoint kind that keeps what is left at a final stop (as a durable store would)."""
+
+    def keep(self, delivery: Delivery) -> bool:
+        self.log.append(("keep?", delivery.message))
+        return True
+
+
+async def test_what_an_endpoint_keeps_at_a_final_stop_is_not_dead_lettered() -> None:
+    started = trio.Event()
+
+    async def slow(command: Note) -> None:
+        started.set()
+        await trio.sleep_forever()
+
+    keeping = KeepingEndpoint(local_queue("kept", shutdown=0.1))
+    module = Module("m").bind_request(Note, slow)
+    async with open_bus(
+        module, endpoints=[keeping], routing=[route(Note).to("kept")], drain_timeout=0
+    ) as bus:
+        await bus.send(Note("in hand"))
+        await bus.send(Note("queued"))
+        await started.wait()
+    assert ("left_for_redelivery", Note("queued")) in keeping.log
+    assert ("left_for_redelivery", Note("in hand")) in keeping.log
+    assert [letter.message for letter in bus.dead_letters] == []
+    assert bus.in_flight == 0
