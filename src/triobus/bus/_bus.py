@@ -32,11 +32,12 @@ from ._accounting import Accounting
 from ._handlers import Callee
 from ._handling import BusHost, EndpointActor, current_delivery
 from ._messages import Request, default_message_name, message_version, short_repr
+from ._outbox import Outbox
 from ._plans import INVOKE, SEND, PlanTable
 from ._plugins import DispatchEvent, DispatchKind, Phase, Plugin, PluginHandle
 from ._probe import Probe
 from ._routing import DEFAULT_ENDPOINT, DEFAULT_REQUEST_ENDPOINT
-from ._seam import CLOSED, Delivery, Endpoint, EndpointHost, Plan, PlanKind, Step
+from ._seam import Delivery, Endpoint, EndpointHost, Plan, PlanKind, Step
 
 R = TypeVar("R")
 
@@ -148,6 +149,20 @@ class MessageBus:
         self._thread = get_ident()
         self._token = token
 
+    def _caller(self, headers: Mapping[str, str] | None) -> Delivery | None:
+        """Check a call's ``headers`` and thread; the delivery whose handler calls, if any.
+
+        Raises:
+            InvalidHeaders: ``headers`` is not a mapping of ``str`` to ``str``.
+            WrongThread: a root call from outside the bus's trio run.
+        """
+        if headers is not None:
+            _check_headers(headers)
+        handling = current_delivery.get()
+        if handling is None and get_ident() != self._thread:
+            raise self._wrong_thread()
+        return handling
+
     def _wrong_thread(self) -> WrongThread:
         return WrongThread(
             "this bus runs in another thread's trio run: call it from there, or from this "
@@ -203,11 +218,7 @@ class MessageBus:
             return await self._dispatch_with_plugins(
                 request, DispatchKind.INVOKE, headers, correlation_id, reply_to, timeout
             )
-        if headers is not None:
-            _check_headers(headers)
-        handling = current_delivery.get()
-        if handling is None and get_ident() != self._thread:
-            raise self._wrong_thread()
+        handling = self._caller(headers)
         plan = self._plans.request_cache.get(type(request)) or self._plans.request_plan(
             request, INVOKE
         )
@@ -258,11 +269,7 @@ class MessageBus:
                 command, DispatchKind.SEND, headers, correlation_id, reply_to
             )
             return
-        if headers is not None:
-            _check_headers(headers)
-        handling = current_delivery.get()
-        if handling is None and get_ident() != self._thread:
-            raise self._wrong_thread()
+        handling = self._caller(headers)
         plan = self._plans.request_cache.get(type(command)) or self._plans.request_plan(
             command, SEND
         )
@@ -270,7 +277,7 @@ class MessageBus:
         probe = self._host.probe
         if probe is not None:
             probe.dispatched(DispatchKind.SEND, delivery)
-        if handling is not None and handling.held is not CLOSED:
+        if Outbox.holding(handling):
             self._host.outbox.hold(handling, plan.endpoint, delivery)
             return
         endpoint = plan.endpoint
@@ -305,11 +312,7 @@ class MessageBus:
                 event, DispatchKind.PUBLISH, headers, correlation_id, reply_to
             )
             return
-        if headers is not None:
-            _check_headers(headers)
-        handling = current_delivery.get()
-        if handling is None and get_ident() != self._thread:
-            raise self._wrong_thread()
+        handling = self._caller(headers)
         plans = self._plans.event_cache.get(type(event))
         if plans is None:
             plans = self._plans.event_plans(event)
@@ -333,7 +336,7 @@ class MessageBus:
         dispatch: DispatchEvent | None = None,
     ) -> None:
         probe = self._host.probe
-        holding = handling is not None and handling.held is not CLOSED
+        holding = Outbox.holding(handling)
         first = Delivery(event, plans[0], handling, headers, correlation_id, reply_to)
         refused: list[str] = []
         for plan in plans:
@@ -441,10 +444,8 @@ class MessageBus:
             _check_headers(headers)
         event = DispatchEvent(message, kind)
         plugins = self._host.plugins
-        handling = current_delivery.get()
         try:
-            if handling is None and get_ident() != self._thread:
-                raise self._wrong_thread()
+            handling = self._caller(None)
             await plugins.run(Phase.INITIALIZE, event)
             await plugins.run(Phase.DETECT_MESSAGE_NAME, event)
             if event.message_name is None:
@@ -483,7 +484,7 @@ class MessageBus:
             if kind is DispatchKind.INVOKE:
                 seconds = self._invoke_timeout if timeout is _DEFAULT else timeout
                 return await self._ask(delivery, seconds)
-            if handling is not None and handling.held is not CLOSED:
+            if Outbox.holding(handling):
                 self._host.outbox.hold(handling, plan.endpoint, delivery)
             else:
                 await plan.endpoint.accept(delivery)

@@ -10,7 +10,7 @@ the bus's release task. A task that outlives its handler sends directly.
 from __future__ import annotations
 
 import math
-from typing import final
+from typing import TypeGuard, final
 
 import trio
 
@@ -34,7 +34,7 @@ class Outbox:
         self._later: trio.MemorySendChannel[Held] | None = None
 
     @staticmethod
-    def holding(handling: Delivery | None) -> bool:
+    def holding(handling: Delivery | None) -> TypeGuard[Delivery]:
         """Whether what is sent now, with ``handling`` in context, is held."""
         return handling is not None and handling.held is not CLOSED
 
