@@ -152,21 +152,27 @@ async def test_an_endpoint_kind_of_the_tests_routes_retries_and_dead_letters_lik
     assert recording.log[-1] == ("stop", None)
 
 
-async def test_a_final_stop_asks_the_endpoint_whether_it_keeps_its_backlog() -> None:
+async def stopped_with_one_in_hand_and_one_queued(endpoint: Endpoint) -> MessageBus:
+    """Run a bus whose only handler never ends, send it two notes, and leave the block."""
     started = trio.Event()
 
     async def slow(command: Note) -> None:
         started.set()
         await trio.sleep_forever()
 
-    recording = RecordingEndpoint(local_queue("recorded", shutdown=0.1))
     module = Module("m").bind_request(Note, slow)
     async with open_bus(
-        module, endpoints=[recording], routing=[route(Note).to("recorded")], drain_timeout=0
+        module, endpoints=[endpoint], routing=[route(Note).to(endpoint.uri)], drain_timeout=0
     ) as bus:
         await bus.send(Note("in hand"))
         await bus.send(Note("queued"))
         await started.wait()
+    return bus
+
+
+async def test_a_final_stop_asks_the_endpoint_whether_it_keeps_its_backlog() -> None:
+    recording = RecordingEndpoint(local_queue("recorded", shutdown=0.1))
+    bus = await stopped_with_one_in_hand_and_one_queued(recording)
     assert ("keep?", Note("queued")) in recording.log
     assert ("keep?", Note("in hand")) in recording.log  # cut off by the stop: asked too
     reasons = {letter.message: letter.reason for letter in bus.dead_letters}
@@ -514,20 +520,8 @@ class KeepingEndpoint(RecordingEndpoint):
 
 
 async def test_what_an_endpoint_keeps_at_a_final_stop_is_not_dead_lettered() -> None:
-    started = trio.Event()
-
-    async def slow(command: Note) -> None:
-        started.set()
-        await trio.sleep_forever()
-
     keeping = KeepingEndpoint(local_queue("kept", shutdown=0.1))
-    module = Module("m").bind_request(Note, slow)
-    async with open_bus(
-        module, endpoints=[keeping], routing=[route(Note).to("kept")], drain_timeout=0
-    ) as bus:
-        await bus.send(Note("in hand"))
-        await bus.send(Note("queued"))
-        await started.wait()
+    bus = await stopped_with_one_in_hand_and_one_queued(keeping)
     assert ("left_for_redelivery", Note("queued")) in keeping.log
     assert ("left_for_redelivery", Note("in hand")) in keeping.log
     assert [letter.message for letter in bus.dead_letters] == []
