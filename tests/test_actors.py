@@ -18,6 +18,7 @@ from triobus import (
     ActorSystem,
     AskTimeout,
     ChildState,
+    DeadLetter,
     DeadLetterReason,
     DeadlockError,
     MailboxFull,
@@ -1119,15 +1120,20 @@ class _SlowThenCrash(Actor):
         return f"reply to {message}"
 
 
-async def test_a_crash_on_an_ask_whose_asker_timed_out_leaves_a_dead_letter(
-    autojump_clock: MockClock,
-) -> None:
+async def _dead_letters_of_an_ask_that_timed_out(message: str) -> list[DeadLetter]:
+    """Ask ``_SlowThenCrash`` with a 1 s timeout, wait until it is done, return its letters."""
     async with ActorSystem("app", max_restarts=5) as system:
         ref = await system.spawn(_SlowThenCrash, name="slow")
         with pytest.raises(AskTimeout):
-            await ref.ask("crash", timeout=1)
+            await ref.ask(message, timeout=1)
         await trio.sleep(20)
-        letters = [letter for letter in system.dead_letters if letter.message == "crash"]
+    return [letter for letter in system.dead_letters if letter.message == message]
+
+
+async def test_a_crash_on_an_ask_whose_asker_timed_out_leaves_a_dead_letter(
+    autojump_clock: MockClock,
+) -> None:
+    letters = await _dead_letters_of_an_ask_that_timed_out("crash")
     assert [letter.reason for letter in letters] == [DeadLetterReason.CRASHED]
     assert isinstance(letters[0].exception, ValueError)
 
@@ -1135,12 +1141,7 @@ async def test_a_crash_on_an_ask_whose_asker_timed_out_leaves_a_dead_letter(
 async def test_a_late_replys_dead_letter_records_the_question_and_the_reply(
     autojump_clock: MockClock,
 ) -> None:
-    async with ActorSystem("app") as system:
-        ref = await system.spawn(_SlowThenCrash, name="slow")
-        with pytest.raises(AskTimeout):
-            await ref.ask("question", timeout=1)
-        await trio.sleep(20)
-        letters = [letter for letter in system.dead_letters if letter.message == "question"]
+    letters = await _dead_letters_of_an_ask_that_timed_out("question")
     assert [letter.reason for letter in letters] == [DeadLetterReason.LATE_REPLY]
     assert letters[0].context is not None
     assert letters[0].context["reply"] == "reply to question"
