@@ -516,7 +516,7 @@ class MessageBus:
         if plan is None:
             error = RequestHandlerNotFound if event.kind is DispatchKind.INVOKE else NoRouteError
             raise error(
-                f"no handler is bound or routed for {event.message_name!r}: bind one, or "
+                f"no handler is bound or routed for {short_repr(event.message_name)}: bind one, or "
                 "set event.handler in a route plugin"
             )
         return (plan,)
@@ -531,7 +531,7 @@ class MessageBus:
         endpoint = self.endpoints.get(uri)
         if endpoint is None:
             raise NoRouteError(
-                f"a plugin routed {event.message_name!r} to unknown endpoint {uri!r}"
+                f"a plugin routed {short_repr(event.message_name)} to unknown endpoint {uri!r}"
             )
         steps = [Step(None, self._pipeline, raw=handler) for handler in handlers]
         assert event.message_name is not None

@@ -31,6 +31,7 @@ from ..mailbox import DeadLetterReason, DeadLetters
 from ..supervision import SupervisorRef
 from ._accounting import Accounting
 from ._handlers import Callee
+from ._messages import short_repr
 from ._outbox import Outbox
 from ._plugins import DispatchEvent, Phase, Plugins
 from ._probe import Probe
@@ -300,8 +301,8 @@ class EndpointActor(Actor):
                     await plugins.run(Phase.LOCATE_HANDLER, event)
                 if event.handler is None or isinstance(event.handler, str):
                     raise HandlerNotLocated(
-                        f"no locate plugin resolved the handler id {step.raw!r} of "
-                        f"{event.message_name!r}: attach one at Phase.LOCATE_HANDLER"
+                        f"no locate plugin resolved the handler id {short_repr(step.raw)} of "
+                        f"{short_repr(event.message_name)}: attach one at Phase.LOCATE_HANDLER"
                     )
                 step = Step(Callee(event.handler), step.behaviors)
             else:

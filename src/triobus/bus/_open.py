@@ -23,7 +23,7 @@ from ._bus import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INVOKE_TIMEOUT, MessageBus
 from ._envelope import default_id_factory
 from ._handlers import Callee
 from ._handling import BusHost
-from ._messages import Identity, NameDetector, describe, is_command, type_name
+from ._messages import Identity, NameDetector, describe, is_command, short_repr, type_name
 from ._module import EventBinding, Module, RequestBinding
 from ._plans import PlanTable
 from ._plugins import Plugins
@@ -114,11 +114,15 @@ class _Wiring:
                     )
                     continue
                 if identity in self.events:
-                    problems.append(f"{identity[0]!r} is bound both as a request and as an event")
+                    problems.append(
+                        f"{short_repr(identity[0])} is bound both as a request and as an event"
+                    )
                 self.requests[identity] = request
             for identity, subscribers in module.events.items():
                 if identity in self.requests:
-                    problems.append(f"{identity[0]!r} is bound both as a request and as an event")
+                    problems.append(
+                        f"{short_repr(identity[0])} is bound both as a request and as an event"
+                    )
                 self.events.setdefault(identity, []).extend(subscribers)
 
     def _check_routes(self, routing: Iterable[Route], problems: list[str]) -> None:
