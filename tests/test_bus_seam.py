@@ -19,6 +19,7 @@ from triobus import (
     Endpoint,
     EndpointHost,
     Envelope,
+    ErrorPolicy,
     Event,
     InvalidHeaders,
     MessageBus,
@@ -26,7 +27,6 @@ from triobus import (
     PartitionKeyError,
     Phase,
     Request,
-    RetryPolicy,
     Settlement,
     WrongThread,
     WrongVerb,
@@ -72,8 +72,8 @@ class RecordingEndpoint:
         return self.inner.delivery_mode
 
     @property
-    def retry(self) -> RetryPolicy:
-        return self.inner.retry
+    def errors(self) -> ErrorPolicy:
+        return self.inner.errors
 
     async def start(self, host: EndpointHost) -> None:
         self.log.append(("start", None))

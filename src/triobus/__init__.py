@@ -47,6 +47,7 @@ from .bus import DispatchKind as DispatchKind
 from .bus import Endpoint as Endpoint
 from .bus import EndpointHost as EndpointHost
 from .bus import Envelope as Envelope
+from .bus import ErrorPolicy as ErrorPolicy
 from .bus import Event as Event
 from .bus import EventHandler as EventHandler
 from .bus import IMessageBus as IMessageBus
@@ -63,7 +64,7 @@ from .bus import PipelineBehavior as PipelineBehavior
 from .bus import PluginHandle as PluginHandle
 from .bus import Request as Request
 from .bus import RequestHandler as RequestHandler
-from .bus import RetryPolicy as RetryPolicy
+from .bus import RetryMode as RetryMode
 from .bus import Route as Route
 from .bus import Settlement as Settlement
 from .bus import TransactionalBehavior as TransactionalBehavior
@@ -177,7 +178,8 @@ __all__ = [
     "PluginHandle",
     "Request",
     "RequestHandler",
-    "RetryPolicy",
+    "ErrorPolicy",
+    "RetryMode",
     "Route",
     "Settlement",
     "TransactionalBehavior",

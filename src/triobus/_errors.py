@@ -187,3 +187,7 @@ class PublishError(TriobusError):
 
 class BusClosed(TriobusError):
     """The bus is not running (not entered yet, or already left)."""
+
+
+class StoreError(TriobusError):
+    """A durable store could not do what was asked (open, read or write its database)."""

@@ -33,11 +33,12 @@ from ._plugins import DispatchEvent as DispatchEvent
 from ._plugins import DispatchKind as DispatchKind
 from ._plugins import Phase as Phase
 from ._plugins import PluginHandle as PluginHandle
+from ._policy import ErrorPolicy as ErrorPolicy
+from ._policy import RetryMode as RetryMode
 from ._probe import Probe as Probe
 from ._protocols import IMessageBus as IMessageBus
 from ._protocols import IPublisher as IPublisher
 from ._protocols import ISender as ISender
-from ._retry import RetryPolicy as RetryPolicy
 from ._routing import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
 from ._routing import DEFAULT_REQUEST_ENDPOINT as DEFAULT_REQUEST_ENDPOINT
 from ._routing import Route as Route
@@ -84,7 +85,8 @@ __all__ = [
     "Probe",
     "Request",
     "RequestHandler",
-    "RetryPolicy",
+    "ErrorPolicy",
+    "RetryMode",
     "Route",
     "Settlement",
     "Step",

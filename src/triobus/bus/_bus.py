@@ -9,8 +9,10 @@ start-up; dispatch only looks them up and calls the endpoint seam.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from functools import partial
 from threading import get_ident
 from typing import Any, Final, TypeVar, final, overload
@@ -169,6 +171,37 @@ class MessageBus:
             "thread through its portal (bus.portal().send(...) / .publish(...) / .invoke(...))"
         )
 
+    def _due(self, delay: float | None, deliver_at: float | datetime | None) -> float:
+        """The moment (the bus's wall clock) a scheduled message is due.
+
+        Raises:
+            ValueError: both, or a value that is not a number of seconds >= 0
+                / a moment (a float or an aware datetime).
+        """
+        if delay is not None:
+            if deliver_at is not None:
+                raise ValueError("give delay= or deliver_at=, not both")
+            if not isinstance(delay, int | float) or isinstance(delay, bool) or not delay >= 0:
+                raise ValueError(f"delay= takes a number of seconds >= 0, got {short_repr(delay)}")
+            return float(self._host.wall_clock() + delay)
+        if isinstance(deliver_at, datetime):
+            if deliver_at.tzinfo is None:
+                raise ValueError(
+                    "deliver_at= takes an aware datetime (with tzinfo, e.g. "
+                    "datetime.now(timezone.utc)); a naive one has no single moment"
+                )
+            return deliver_at.timestamp()
+        if (
+            not isinstance(deliver_at, int | float)
+            or isinstance(deliver_at, bool)
+            or not math.isfinite(deliver_at)
+        ):
+            raise ValueError(
+                "deliver_at= takes seconds since the epoch or an aware datetime, "
+                f"got {short_repr(deliver_at)}"
+            )
+        return float(deliver_at)
+
     # ------------------------------------------------------------ invoke
 
     @overload
@@ -252,12 +285,20 @@ class MessageBus:
         headers: Mapping[str, str] | None = None,
         correlation_id: str | None = None,
         reply_to: str | None = None,
+        delay: float | None = None,
+        deliver_at: float | datetime | None = None,
     ) -> None:
         """Hand ``command`` to the endpoint of its one handler.
 
         Returns once the endpoint accepted it (with the ``block`` policy,
-        once there was room). Inside a handler the command is held and
-        released after the handler's pipeline succeeded.
+        once there was room; a durable endpoint, once it is stored). Inside
+        a handler the command is held and released after the handler's
+        pipeline succeeded.
+
+        Args:
+            delay: handle it this many seconds from now, not before.
+            deliver_at: handle it at this moment (seconds since the epoch,
+                or an aware ``datetime``), not before; a past moment means now.
 
         Raises:
             NoRouteError: nothing handles this command.
@@ -266,7 +307,12 @@ class MessageBus:
         """
         if self._hooked:
             await self._dispatch_with_plugins(
-                command, DispatchKind.SEND, headers, correlation_id, reply_to
+                command,
+                DispatchKind.SEND,
+                headers,
+                correlation_id,
+                reply_to,
+                due=None if delay is None and deliver_at is None else self._due(delay, deliver_at),
             )
             return
         handling = self._caller(headers)
@@ -274,6 +320,8 @@ class MessageBus:
             command, SEND
         )
         delivery = Delivery(command, plan, handling, headers, correlation_id, reply_to)
+        if delay is not None or deliver_at is not None:
+            delivery.due = self._due(delay, deliver_at)
         probe = self._host.probe
         if probe is not None:
             probe.dispatched(DispatchKind.SEND, delivery)
@@ -283,7 +331,7 @@ class MessageBus:
         endpoint = plan.endpoint
         try:
             endpoint.accept_nowait(delivery)
-        except MailboxFull:
+        except (MailboxFull, trio.WouldBlock):
             await endpoint.accept(delivery)
 
     # ------------------------------------------------------------ publish
@@ -295,6 +343,8 @@ class MessageBus:
         headers: Mapping[str, str] | None = None,
         correlation_id: str | None = None,
         reply_to: str | None = None,
+        delay: float | None = None,
+        deliver_at: float | datetime | None = None,
     ) -> None:
         """Hand ``event`` to every endpoint with subscribers; none is a no-op.
 
@@ -303,13 +353,16 @@ class MessageBus:
         listener-exception-collection mode this waits for every handler and
         raises one ``ExceptionGroup`` of the failures.
 
+        ``delay`` and ``deliver_at`` schedule it, as for :meth:`send`.
+
         Raises:
             PublishError: some endpoints refused the event (named); the
                 others accepted it.
         """
+        due = None if delay is None and deliver_at is None else self._due(delay, deliver_at)
         if self._hooked:
             await self._dispatch_with_plugins(
-                event, DispatchKind.PUBLISH, headers, correlation_id, reply_to
+                event, DispatchKind.PUBLISH, headers, correlation_id, reply_to, due=due
             )
             return
         handling = self._caller(headers)
@@ -323,7 +376,7 @@ class MessageBus:
                 event, plans, handling, headers, correlation_id, reply_to
             )
             return
-        await self._publish_each(event, plans, handling, headers, correlation_id, reply_to)
+        await self._publish_each(event, plans, handling, headers, correlation_id, reply_to, due=due)
 
     async def _publish_each(
         self,
@@ -334,14 +387,17 @@ class MessageBus:
         correlation_id: str | None,
         reply_to: str | None,
         dispatch: DispatchEvent | None = None,
+        due: float | None = None,
     ) -> None:
         probe = self._host.probe
         holding = Outbox.holding(handling)
         first = Delivery(event, plans[0], handling, headers, correlation_id, reply_to)
+        first.due = due
         refused: list[str] = []
         for plan in plans:
             # One published event is one message with one id.
             delivery = first if plan is plans[0] else first.same_message(plan)
+            delivery.due = due
             if dispatch is not None:
                 delivery.dispatch = dispatch
             if probe is not None:
@@ -354,7 +410,7 @@ class MessageBus:
             try:
                 try:
                     endpoint.accept_nowait(delivery)
-                except MailboxFull:
+                except (MailboxFull, trio.WouldBlock):
                     await endpoint.accept(delivery)
             except (ActorStopped, MailboxFull):
                 refused.append(endpoint.uri)
@@ -439,6 +495,7 @@ class MessageBus:
         correlation_id: str | None,
         reply_to: str | None,
         timeout: float | _Default | None = _DEFAULT,
+        due: float | None = None,
     ) -> Any:
         if headers is not None:
             _check_headers(headers)
@@ -464,7 +521,7 @@ class MessageBus:
                     )
                 else:
                     await self._publish_each(
-                        message, plans, handling, headers, correlation_id, reply_to, event
+                        message, plans, handling, headers, correlation_id, reply_to, event, due
                     )
                 return None
             plan = plans[0]
@@ -478,6 +535,7 @@ class MessageBus:
                 kind is DispatchKind.INVOKE,
             )
             delivery.dispatch = event
+            delivery.due = due
             probe = self._host.probe
             if probe is not None:
                 probe.dispatched(kind, delivery)

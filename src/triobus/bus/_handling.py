@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any, final
 
@@ -34,6 +34,7 @@ from ._handlers import Callee
 from ._messages import short_repr
 from ._outbox import Outbox
 from ._plugins import DispatchEvent, Phase, Plugins
+from ._policy import RetryMode
 from ._probe import Probe
 from ._seam import CLOSED, Delivery, Endpoint, Settlement, Step
 
@@ -48,6 +49,7 @@ class BusHost:
     """What the bus shares with its endpoints and their handling (an ``EndpointHost``)."""
 
     __slots__ = (
+        "_nursery",
         "_supervisor",
         "accepted",
         "accounting",
@@ -57,6 +59,7 @@ class BusHost:
         "probe",
         "random",
         "settled",
+        "wall_clock",
     )
 
     def __init__(
@@ -65,8 +68,11 @@ class BusHost:
         dead_letters: DeadLetters,
         rng: random.Random,
         plugins: Plugins,
+        wall_clock: Callable[[], float],
     ) -> None:
         self.accounting = accounting
+        #: Seconds since the epoch (``time.time``, or a clock a test drives).
+        self.wall_clock = wall_clock
         #: Count a delivery in flight, and settle it (the accounting's own methods).
         self.accepted = accounting.accepted
         self.settled = accounting.settled
@@ -77,15 +83,22 @@ class BusHost:
         #: The testing kit's instrument; ``None`` in production.
         self.probe: Probe | None = None
         self._supervisor: SupervisorRef | None = None
+        self._nursery: trio.Nursery | None = None
 
-    def attach(self, supervisor: SupervisorRef) -> None:
-        """The bus's supervisor, under which endpoints start their actors."""
+    def attach(self, supervisor: SupervisorRef, nursery: trio.Nursery) -> None:
+        """The bus's supervisor (endpoints start their actors under it) and its nursery."""
         self._supervisor = supervisor
+        self._nursery = nursery
 
     @property
     def supervisor(self) -> SupervisorRef:
         assert self._supervisor is not None, "the bus has not started"
         return self._supervisor
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "the bus has not started"
+        return self._nursery
 
     def handler_actor(self, endpoint: Endpoint, path: str) -> Actor:
         return EndpointActor(self, endpoint, path)
@@ -121,18 +134,13 @@ class EndpointActor(Actor):
             return self._each_step(delivery)
         return self._attempt(delivery, step)
 
-    def finished(
-        self,
-        frame: Frame | None,
-        error: BaseException | None,
-        settlement: Settlement = Settlement.HANDLED,
-    ) -> None:
+    def finished(self, frame: Frame | None, error: BaseException | None) -> None:
         """The handed-over coroutine returned (``error is None``) or raised ``error``.
 
         What the handler sent is released, or dropped with it; what it sends
         from now on goes out directly. A told delivery that ended is settled
-        (as ``settlement``). ``error`` is an ask's failure (the asker gets
-        it) or an interruption (the actor redelivers the message or
+        (as ``delivery.ending``). ``error`` is an ask's failure (the asker
+        gets it) or an interruption (the actor redelivers the message or
         dead-letters it).
         """
         delivery = current_delivery.get()
@@ -148,18 +156,21 @@ class EndpointActor(Actor):
                 self.host.outbox.drop(delivery)
         delivery.held = CLOSED
         if error is None and not delivery.asked:
-            delivery.plan.endpoint.settle(delivery, settlement)
+            ending = delivery.ending
+            if ending is not Settlement.HANDLED:
+                delivery.ending = Settlement.HANDLED  # a later delivery of it starts afresh
+            delivery.plan.endpoint.settle(delivery, ending)
 
     async def failed(self, frame: Frame, error: Exception) -> None:
-        """A told delivery's only handler raised ``error``: the retry policy, then settle."""
+        """A told delivery's only handler raised ``error``: the error policy, then settle."""
         delivery = current_delivery.get()
         assert delivery is not None
         try:
-            settlement = await self._retry(delivery, delivery.plan.steps[0], error)
+            delivery.ending = await self._retry(delivery, delivery.plan.steps[0], error)
         except BaseException as exc:
             self.finished(frame, exc)
             raise
-        self.finished(frame, None, settlement)
+        self.finished(frame, None)
 
     # ------------------------------------------------------------ inline
 
@@ -219,7 +230,11 @@ class EndpointActor(Actor):
                 try:
                     await self._attempt(delivery, step)
                 except Exception as exc:
-                    await self._retry(delivery, step, exc)
+                    if await self._retry(delivery, step, exc) is Settlement.RETRY:
+                        # Tried again later, from this handler on.
+                        delivery.progress = index
+                        delivery.ending = Settlement.RETRY
+                        return
                     delivery.attempt = 1
                 else:
                     if delivery.held:
@@ -228,23 +243,27 @@ class EndpointActor(Actor):
         except BaseException:
             delivery.progress = index  # cut off: this handler runs again on redelivery
             raise
+        delivery.progress = index
 
     async def _retry(self, delivery: Delivery, step: Step, error: Exception) -> Settlement:
-        """``step`` failed its first attempt with ``error``: retry, then dead-letter.
+        """``step`` failed attempt ``delivery.attempt`` with ``error``: apply the error policy.
 
         What a failed attempt sent is dropped before the next one. Returns
-        how the delivery of ``step`` ended: handled, or dead-lettered.
+        how the delivery of ``step`` ended: handled (after a retry in
+        place), dead-lettered, or to be tried again later
+        (:attr:`Settlement.RETRY`, with ``delivery.due`` and
+        ``delivery.attempt`` set for the next try).
         """
-        policy = self.endpoint.retry
+        policy = self.endpoint.errors
         probe = self.host.probe
-        attempt = 1
+        attempt = delivery.attempt
         while True:
-            delivery.attempt = attempt
             if delivery.held:
                 self.host.outbox.drop(delivery)
-            retrying = attempt <= policy.retries
+            rule = policy.rule_for(error)
+            decision = rule.decide(attempt, self.host.random)
             if probe is not None:
-                probe.failed(delivery, step, self.path, error, retrying)
+                probe.failed(delivery, step, self.path, error, decision.retry is not None)
             logger.warning(
                 "%s failed on %s id=%s at %s (attempt %d of %d): %r",
                 step.label,
@@ -252,14 +271,16 @@ class EndpointActor(Actor):
                 delivery.message_id,
                 self.path,
                 attempt,
-                policy.retries + 1,
+                rule.attempts,
                 error,
             )
-            if not retrying:
+            if decision.retry is None:
                 self._dead_letter_failed(delivery, step, error, attempt)
                 return Settlement.DEAD_LETTERED
-            if policy.backoff is not None:
-                await trio.sleep(policy.backoff.delay(attempt - 1, self.host.random))
+            if decision.retry is not RetryMode.NOW:
+                delivery.attempt = attempt + 1
+                delivery.due = self.host.wall_clock() + decision.delay
+                return Settlement.RETRY
             attempt += 1
             delivery.attempt = attempt
             try:
@@ -276,6 +297,9 @@ class EndpointActor(Actor):
     ) -> None:
         # Recorded without the carrier's settle hook: the delivery is settled
         # once, by whoever finishes it (a later handler of an event may run).
+        if delivery.failures is None:
+            delivery.failures = []
+        delivery.failures.append((step, error, attempts))
         message, context = delivery.carried()
         assert context is not None
         self.host.dead_letters.record(

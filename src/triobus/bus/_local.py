@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, final
 
-from .._errors import ActorStopped, PartitionKeyError
+import trio
+
+from .._errors import ActorStopped, MailboxFull, PartitionKeyError
 from ..actors import ActorRef
-from ..mailbox import DEFAULT_MAILBOX_CAPACITY, MailboxSpec, Overflow
+from ..mailbox import DEFAULT_MAILBOX_CAPACITY, DeadLetterReason, MailboxSpec, Overflow
 from ..supervision import Backoff
-from ._retry import RetryPolicy
+from ._policy import ErrorPolicy
 from ._seam import Delivery, DeliveryMode, EndpointHost, Settlement
 
 
@@ -55,7 +57,7 @@ class LocalQueue:
         *,
         mailbox: MailboxSpec,
         max_concurrency: int,
-        retry: RetryPolicy,
+        errors: ErrorPolicy,
         shutdown: float,
         partition_by: Callable[[Any], Hashable] | None,
     ) -> None:
@@ -64,7 +66,7 @@ class LocalQueue:
         self._uri = uri
         self.mailbox = mailbox
         self.max_concurrency = _positive_int("max_concurrency", max_concurrency)
-        self._retry = retry
+        self._errors = errors
         self.shutdown = _positive_seconds("shutdown", shutdown)
         self.partition_by = partition_by
         if partition_by is not None and self.max_concurrency < 2:
@@ -80,14 +82,16 @@ class LocalQueue:
         # The host's counters, bound at start.
         self._accepted: Callable[[], None] = _not_running
         self._settled: Callable[[], None] = _not_running
+        #: Deliveries waiting for their ``due`` moment, and what cancels the wait.
+        self._waiting: dict[Delivery, trio.CancelScope] = {}
 
     @property
     def uri(self) -> str:
         return self._uri
 
     @property
-    def retry(self) -> RetryPolicy:
-        return self._retry
+    def errors(self) -> ErrorPolicy:
+        return self._errors
 
     # ------------------------------------------------------------ life cycle
 
@@ -127,6 +131,7 @@ class LocalQueue:
 
     async def stop(self) -> None:
         try:
+            self._drop_waiting()
             for ref in reversed(self.refs):
                 await ref.stop()
         finally:
@@ -158,6 +163,9 @@ class LocalQueue:
     def accept_nowait(self, delivery: Delivery) -> None:
         ref = self._only or self.pick(delivery.message)
         self._accepted()
+        if delivery.due is not None:
+            self._wait(delivery)
+            return
         try:
             ref.tell_nowait(delivery)
         except ActorStopped:
@@ -169,6 +177,9 @@ class LocalQueue:
     async def accept(self, delivery: Delivery) -> None:
         ref = self._only or self.pick(delivery.message)
         self._accepted()
+        if delivery.due is not None:
+            self._wait(delivery)
+            return
         try:
             await ref.tell(delivery)
         except ActorStopped:
@@ -182,10 +193,55 @@ class LocalQueue:
         return ref.ask(delivery, timeout=timeout)
 
     def settle(self, delivery: Delivery, settlement: Settlement) -> None:
+        if settlement is Settlement.RETRY and self._host is not None:
+            self._wait(delivery)  # still in flight: tried again at its due moment
+            return
         self._settled()
 
     def keep(self, delivery: Delivery) -> bool:
         return False  # in memory only: a final stop dead-letters the backlog
+
+    # ------------------------------------------------------------ scheduled
+
+    def _wait(self, delivery: Delivery) -> None:
+        """Hold ``delivery`` (counted in flight) until ``delivery.due``, then queue it."""
+        assert self._host is not None and delivery.due is not None
+        scope = trio.CancelScope()
+        self._waiting[delivery] = scope
+        seconds = max(0.0, delivery.due - self._host.wall_clock())
+        self._host.nursery.start_soon(self._deliver_at, delivery, scope, seconds)
+
+    async def _deliver_at(
+        self, delivery: Delivery, scope: trio.CancelScope, seconds: float
+    ) -> None:
+        with scope:
+            await trio.sleep(seconds)
+            del self._waiting[delivery]
+            delivery.due = None
+            try:
+                ref = self._only or self.pick(delivery.message)
+            except Exception as exc:
+                self._host_dead_letters(delivery, DeadLetterReason.UNDELIVERABLE, exc)
+                return
+            try:
+                ref.tell_nowait(delivery)
+            except MailboxFull:
+                await ref.tell(delivery)
+            except ActorStopped:
+                pass  # a dead letter already, which settled it
+
+    def _drop_waiting(self) -> None:
+        """A final stop: what waits for its moment is dead-lettered (reason ``shutdown``)."""
+        waiting, self._waiting = self._waiting, {}
+        for delivery, scope in waiting.items():
+            scope.cancel()
+            self._host_dead_letters(delivery, DeadLetterReason.SHUTDOWN, None)
+
+    def _host_dead_letters(
+        self, delivery: Delivery, reason: DeadLetterReason, error: Exception | None
+    ) -> None:
+        assert self._host is not None
+        self._host.dead_letters.record(delivery, self._uri, reason, error)
 
     def __repr__(self) -> str:
         return f"<LocalQueue {self._uri!r} actors={len(self.refs)}>"
@@ -199,6 +255,7 @@ def local_queue(
     overflow: Overflow | str = Overflow.BLOCK,
     retries: int = 2,
     backoff: Backoff | None = None,
+    errors: ErrorPolicy | None = None,
     shutdown: float = 5.0,
     partition_by: Callable[[Any], Hashable] | None = None,
 ) -> LocalQueue:
@@ -209,8 +266,11 @@ def local_queue(
         capacity: messages that may wait (``math.inf`` for unbounded).
         max_concurrency: messages handled at once (1 keeps order).
         overflow: what a full queue does (see :class:`Overflow`).
-        retries: retries in place after a handler failure, before dead letters.
-        backoff: the wait between retries (none by default).
+        retries: retries after a handler failure, before dead letters.
+        backoff: the wait between retries (none by default: at once, in
+            place); with one, the message leaves the queue while it waits.
+        errors: a full :class:`ErrorPolicy` (rules per exception type);
+            replaces ``retries`` and ``backoff``.
         shutdown: seconds to drain at shutdown before the rest is dead-lettered.
         partition_by: with ``max_concurrency > 1``, a key function: messages
             with one key are handled in order, different keys at once.
@@ -222,7 +282,7 @@ def local_queue(
         uri,
         mailbox=MailboxSpec(capacity=capacity, overflow=overflow),
         max_concurrency=max_concurrency,
-        retry=RetryPolicy(retries=retries, backoff=backoff),
+        errors=errors if errors is not None else ErrorPolicy.retries(retries, backoff),
         shutdown=shutdown,
         partition_by=partition_by,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -195,6 +196,12 @@ def _make_plans(
         )
 
 
+def trio_wall_clock() -> Callable[[], float]:
+    """Seconds since the epoch: the system clock now, then advanced by trio's clock."""
+    anchor = time.time() - trio.current_time()
+    return lambda: anchor + trio.current_time()
+
+
 @final
 class BusRunner:
     """The ``async with`` of :func:`open_bus`."""
@@ -214,6 +221,7 @@ class BusRunner:
         invoke_timeout: float | None,
         id_factory: Callable[[], str] | None,
         rng: random.Random | None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self._wiring = _Wiring(modules, endpoints, routing, pipeline)
         self._system = system
@@ -225,6 +233,7 @@ class BusRunner:
         self._invoke_timeout = invoke_timeout
         self._id_factory = id_factory
         self._rng = rng
+        self._wall_clock = wall_clock
         self._bus: MessageBus | None = None
         self._host: BusHost | None = None
         self._plans: PlanTable | None = None
@@ -255,7 +264,11 @@ class BusRunner:
             module._freeze()
         self._frozen = True
         host = self._host = BusHost(
-            Accounting(), system.dead_letters, self._rng or system.random, Plugins()
+            Accounting(),
+            system.dead_letters,
+            self._rng or system.random,
+            Plugins(),
+            self._wall_clock or trio_wall_clock(),
         )
         plans = self._plans = PlanTable(self._detector)
         new_id = self._id_factory or default_id_factory()
@@ -268,15 +281,15 @@ class BusRunner:
             invoke_timeout=self._invoke_timeout,
         )
         self._supervisor = await system.spawn_supervisor(self._name, max_restarts=10, within=5.0)
-        host.attach(self._supervisor)
         manager = self._nursery_manager = trio.open_nursery()
         self._nursery = await manager.__aenter__()
+        host.attach(self._supervisor, self._nursery)
         await self._nursery.start(host.outbox.run)
+        bus.endpoints = dict(self._wiring.endpoints)
+        _make_plans(bus, plans, self._wiring, new_id)
         for endpoint in self._wiring.endpoints.values():
             await endpoint.start(host)
             self._started.append(endpoint)
-        bus.endpoints = dict(self._wiring.endpoints)
-        _make_plans(bus, plans, self._wiring, new_id)
         bus._opened(trio.lowlevel.current_trio_token())
         plans.open = True
         return bus
@@ -365,6 +378,7 @@ def open_bus(
     invoke_timeout: float | None = DEFAULT_INVOKE_TIMEOUT,
     id_factory: Callable[[], str] | None = None,
     rng: random.Random | None = None,
+    wall_clock: Callable[[], float] | None = None,
 ) -> BusRunner:
     """Wire ``modules`` and run a bus: ``async with open_bus(orders) as bus: ...``.
 
@@ -382,6 +396,11 @@ def open_bus(
         drain_timeout: how long leaving the block waits for the bus to be quiet.
         invoke_timeout: the default ``invoke`` timeout (``None``: none).
         id_factory: makes message ids (default: random prefix and counter).
+        rng: the randomness of jitter and ids' choices (default: the system's).
+        wall_clock: seconds since the epoch, for scheduled delivery and
+            retries. By default the system clock read once at start plus
+            trio's clock since, so waits follow trio's clock (``MockClock``
+            included) and a moment is never reached early.
 
     Raises:
         WiringError: every wiring mistake, at once, before anything starts.
@@ -401,4 +420,5 @@ def open_bus(
         invoke_timeout=invoke_timeout,
         id_factory=id_factory,
         rng=rng,
+        wall_clock=wall_clock,
     )

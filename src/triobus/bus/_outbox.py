@@ -61,8 +61,8 @@ class Outbox:
         for index, (endpoint, delivery) in enumerate(held):
             try:
                 endpoint.accept_nowait(delivery)
-            except MailboxFull:
-                # Full: the rest goes out in order from the release task, so
+            except (MailboxFull, trio.WouldBlock):
+                # Full (or stored first): the rest goes out in order from the release task, so
                 # this actor (which may be the target) is never blocked.
                 self._release_later(held[index:])
                 return

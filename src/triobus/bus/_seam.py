@@ -20,12 +20,13 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
 
 import attrs
+import trio
 
 from ..mailbox import Carrier, DeadLetterReason
 from ._envelope import Envelope, MessageContext
 from ._handlers import Callee, handler_call, run_pipeline
+from ._policy import ErrorPolicy
 from ._protocols import IMessageBus
-from ._retry import RetryPolicy
 
 if TYPE_CHECKING:
     from ..actors import Actor
@@ -56,6 +57,10 @@ class Settlement(enum.StrEnum):
     DEAD_LETTERED = "dead_lettered"
     #: Not handled here: it stays where it is stored, for a later delivery.
     LEFT_FOR_REDELIVERY = "left_for_redelivery"
+    #: Its handler failed and the error policy tries again later: deliver it
+    #: again at ``delivery.due`` (at the tail of the queue), as attempt
+    #: ``delivery.attempt``, from handler ``delivery.progress`` on.
+    RETRY = "retry"
 
 
 async def _no_handler(message: Any) -> Any:
@@ -164,11 +169,15 @@ class Delivery(Carrier):
         "causation_id",
         "created_at",
         "dispatch",
+        "due",
+        "ending",
+        "failures",
         "headers",
         "held",
         "message",
         "plan",
         "progress",
+        "receipt",
         "reply_to",
     )
 
@@ -193,6 +202,15 @@ class Delivery(Carrier):
     #: What the handler sent while running, held until it succeeded
     #: (``None``: nothing yet; :data:`CLOSED`: the handling ended).
     held: list[tuple[Endpoint, Delivery]] | None
+    #: When to handle it (seconds since the epoch, the bus's wall clock), or
+    #: ``None`` for now: a scheduled send, or the next try of a failed one.
+    due: float | None
+    #: How the handling ended, for :meth:`Endpoint.settle`.
+    ending: Settlement
+    #: The handlers dead-lettered during this delivery: (step, exception, attempts).
+    failures: list[tuple[Step, Exception, int]] | None
+    #: What the endpoint needs to settle it (a store row, a broker's delivery tag).
+    receipt: Any
 
     def __init__(
         self,
@@ -222,6 +240,10 @@ class Delivery(Carrier):
         self.asked = asked
         self.dispatch = None
         self.held = None
+        self.due = None
+        self.ending = Settlement.HANDLED
+        self.failures = None
+        self.receipt = None
 
     @classmethod
     def of(cls, envelope: Envelope, plan: Plan) -> Delivery:
@@ -325,6 +347,13 @@ class EndpointHost(Protocol):
     def dead_letters(self) -> DeadLetters:
         """Where undeliverable messages go."""
 
+    @property
+    def nursery(self) -> trio.Nursery:
+        """A nursery that lives as long as the bus, for an endpoint's own tasks."""
+
+    def wall_clock(self) -> float:
+        """Now, in seconds since the epoch, as the bus schedules (follows trio's clock)."""
+
     def accepted(self) -> None:
         """Count one delivery in flight (the bus is quiet when none is)."""
 
@@ -359,7 +388,7 @@ class Endpoint(Protocol):
         """What the endpoint promises about a message it accepted."""
 
     @property
-    def retry(self) -> RetryPolicy:
+    def errors(self) -> ErrorPolicy:
         """What the handling does when a handler fails on a told message."""
 
     async def start(self, host: EndpointHost) -> None:

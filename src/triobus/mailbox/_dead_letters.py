@@ -49,6 +49,12 @@ class DeadLetterReason(enum.StrEnum):
     FAILED = "failed"
     #: A message released by a handler could not be delivered.
     UNDELIVERABLE = "undeliverable"
+    #: Its bytes do not decode (malformed, unknown name, newer version, oversize).
+    UNDECODABLE = "undecodable"
+    #: It decoded, but no handler for it is bound at the endpoint it reached.
+    NO_HANDLER = "no_handler"
+    #: Its handler was cut off (the process died) on every attempt it had.
+    INTERRUPTED = "interrupted"
 
 
 @final

@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from .._errors import ActorStopped, MailboxFull
-from ..bus import Delivery, DeliveryMode, Endpoint, EndpointHost, RetryPolicy, Settlement, Step
+from ..bus import Delivery, DeliveryMode, Endpoint, EndpointHost, ErrorPolicy, Settlement, Step
 from ..mailbox import DeadLetterReason
 from ._records import Recorder, RecordKind
 
@@ -304,8 +304,8 @@ class FaultyEndpoint:
         return self.inner.delivery_mode
 
     @property
-    def retry(self) -> RetryPolicy:
-        return self.inner.retry
+    def errors(self) -> ErrorPolicy:
+        return self.inner.errors
 
     async def start(self, host: EndpointHost) -> None:
         await self.inner.start(host)
