@@ -1,7 +1,8 @@
 """triobus: an actor-model message runtime for trio applications.
 
 The public API lives here, layer by layer: mailboxes, actors, supervision
-(and, on top of them, the message bus and the durability codec). Everything else is private.
+(and, on top of them, the message bus and the durability codec). Everything
+else is private.
 """
 
 from ._errors import ActorNameTaken as ActorNameTaken

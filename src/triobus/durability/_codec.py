@@ -194,7 +194,7 @@ class MessageTypes:
         if identity in self._entries and self._entries[identity] is not entry:
             held = self._entries[identity]
             raise MessageTypeAlreadyRegistered(
-                f"{identity[0]!r} version {identity[1]} is already registered as "
+                f"{short_repr(identity[0])} version {identity[1]} is already registered as "
                 f"{_label(held)}, so it cannot also be {_label(entry)}: give one of them "
                 "another message_name or message_version"
             )
