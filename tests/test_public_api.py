@@ -31,7 +31,13 @@ from triobus import (
 
 MockClock = trio.testing.MockClock
 
-PUBLIC_MODULES = [triobus, triobus.mailbox, triobus.actors, triobus.supervision]
+PUBLIC_MODULES = [
+    triobus,
+    triobus.mailbox,
+    triobus.actors,
+    triobus.supervision,
+    triobus.durability,
+]
 
 
 def public_names(module: types.ModuleType) -> set[str]:

@@ -1,7 +1,8 @@
 """triobus: an actor-model message runtime for trio applications.
 
 The public API lives here, layer by layer: mailboxes, actors, supervision
-(and, on top of them, the message bus). Everything else is private.
+(and, on top of them, the message bus and the durability codec). Everything
+else is private.
 """
 
 from ._errors import ActorNameTaken as ActorNameTaken
@@ -10,15 +11,20 @@ from ._errors import ActorStopped as ActorStopped
 from ._errors import AskTimeout as AskTimeout
 from ._errors import BusClosed as BusClosed
 from ._errors import DeadlockError as DeadlockError
+from ._errors import EnvelopeError as EnvelopeError
 from ._errors import EventHandlerAlreadyRegistered as EventHandlerAlreadyRegistered
 from ._errors import HandlerNotLocated as HandlerNotLocated
+from ._errors import InvalidBody as InvalidBody
 from ._errors import InvalidHandler as InvalidHandler
 from ._errors import InvalidHeaders as InvalidHeaders
 from ._errors import MailboxClosed as MailboxClosed
 from ._errors import MailboxFull as MailboxFull
+from ._errors import MalformedEnvelope as MalformedEnvelope
+from ._errors import MessageTypeAlreadyRegistered as MessageTypeAlreadyRegistered
 from ._errors import MessageVersionError as MessageVersionError
 from ._errors import ModuleFrozen as ModuleFrozen
 from ._errors import NoRouteError as NoRouteError
+from ._errors import OversizeEnvelope as OversizeEnvelope
 from ._errors import PartitionKeyError as PartitionKeyError
 from ._errors import PipelineBehaviorAlreadyRegistered as PipelineBehaviorAlreadyRegistered
 from ._errors import PublishError as PublishError
@@ -27,6 +33,10 @@ from ._errors import RequestHandlerNotFound as RequestHandlerNotFound
 from ._errors import SupervisorGaveUp as SupervisorGaveUp
 from ._errors import SystemClosed as SystemClosed
 from ._errors import TriobusError as TriobusError
+from ._errors import UnknownMessage as UnknownMessage
+from ._errors import UnsupportedMessageType as UnsupportedMessageType
+from ._errors import UnsupportedVersion as UnsupportedVersion
+from ._errors import UpcasterAlreadyRegistered as UpcasterAlreadyRegistered
 from ._errors import WiringError as WiringError
 from ._errors import WrongThread as WrongThread
 from ._errors import WrongVerb as WrongVerb
@@ -76,6 +86,9 @@ from .bus import local_queue as local_queue
 from .bus import open_bus as open_bus
 from .bus import route as route
 from .bus import route_module as route_module
+from .durability import Codec as Codec
+from .durability import Limits as Limits
+from .durability import MessageTypes as MessageTypes
 from .mailbox import DeadLetter as DeadLetter
 from .mailbox import DeadLetterReason as DeadLetterReason
 from .mailbox import DeadLetters as DeadLetters
@@ -124,6 +137,15 @@ __all__ = [
     "WrongThread",
     "PartitionKeyError",
     "InvalidHeaders",
+    "EnvelopeError",
+    "InvalidBody",
+    "MalformedEnvelope",
+    "MessageTypeAlreadyRegistered",
+    "OversizeEnvelope",
+    "UnknownMessage",
+    "UnsupportedMessageType",
+    "UnsupportedVersion",
+    "UpcasterAlreadyRegistered",
     # mailbox
     "Mailbox",
     "MailboxSpec",
@@ -191,6 +213,10 @@ __all__ = [
     "open_bus",
     "route",
     "route_module",
+    # durability
+    "Codec",
+    "Limits",
+    "MessageTypes",
 ]
 
 

@@ -189,5 +189,94 @@ class BusClosed(TriobusError):
     """The bus is not running (not entered yet, or already left)."""
 
 
+# ---------------------------------------------------------------- durability: the codec
+
+
+class MessageTypeAlreadyRegistered(TriobusError, ValueError):
+    """A second, different class (or a class and a name) was registered for one
+    message name and version in a ``MessageTypes`` registry."""
+
+
+class UpcasterAlreadyRegistered(TriobusError, ValueError):
+    """A second upcaster was registered for one step (a name, from one version)."""
+
+
+class UnsupportedMessageType(TriobusError, TypeError):
+    """A registered class is one the codec's converter cannot structure.
+
+    Make it an attrs class or a dataclass, or register a structure and an
+    unstructure hook for it on the converter given to ``Codec(converter=)``.
+    """
+
+
+class EnvelopeError(TriobusError):
+    """An envelope could not be encoded or decoded.
+
+    ``message_id`` is the envelope's id when it could be read (``None``
+    otherwise); ``reason`` is a short machine-readable string, one of
+    :data:`ENVELOPE_REASONS`, for logs, metrics and dead-letter records.
+    The subclasses group the reasons into families.
+    """
+
+    def __init__(self, message: str, *, reason: str, message_id: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message_id = message_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments: rebuild through a helper so copies and pickles work.
+        return (_rebuild_envelope_error, (type(self), str(self), self.reason, self.message_id))
+
+
+def _rebuild_envelope_error(
+    cls: type[EnvelopeError], message: str, reason: str, message_id: str | None
+) -> EnvelopeError:
+    return cls(message, reason=reason, message_id=message_id)
+
+
+class MalformedEnvelope(EnvelopeError):
+    """The bytes are not an envelope: not JSON, not an object, or a field is
+    missing or of the wrong type (``reason`` ``"malformed"``)."""
+
+
+class UnknownMessage(EnvelopeError, LookupError):
+    """No message type is registered under the envelope's name and version
+    (``reason`` ``"unknown_message"``)."""
+
+
+class UnsupportedVersion(EnvelopeError):
+    """The envelope's version cannot be decoded: newer than the newest known
+    (``"version_too_new"``), or an older one with no class of its own and no
+    upcaster path to a registered one (``"missing_upcaster"``)."""
+
+
+class InvalidBody(EnvelopeError):
+    """The message body does not fit its class (``"invalid_body"``), is not
+    the registered class (``"wrong_type"``), an upcaster failed on it
+    (``"upcaster_failed"``), or it cannot be written as JSON (``"unserializable"``)."""
+
+
+class OversizeEnvelope(EnvelopeError):
+    """An envelope is over one of the codec's limits: ``"oversize"`` (bytes),
+    ``"too_many_headers"``, ``"header_too_long"``, ``"name_too_long"``, ``"id_too_long"``."""
+
+
+#: Every ``EnvelopeError.reason``, by the family (class) that raises it.
+ENVELOPE_REASONS: dict[str, type[EnvelopeError]] = {
+    "malformed": MalformedEnvelope,
+    "unknown_message": UnknownMessage,
+    "version_too_new": UnsupportedVersion,
+    "missing_upcaster": UnsupportedVersion,
+    "invalid_body": InvalidBody,
+    "wrong_type": InvalidBody,
+    "upcaster_failed": InvalidBody,
+    "unserializable": InvalidBody,
+    "oversize": OversizeEnvelope,
+    "too_many_headers": OversizeEnvelope,
+    "header_too_long": OversizeEnvelope,
+    "name_too_long": OversizeEnvelope,
+    "id_too_long": OversizeEnvelope,
+}
+
 class StoreError(TriobusError):
     """A durable store could not do what was asked (open, read or write its database)."""
