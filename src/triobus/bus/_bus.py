@@ -392,6 +392,7 @@ class MessageBus:
                         plan.kind,
                         plan.endpoint,
                         [step],
+                        plan.host,
                     )
                     if first is None:
                         delivery = first = Delivery(
@@ -535,7 +536,7 @@ class MessageBus:
             )
         steps = [Step(None, self._pipeline, raw=handler) for handler in handlers]
         assert event.message_name is not None
-        return (Plan(self, self._new_id, event.message_name, 1, kind, endpoint, steps),)
+        return (Plan(self, self._new_id, event.message_name, 1, kind, endpoint, steps, self._host),)
 
     def __repr__(self) -> str:
         state = "open" if self._plans.open else "closed"

@@ -29,7 +29,7 @@ from ._retry import RetryPolicy
 
 if TYPE_CHECKING:
     from ..actors import Actor
-    from ..mailbox import DeadLetters
+    from ..mailbox import DeadLetters, Replay
     from ..supervision import SupervisorRef
     from ._plugins import DispatchEvent
 
@@ -95,6 +95,13 @@ class Step:
         return f"<Step {self.label}>"
 
 
+class ReplaySource(Protocol):
+    """What replays a plan's dead letters (the bus's host)."""
+
+    def replayer(self, delivery: Delivery, plan: Plan) -> Replay:
+        """What delivers ``delivery``'s message again, under ``plan``, for a replay."""
+
+
 class PlanKind(enum.StrEnum):
     REQUEST = "request"
     EVENT = "event"
@@ -107,6 +114,7 @@ class Plan:
     __slots__ = (
         "bus",
         "endpoint",
+        "host",
         "kind",
         "name",
         "new_id",
@@ -124,9 +132,13 @@ class Plan:
         kind: PlanKind,
         endpoint: Endpoint,
         steps: Sequence[Step],
+        host: ReplaySource | None = None,
     ) -> None:
         #: The bus whose handlers this plan runs (what ``current_bus()`` gives).
         self.bus = bus
+        #: What the bus shares with its endpoints: it replays this plan's dead
+        #: letters (``None``: a plan made outside a bus, not replayable).
+        self.host = host
         #: Makes message ids.
         self.new_id = new_id
         self.name = name
@@ -136,6 +148,21 @@ class Plan:
         self.steps = tuple(steps)
         #: The only step, or ``None`` when there are several (an event's subscribers).
         self.single = self.steps[0] if len(self.steps) == 1 else None
+
+    def only(self, step: Step) -> Plan:
+        """This plan narrowed to ``step`` alone (one subscription of an event)."""
+        if self.single is step:
+            return self
+        return Plan(
+            self.bus,
+            self.new_id,
+            self.name,
+            self.version,
+            self.kind,
+            self.endpoint,
+            [step],
+            self.host,
+        )
 
     def __repr__(self) -> str:
         labels = ", ".join(step.label for step in self.steps)
@@ -280,6 +307,17 @@ class Delivery(Carrier):
         copy.dispatch = self.dispatch
         return copy
 
+    def again(self, plan: Plan) -> Delivery:
+        """A fresh delivery of this message under ``plan``, for a replay.
+
+        The same id and context, and a fresh attempt budget; under the same
+        plan, the handlers already done stay done.
+        """
+        copy = self.same_message(plan)
+        if plan is self.plan:
+            copy.progress = self.progress
+        return copy
+
     def context(self) -> MessageContext:
         return MessageContext(
             message_id=self.message_id,
@@ -295,6 +333,15 @@ class Delivery(Carrier):
 
     def carried(self) -> tuple[object, Mapping[str, Any] | None]:
         return self.message, attrs.asdict(self.context())
+
+    def endpoint_uri(self) -> str | None:
+        return self.plan.endpoint.uri
+
+    def replayer(self) -> Replay | None:
+        host = self.plan.host
+        if self.asked or host is None:
+            return None  # an ask's caller has its outcome, or gave up
+        return host.replayer(self, self.plan)
 
     def dead_lettered(self, reason: DeadLetterReason) -> None:
         if not self.asked:
