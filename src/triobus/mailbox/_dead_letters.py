@@ -305,7 +305,7 @@ class DeadLetters:
         await trio.lowlevel.checkpoint()
         letter = self._letters.get(letter_id) if isinstance(letter_id, str) else None
         if letter is None:
-            raise self._not_found([letter_id], "got")
+            raise self._not_found([letter_id], "")
         return letter
 
     async def count(
@@ -386,17 +386,18 @@ class DeadLetters:
             return [letter for letter in letters.values() if resolved.matches(letter, now)]
         missing = [letter_id for letter_id in resolved if letter_id not in letters]
         if missing:
-            raise self._not_found(missing, f"{verb}d")
+            done = f"{verb}d" if verb.endswith("e") else f"{verb}ed"
+            raise self._not_found(missing, f", so none was {done}")
         if len(resolved) == 1:
             return [letters[resolved[0]]]
         wanted = set(resolved)
         return [letter for letter_id, letter in letters.items() if letter_id in wanted]
 
-    def _not_found(self, missing: builtins.list[str], done: str) -> DeadLetterNotFound:
+    def _not_found(self, missing: builtins.list[str], consequence: str) -> DeadLetterNotFound:
         named = ", ".join(repr(letter_id) for letter_id in missing[:_NAMED_IN_ERRORS])
         more = _more(len(missing), " and")
         return DeadLetterNotFound(
-            f"no dead letter {named}{more} in this store, so none was {done}: it was never "
+            f"no dead letter {named}{more} in this store{consequence}: it was never "
             f"recorded here, or it was replayed, purged or evicted since (the ring keeps the "
             f"last {self._capacity}); list() shows the letters kept",
             missing[0],
