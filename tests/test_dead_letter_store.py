@@ -535,6 +535,8 @@ async def test_a_replayed_letter_leaves_the_store_only_once_the_endpoint_accepte
             await trio.testing.wait_all_tasks_blocked()
             assert replayed == []  # waiting for room, as send does
             assert await bus.dead_letters.get(letter.letter_id) is letter
+            with pytest.raises(ReplayError, match=r"its replay is under way already"):
+                await bus.dead_letters.replay(letter.letter_id)
             release.set()
         assert replayed == [1]
         await bus.wait_quiet()
@@ -595,3 +597,32 @@ async def test_a_message_the_endpoint_dropped_is_replayed_to_that_endpoint() -> 
         await bus.wait_quiet()
         assert done == [1, 2, 3]
         assert await bus.dead_letters.count() == 0
+
+
+async def test_a_letter_recorded_under_fault_injection_replays_after_the_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from random import Random
+
+    from triobus.testing import FaultInjector, tracked
+
+    flaky = Flaky(failures=1)
+    async with open_bus(
+        Module("m").bind_request(Job, flaky),
+        endpoints=[local_queue("jobs", retries=0)],
+        routing=[route(Job).to("jobs")],
+    ) as bus:
+        class Always(Random):
+            def random(self) -> float:
+                return 0.0  # the coin always says "fault"
+
+        async with tracked(bus, faults=FaultInjector(Always(0)).delay(Job)) as session:
+            await bus.send(Job(1))
+        [letter] = await bus.dead_letters.list()
+        assert [record.message_id for record in session.dead_letters] == [letter.message_id]
+        assert [record.message_id for record in session.faults_injected()] == [letter.message_id]
+        # The session and its injector are gone: the replay goes to the endpoint itself.
+        await bus.dead_letters.replay(letter.letter_id)
+        await bus.wait_quiet()
+        assert [context.message_id for context in flaky.handled] == [letter.message_id]
+        assert bus.in_flight == 0

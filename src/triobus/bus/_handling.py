@@ -312,7 +312,8 @@ class EndpointActor(Actor):
         message, context = delivery.carried()
         assert context is not None
         plan = delivery.plan
-        if plan.endpoint is not self.endpoint:  # an instrument's endpoint in front
+        # (The plan's endpoint may be an instrument's, put in front of this one.)
+        if plan.single is not step or plan.endpoint is not self.endpoint:
             plan = Plan(
                 plan.bus,
                 plan.new_id,
@@ -320,7 +321,7 @@ class EndpointActor(Actor):
                 plan.version,
                 plan.kind,
                 self.endpoint,
-                plan.steps,
+                [step],
                 plan.host,
             )
         self.host.dead_letters.record(
@@ -330,7 +331,7 @@ class EndpointActor(Actor):
             error,
             {**context, "handler": step.label, "attempts": attempts},
             endpoint=self.endpoint.uri,
-            replay=self.host.replayer(delivery, plan.only(step)),
+            replay=self.host.replayer(delivery, plan),
         )
 
     async def _attempt_with_plugins(

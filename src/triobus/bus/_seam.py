@@ -149,21 +149,6 @@ class Plan:
         #: The only step, or ``None`` when there are several (an event's subscribers).
         self.single = self.steps[0] if len(self.steps) == 1 else None
 
-    def only(self, step: Step) -> Plan:
-        """This plan narrowed to ``step`` alone (one subscription of an event)."""
-        if self.single is step:
-            return self
-        return Plan(
-            self.bus,
-            self.new_id,
-            self.name,
-            self.version,
-            self.kind,
-            self.endpoint,
-            [step],
-            self.host,
-        )
-
     def __repr__(self) -> str:
         labels = ", ".join(step.label for step in self.steps)
         return f"<Plan {self.name} v{self.version} -> {self.endpoint.uri}: {labels}>"

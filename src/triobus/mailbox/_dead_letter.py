@@ -80,8 +80,16 @@ def _error(letter: DeadLetter) -> str | None:
         return f"<str() of the exception failed: {type(failure).__name__}>"
 
 
-def _traceback(letter: DeadLetter) -> str | None:
-    exc = letter.exception
+class _Lazy(enum.Enum):
+    """A field not made yet (the traceback, formatted when first read)."""
+
+    LAZY = "lazy"
+
+
+_LAZY = _Lazy.LAZY
+
+
+def _format_traceback(exc: BaseException | None) -> str | None:
     if exc is None or exc.__traceback__ is None:
         return None  # never raised (a refusal made on the spot): no stack to show
     return "".join(format_exception(exc))
@@ -133,9 +141,10 @@ class DeadLetter:
     )
     #: ``str(exception)``, or ``None``.
     error: str | None = attrs.field(default=attrs.Factory(_error, takes_self=True), kw_only=True)
-    #: The formatted traceback of a raised exception, or ``None``.
-    traceback: str | None = attrs.field(
-        default=attrs.Factory(_traceback, takes_self=True), kw_only=True
+    #: The traceback, or ``_LAZY`` until :attr:`traceback` is first read
+    #: (formatting costs more than the rest of a record).
+    _traceback: str | _Lazy | None = attrs.field(
+        default=_LAZY, kw_only=True, alias="traceback", eq=False, repr=False
     )
     #: How many attempts the handler had (``failed`` letters), else ``None``.
     attempts: int | None = attrs.field(default=_from_context("attempts", int), kw_only=True)
@@ -149,6 +158,15 @@ class DeadLetter:
     #: The undecoded bytes of a message that did not decode (durable stores);
     #: ``None`` in memory.
     raw: bytes | None = attrs.field(default=None, kw_only=True)
+
+    @property
+    def traceback(self) -> str | None:
+        """The formatted traceback of a raised exception, or ``None``."""
+        value = self._traceback
+        if value is _LAZY:
+            value = _format_traceback(self.exception)
+            object.__setattr__(self, "_traceback", value)  # a cache of a derived field
+        return value
 
     def describe(self) -> str:
         """A short text naming this letter in errors: id, message, recipient and reason."""
