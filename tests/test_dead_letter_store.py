@@ -612,6 +612,7 @@ async def test_a_letter_recorded_under_fault_injection_replays_after_the_session
         endpoints=[local_queue("jobs", retries=0)],
         routing=[route(Job).to("jobs")],
     ) as bus:
+
         class Always(Random):
             def random(self) -> float:
                 return 0.0  # the coin always says "fault"

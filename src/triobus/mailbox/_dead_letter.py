@@ -114,6 +114,10 @@ class DeadLetter:
     ``message_id``, ``message_name``, ``attempts``) or made fresh
     (``letter_id``, ``recorded_at``). Equality compares the content, not the
     store's bookkeeping (``letter_id`` and ``recorded_at``).
+
+    ``traceback`` is formatted from the exception when first read, so a
+    store writes a letter field by field (``letter.traceback``), not
+    through ``attrs.asdict`` (which shows the private ``_traceback``).
     """
 
     #: The message itself (never the internal wrapper around an ask); in a

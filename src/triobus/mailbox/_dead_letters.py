@@ -346,8 +346,10 @@ class DeadLetters:
         """Deliver the selected letters' messages again, oldest first; returns how many.
 
         Each letter's replayer runs in turn, and the letter leaves the ring
-        once it returned (the endpoint accepted the message again). A letter
-        whose replay another call has under way is skipped.
+        once it returned (the endpoint accepted the message again). A
+        selected letter whose replay another call has under way fails the
+        call before anything is replayed; one that another call starts
+        meanwhile is skipped.
 
         Raises:
             DeadLetterNotFound: a selected id is not kept (nothing replayed).
@@ -432,8 +434,8 @@ class DeadLetters:
                 "(tell it to the actor yourself)"
             )
         return (
-            "an invoke's request (an ask): its caller got the outcome or gave up, and no "
-            "one is left to answer"
+            "recorded with nothing that delivers it again: an invoke's request (an ask), "
+            "whose caller got the outcome or gave up"
         )
 
     def _refused(
