@@ -10,6 +10,7 @@ from ._errors import ActorStartError as ActorStartError
 from ._errors import ActorStopped as ActorStopped
 from ._errors import AskTimeout as AskTimeout
 from ._errors import BusClosed as BusClosed
+from ._errors import DeadLetterNotFound as DeadLetterNotFound
 from ._errors import DeadlockError as DeadlockError
 from ._errors import EnvelopeError as EnvelopeError
 from ._errors import EventHandlerAlreadyRegistered as EventHandlerAlreadyRegistered
@@ -28,6 +29,7 @@ from ._errors import OversizeEnvelope as OversizeEnvelope
 from ._errors import PartitionKeyError as PartitionKeyError
 from ._errors import PipelineBehaviorAlreadyRegistered as PipelineBehaviorAlreadyRegistered
 from ._errors import PublishError as PublishError
+from ._errors import ReplayError as ReplayError
 from ._errors import RequestHandlerAlreadyRegistered as RequestHandlerAlreadyRegistered
 from ._errors import RequestHandlerNotFound as RequestHandlerNotFound
 from ._errors import SupervisorGaveUp as SupervisorGaveUp
@@ -90,8 +92,11 @@ from .durability import Codec as Codec
 from .durability import Limits as Limits
 from .durability import MessageTypes as MessageTypes
 from .mailbox import DeadLetter as DeadLetter
+from .mailbox import DeadLetterCriteria as DeadLetterCriteria
+from .mailbox import DeadLetterFilter as DeadLetterFilter
 from .mailbox import DeadLetterReason as DeadLetterReason
 from .mailbox import DeadLetters as DeadLetters
+from .mailbox import DeadLetterStore as DeadLetterStore
 from .mailbox import Mailbox as Mailbox
 from .mailbox import MailboxSpec as MailboxSpec
 from .mailbox import MailboxStatistics as MailboxStatistics
@@ -122,6 +127,8 @@ __all__ = [
     "SupervisorGaveUp",
     "SystemClosed",
     "BusClosed",
+    "DeadLetterNotFound",
+    "ReplayError",
     "EventHandlerAlreadyRegistered",
     "HandlerNotLocated",
     "InvalidHandler",
@@ -152,8 +159,11 @@ __all__ = [
     "MailboxStatistics",
     "Overflow",
     "DeadLetter",
+    "DeadLetterCriteria",
+    "DeadLetterFilter",
     "DeadLetterReason",
     "DeadLetters",
+    "DeadLetterStore",
     # actors
     "DEFAULT_ASK_TIMEOUT",
     "Actor",

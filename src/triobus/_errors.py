@@ -49,6 +49,36 @@ class MailboxClosed(TriobusError):
     """A message was offered to a mailbox that no longer takes messages."""
 
 
+# ---------------------------------------------------------------- dead letters
+
+
+class DeadLetterNotFound(TriobusError, LookupError):
+    """No dead letter has this id in the store.
+
+    It was never recorded there, or it was replayed, purged or (in the
+    bounded in-memory ring) evicted since. ``letter_id`` names it.
+    """
+
+    def __init__(self, message: str, letter_id: str) -> None:
+        super().__init__(message)
+        self.letter_id = letter_id
+
+
+class ReplayError(TriobusError):
+    """Dead letters were not replayed; each one not replayed stays in the store.
+
+    ``letter_ids`` names the letters not replayed; ``replayed`` counts the
+    letters of the same call replayed before the error (they left the
+    store). ``__cause__`` holds what refused the replay, when something did
+    (``BusClosed``, an endpoint's refusal).
+    """
+
+    def __init__(self, message: str, letter_ids: Sequence[str], replayed: int = 0) -> None:
+        super().__init__(message)
+        self.letter_ids: tuple[str, ...] = tuple(letter_ids)
+        self.replayed = replayed
+
+
 # ---------------------------------------------------------------- actors
 
 

@@ -448,6 +448,7 @@ class MessageBus:
                         plan.kind,
                         plan.endpoint,
                         [step],
+                        plan.host,
                     )
                     if first is None:
                         delivery = first = Delivery(
@@ -593,7 +594,7 @@ class MessageBus:
             )
         steps = [Step(None, self._pipeline, raw=handler) for handler in handlers]
         assert event.message_name is not None
-        return (Plan(self, self._new_id, event.message_name, 1, kind, endpoint, steps),)
+        return (Plan(self, self._new_id, event.message_name, 1, kind, endpoint, steps, self._host),)
 
     def __repr__(self) -> str:
         state = "open" if self._plans.open else "closed"

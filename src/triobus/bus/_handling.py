@@ -25,9 +25,9 @@ from typing import Any, final
 
 import trio
 
-from .._errors import HandlerNotLocated
+from .._errors import BusClosed, HandlerNotLocated, MailboxFull
 from ..actors import Actor, Frame, current_frame
-from ..mailbox import DeadLetterReason, DeadLetters
+from ..mailbox import DeadLetterReason, DeadLetters, Replay
 from ..supervision import SupervisorRef
 from ._accounting import Accounting
 from ._handlers import Callee
@@ -36,7 +36,7 @@ from ._outbox import Outbox
 from ._plugins import DispatchEvent, Phase, Plugins
 from ._policy import RetryMode
 from ._probe import Probe
-from ._seam import CLOSED, Delivery, Endpoint, Settlement, Step
+from ._seam import CLOSED, Delivery, Endpoint, Plan, Settlement, Step
 
 logger = logging.getLogger("triobus.bus")
 
@@ -54,6 +54,7 @@ class BusHost:
         "accepted",
         "accounting",
         "dead_letters",
+        "open",
         "outbox",
         "plugins",
         "probe",
@@ -82,6 +83,9 @@ class BusHost:
         self.outbox = Outbox(accounting, dead_letters)
         #: The testing kit's instrument; ``None`` in production.
         self.probe: Probe | None = None
+        #: Whether the bus takes messages (set by ``open_bus``): dead letters
+        #: are replayed only then.
+        self.open = False
         self._supervisor: SupervisorRef | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -102,6 +106,34 @@ class BusHost:
 
     def handler_actor(self, endpoint: Endpoint, path: str) -> Actor:
         return EndpointActor(self, endpoint, path)
+
+    def replayer(self, delivery: Delivery, plan: Plan) -> Replay:
+        """What replays ``delivery``'s dead letter: a fresh delivery under ``plan``."""
+
+        async def replay() -> None:
+            await self.redeliver(delivery.again(plan))
+
+        return replay
+
+    async def redeliver(self, delivery: Delivery) -> None:
+        """Hand a dead letter's fresh ``delivery`` to its endpoint again (a replay).
+
+        Returns once the endpoint accepted it, waiting for room as ``send`` does.
+
+        Raises:
+            BusClosed: the bus is not running.
+            MailboxFull, ActorStopped: the endpoint refused it.
+        """
+        if not self.open:
+            raise BusClosed(
+                f"the bus that dead-lettered {delivery.plan.name!r} is not running (not started "
+                "yet, or shut down): replay its dead letters while that bus is open"
+            )
+        endpoint = delivery.plan.endpoint
+        try:
+            endpoint.accept_nowait(delivery)
+        except MailboxFull:
+            await endpoint.accept(delivery)
 
 
 class EndpointActor(Actor):
@@ -300,14 +332,30 @@ class EndpointActor(Actor):
         if delivery.failures is None:
             delivery.failures = []
         delivery.failures.append((step, error, attempts))
+        # A replay runs the failed handler alone, on the endpoint it ran on.
         message, context = delivery.carried()
         assert context is not None
+        plan = delivery.plan
+        # (The plan's endpoint may be an instrument's, put in front of this one.)
+        if plan.single is not step or plan.endpoint is not self.endpoint:
+            plan = Plan(
+                plan.bus,
+                plan.new_id,
+                plan.name,
+                plan.version,
+                plan.kind,
+                self.endpoint,
+                [step],
+                plan.host,
+            )
         self.host.dead_letters.record(
             message,
             self.path,
             DeadLetterReason.FAILED,
             error,
             {**context, "handler": step.label, "attempts": attempts},
+            endpoint=self.endpoint.uri,
+            replay=self.host.replayer(delivery, plan),
         )
 
     async def _attempt_with_plugins(

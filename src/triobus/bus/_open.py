@@ -174,14 +174,18 @@ class _Wiring:
 
 
 def _make_plans(
-    bus: MessageBus, table: PlanTable, wiring: _Wiring, new_id: Callable[[], str]
+    bus: MessageBus,
+    host: BusHost,
+    table: PlanTable,
+    wiring: _Wiring,
+    new_id: Callable[[], str],
 ) -> None:
     endpoints = wiring.endpoints
     for identity, binding in wiring.requests.items():
         uri = wiring.endpoint_for(identity, binding.module, binding.target, event=False)
         step = Step(binding.handler, (*wiring.pipeline, *binding.behaviors))
         table.requests[identity] = Plan(
-            bus, new_id, identity[0], identity[1], PlanKind.REQUEST, endpoints[uri], [step]
+            bus, new_id, identity[0], identity[1], PlanKind.REQUEST, endpoints[uri], [step], host
         )
     for identity, subscribers in wiring.events.items():
         grouped: dict[str, list[Step]] = {}
@@ -191,7 +195,7 @@ def _make_plans(
                 Step(subscriber.handler, (*wiring.pipeline, *subscriber.behaviors))
             )
         table.events[identity] = tuple(
-            Plan(bus, new_id, identity[0], identity[1], PlanKind.EVENT, endpoints[uri], steps)
+            Plan(bus, new_id, identity[0], identity[1], PlanKind.EVENT, endpoints[uri], steps, host)
             for uri, steps in grouped.items()
         )
 
@@ -286,12 +290,12 @@ class BusRunner:
         host.attach(self._supervisor, self._nursery)
         await self._nursery.start(host.outbox.run)
         bus.endpoints = dict(self._wiring.endpoints)
-        _make_plans(bus, plans, self._wiring, new_id)
+        _make_plans(bus, host, plans, self._wiring, new_id)
         for endpoint in self._wiring.endpoints.values():
             await endpoint.start(host)
             self._started.append(endpoint)
         bus._opened(trio.lowlevel.current_trio_token())
-        plans.open = True
+        plans.open = host.open = True
         return bus
 
     async def _stop_endpoints(self) -> None:
@@ -311,6 +315,8 @@ class BusRunner:
     async def _undo_start(self) -> None:
         if self._plans is not None:
             self._plans.close()
+        if self._host is not None:
+            self._host.open = False
         await self._firm_stop()
         if self._nursery_manager is not None:
             assert self._nursery is not None
@@ -334,16 +340,20 @@ class BusRunner:
         bus, plans, manager = self._bus, self._plans, self._nursery_manager
         assert bus is not None and plans is not None and manager is not None
         assert self._nursery is not None
+        host = self._host
+        assert host is not None
         stop_error: BaseException | None = None
         try:
             if exc is None:
                 with trio.move_on_after(self._drain_timeout):
                     await bus.wait_quiet()
                 plans.close()
+                host.open = False
                 await self._stop_endpoints()
         except BaseException as error:
             stop_error = error
         plans.close()
+        host.open = False
         if exc is not None or stop_error is not None:
             await self._firm_stop()
         self._nursery.cancel_scope.cancel()

@@ -143,4 +143,5 @@ def _moved(plan: Plan, replace: Callable[[Endpoint], Endpoint]) -> Plan:
         plan.kind,
         replace(plan.endpoint),
         plan.steps,
+        plan.host,
     )

@@ -30,7 +30,7 @@ from ._protocols import IMessageBus
 
 if TYPE_CHECKING:
     from ..actors import Actor
-    from ..mailbox import DeadLetters
+    from ..mailbox import DeadLetters, Replay
     from ..supervision import SupervisorRef
     from ._plugins import DispatchEvent
 
@@ -100,6 +100,13 @@ class Step:
         return f"<Step {self.label}>"
 
 
+class ReplaySource(Protocol):
+    """What replays a plan's dead letters (the bus's host)."""
+
+    def replayer(self, delivery: Delivery, plan: Plan) -> Replay:
+        """What delivers ``delivery``'s message again, under ``plan``, for a replay."""
+
+
 class PlanKind(enum.StrEnum):
     REQUEST = "request"
     EVENT = "event"
@@ -112,6 +119,7 @@ class Plan:
     __slots__ = (
         "bus",
         "endpoint",
+        "host",
         "kind",
         "name",
         "new_id",
@@ -129,9 +137,13 @@ class Plan:
         kind: PlanKind,
         endpoint: Endpoint,
         steps: Sequence[Step],
+        host: ReplaySource | None = None,
     ) -> None:
         #: The bus whose handlers this plan runs (what ``current_bus()`` gives).
         self.bus = bus
+        #: What the bus shares with its endpoints: it replays this plan's dead
+        #: letters (``None``: a plan made outside a bus, not replayable).
+        self.host = host
         #: Makes message ids.
         self.new_id = new_id
         self.name = name
@@ -302,6 +314,17 @@ class Delivery(Carrier):
         copy.dispatch = self.dispatch
         return copy
 
+    def again(self, plan: Plan) -> Delivery:
+        """A fresh delivery of this message under ``plan``, for a replay.
+
+        The same id and context, and a fresh attempt budget; under the same
+        plan, the handlers already done stay done.
+        """
+        copy = self.same_message(plan)
+        if plan is self.plan:
+            copy.progress = self.progress
+        return copy
+
     def context(self) -> MessageContext:
         return MessageContext(
             message_id=self.message_id,
@@ -317,6 +340,15 @@ class Delivery(Carrier):
 
     def carried(self) -> tuple[object, Mapping[str, Any] | None]:
         return self.message, attrs.asdict(self.context())
+
+    def endpoint_uri(self) -> str | None:
+        return self.plan.endpoint.uri
+
+    def replayer(self) -> Replay | None:
+        host = self.plan.host
+        if self.asked or host is None:
+            return None  # an ask's caller has its outcome, or gave up
+        return host.replayer(self, self.plan)
 
     def dead_lettered(self, reason: DeadLetterReason) -> None:
         if not self.asked:
