@@ -440,16 +440,7 @@ class MessageBus:
         async with trio.open_nursery() as nursery:
             for plan in plans:
                 for step in plan.steps:
-                    single = Plan(
-                        plan.bus,
-                        plan.new_id,
-                        plan.name,
-                        plan.version,
-                        plan.kind,
-                        plan.endpoint,
-                        [step],
-                        plan.host,
-                    )
+                    single = plan.only(step)
                     if first is None:
                         delivery = first = Delivery(
                             event, single, handling, headers, correlation_id, reply_to, True

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ..actors import Actor
     from ..mailbox import DeadLetters, Replay
     from ..supervision import SupervisorRef
+    from ._module import Module
     from ._plugins import DispatchEvent
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -153,6 +154,19 @@ class Plan:
         self.steps = tuple(steps)
         #: The only step, or ``None`` when there are several (an event's subscribers).
         self.single = self.steps[0] if len(self.steps) == 1 else None
+
+    def only(self, step: Step, endpoint: Endpoint | None = None) -> Plan:
+        """This plan with ``step`` alone (on ``endpoint``, when given)."""
+        return Plan(
+            self.bus,
+            self.new_id,
+            self.name,
+            self.version,
+            self.kind,
+            endpoint or self.endpoint,
+            [step],
+            self.host,
+        )
 
     def __repr__(self) -> str:
         labels = ", ".join(step.label for step in self.steps)
@@ -385,6 +399,15 @@ class EndpointHost(Protocol):
 
     def wall_clock(self) -> float:
         """Now, in seconds since the epoch, as the bus schedules (follows trio's clock)."""
+
+    @property
+    def modules(self) -> tuple[Module, ...]:
+        """The modules the bus binds (what a codec registers)."""
+
+    def plan_for(self, uri: str, name: str, version: int, step: str = "") -> Plan | None:
+        """The plan of message ``(name, version)`` on endpoint ``uri`` (handler ``step``
+        alone, by its label, when given), or ``None`` when no handler there takes it.
+        """
 
     def accepted(self) -> None:
         """Count one delivery in flight (the bus is quiet when none is)."""
