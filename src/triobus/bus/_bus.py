@@ -404,7 +404,6 @@ class MessageBus:
                 probe.dispatched(DispatchKind.PUBLISH, delivery)
             endpoint = plan.endpoint
             if holding:
-                assert handling is not None
                 self._host.outbox.hold(handling, endpoint, delivery)
                 continue
             try:

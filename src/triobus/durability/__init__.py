@@ -15,6 +15,8 @@ from ._codec import Upcaster as Upcaster
 from ._queue import DurableQueue as DurableQueue
 from ._queue import durable_queue as durable_queue
 from ._store import Counts as Counts
+from ._unit import UnitOfWork as UnitOfWork
+from ._unit import unit_of_work as unit_of_work
 
 __all__ = [
     "ENVELOPE_REASONS",
@@ -23,6 +25,8 @@ __all__ = [
     "DurableQueue",
     "Limits",
     "MessageTypes",
+    "UnitOfWork",
     "Upcaster",
     "durable_queue",
+    "unit_of_work",
 ]

@@ -22,7 +22,7 @@ from typing import Any, Final, final
 import attrs
 import trio
 
-from .._errors import ActorStopped, EnvelopeError, StoreError
+from .._errors import ActorStopped, EnvelopeError, MailboxFull, StoreError
 from ..actors import ActorRef
 from ..bus import (
     Delivery,
@@ -56,6 +56,12 @@ def _shared_store(path: str, options: dict[str, Any]) -> SqliteStore:
     return store
 
 
+def store_for(path: str) -> SqliteStore | None:
+    """The open store of database file ``path`` in this trio run, if a durable queue opened it."""
+    store = _stores.get((os.path.realpath(path), trio.lowlevel.current_trio_token()))
+    return store if store is not None and store.database.is_open else None
+
+
 def _release_store(store: SqliteStore) -> None:
     if not store.database.is_open:
         for key, known in list(_stores.items()):
@@ -67,12 +73,14 @@ def _release_store(store: SqliteStore) -> None:
 class Receipt:
     """What a durable queue needs to settle one delivery: its stored row."""
 
-    __slots__ = ("counted", "row")
+    __slots__ = ("acked", "counted", "row")
 
     def __init__(self, row: StoredRow, counted: bool) -> None:
         self.row = row
         #: Whether this process counted the attempt (to give it back if it never ran).
         self.counted = counted
+        #: Acknowledged by the handler's unit of work, with its writes.
+        self.acked = False
 
 
 @final
@@ -161,6 +169,8 @@ class DurableQueue:
         self._codec = Codec(types)
         store = _shared_store(self.path, self._store_options)
         await store.open()
+        if store.codec is None:
+            store.codec = self._codec
         try:
             suspect = await store.recover(self._uri)
             if suspect:
@@ -295,6 +305,7 @@ class DurableQueue:
                 await self._feed()
 
     async def _feed(self) -> None:
+        await self._relay_outbox()
         while True:
             try:
                 await self._feed_once()
@@ -353,8 +364,10 @@ class DurableQueue:
         wait = self.poll_interval
         if due is not None:
             wait = min(wait, max(0.0, due - host.wall_clock()))
-        with trio.move_on_after(wait):
+        with trio.move_on_after(wait) as waited:
             await self._wake.wait()
+        if waited.cancelled_caught:
+            await self._relay_outbox()
 
     async def _delivery(
         self, row: StoredRow, store: SqliteStore, host: EndpointHost
@@ -425,7 +438,8 @@ class DurableQueue:
             store.dead_letter_soon(self._failed_letter(delivery, step.label, error, attempts), None)
         delivery.failures = None
         if settlement is Settlement.HANDLED or settlement is Settlement.DEAD_LETTERED:
-            store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
+            if not receipt.acked:
+                store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
         elif settlement is Settlement.RETRY:
             due = now if delivery.due is None else delivery.due
             store.retry_soon(row.seq, due, delivery.attempt - 1, delivery.progress)
@@ -532,6 +546,59 @@ class DurableQueue:
             decodes=True,
             body=row.body,
         )
+
+    def wall_clock(self) -> float:
+        """Now, by the bus's wall clock (seconds since the epoch)."""
+        if self._host is None:
+            raise ActorStopped(f"durable endpoint {self._uri!r} is not running")
+        return self._host.wall_clock()
+
+    # ------------------------------------------------------------ outbox relay
+
+    async def _relay_outbox(self) -> None:
+        """Relay outbox rows left by a process that died between commit and relay.
+
+        Rows bound for this queue are relayed here; so are rows bound for
+        endpoints that are not durable queues, by the first queue on this
+        database. An endpoint that refuses (not running) keeps its rows for
+        the next pass.
+        """
+        store, host, codec = self._store, self._host, self._codec
+        assert store is not None and host is not None and codec is not None
+        rows = await store.outbox(None, limit=500)
+        done: list[int] = []
+        try:
+            for row in rows:
+                try:
+                    envelope = codec.decode(row.body)
+                except EnvelopeError as exc:
+                    await store.dead_letter(self._bad_letter(row.body, exc, row.message_id, None))
+                    done.append(row.seq)
+                    continue
+                plan = host.plan_for(
+                    row.endpoint, envelope.message_name, envelope.message_version, row.step
+                )
+                if plan is None:
+                    continue  # bound for an endpoint this bus does not run
+                target = plan.endpoint
+                if isinstance(target, DurableQueue) and target is not self:
+                    continue  # that queue relays its own rows
+                if not isinstance(target, DurableQueue) and store.relayer not in (None, self):
+                    continue
+                store.relayer = self
+                delivery = Delivery.of(envelope, plan)
+                delivery.due = row.due
+                try:
+                    try:
+                        target.accept_nowait(delivery)
+                    except (MailboxFull, trio.WouldBlock):
+                        await target.accept(delivery)
+                except ActorStopped:
+                    continue
+                done.append(row.seq)
+        finally:
+            if done:
+                await store.relayed(done)
 
     # ------------------------------------------------------------ introspection
 

@@ -27,11 +27,14 @@ import os
 import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import attrs
 
 from ._sqlite import Database
+
+if TYPE_CHECKING:
+    from ._codec import Codec
 
 SCHEMA_VERSION: Final = 1
 
@@ -182,6 +185,10 @@ class SqliteStore:
         self.inbox_retention = float(inbox_retention)
         #: This process's claims (a fresh id per open: claims of a dead process differ).
         self.owner = secrets.token_hex(8)
+        #: The codec of the bus whose durable queues use this store (set at their start).
+        self.codec: Codec | None = None
+        #: The queue that relays outbox rows bound for non-durable endpoints.
+        self.relayer: object | None = None
 
     @property
     def path(self) -> str:
@@ -419,19 +426,27 @@ class SqliteStore:
 
     # ------------------------------------------------------------ outbox
 
-    async def outbox(self, endpoints: Iterable[str], limit: int) -> list[OutboxRow]:
-        uris = list(endpoints)
+    async def outbox(self, endpoints: Iterable[str] | None, limit: int) -> list[OutboxRow]:
+        """Outbox rows (bound for ``endpoints``, or all), oldest first."""
+        uris = None if endpoints is None else list(endpoints)
 
         def job(connection: sqlite3.Connection) -> list[OutboxRow]:
-            marks = ", ".join("?" for _ in uris)
+            query = ""
+            params: tuple[str, ...] = ()
+            if uris is not None:
+                query = f"WHERE endpoint IN ({', '.join('?' for _ in uris)})"
+                params = tuple(uris)
             rows = connection.execute(
                 "SELECT seq, endpoint, message_id, step, due, body FROM triobus_outbox "
-                f"WHERE endpoint IN ({marks}) ORDER BY seq LIMIT ?",
-                (*uris, limit),
+                f"{query} ORDER BY seq LIMIT ?",
+                (*params, limit),
             ).fetchall()
-            return [OutboxRow(*row) for row in rows]
+            return [
+                OutboxRow(seq, uri, mid, step, due, bytes(body))
+                for seq, uri, mid, step, due, body in rows
+            ]
 
-        if not uris:
+        if uris == []:
             return []
         return await self.database.read(job)
 
