@@ -1,4 +1,4 @@
-"""Crash tests: a worker process consuming a durable queue is killed with SIGKILL at random points."""
+"""Crash tests: a worker consuming a durable queue is SIGKILLed at random points."""
 
 from __future__ import annotations
 
