@@ -128,8 +128,6 @@ class DurableQueue:
         self._ref: ActorRef | None = None
         self._feeder: trio.CancelScope | None = None
         self._wake = trio.Event()
-        #: Message keys accepted (and counted in flight) here, not yet claimed.
-        self._counted: set[tuple[str, str]] = set()
         #: Deliveries fed to the mailbox and not settled yet.
         self._outstanding = 0
         self._idle = trio.Event()
@@ -237,17 +235,17 @@ class DurableQueue:
         step = ""  # the whole delivery (a replayed dead letter may name one handler)
         now = host.wall_clock()
         due = now if delivery.due is None else delivery.due
-        key = (delivery.message_id, step)
         counted = due <= now
         if counted:
-            # Counted before it is stored: the feeder may hand it over at once.
-            self._counted.add(key)
+            # Counted before it is stored (the feeder may hand it over at
+            # once); the row says so, so its claim does not count it again.
             host.accepted()
         try:
-            await store.enqueue(self._uri, delivery.message_id, delivery.plan.name, step, due, body)
+            await store.enqueue(
+                self._uri, delivery.message_id, delivery.plan.name, step, due, body, counted
+            )
         except BaseException:
-            if counted and key in self._counted:
-                self._counted.discard(key)
+            if counted:
                 host.settled()
             raise
         self._wake.set()
@@ -275,17 +273,19 @@ class DurableQueue:
                 self._letter_for_envelope(data, envelope.message_id, envelope.message_name)
             )
             return
-        key = (envelope.message_id, "")
-        self._counted.add(key)
         host.accepted()
         try:
             await store.enqueue(
-                self._uri, envelope.message_id, envelope.message_name, "", host.wall_clock(), data
+                self._uri,
+                envelope.message_id,
+                envelope.message_name,
+                "",
+                host.wall_clock(),
+                data,
+                True,
             )
         except BaseException:
-            if key in self._counted:
-                self._counted.discard(key)
-                host.settled()
+            host.settled()
             raise
         self._wake.set()
 
@@ -336,7 +336,9 @@ class DurableQueue:
             store.purge_inbox_soon(now)
             self._next_purge = now + INBOX_PURGE_INTERVAL
         self._wake = trio.Event()
-        rows = await store.claim(self._uri, now, self.prefetch)
+        rows, duplicates = await store.claim(self._uri, now, self.prefetch)
+        for _ in range(duplicates):
+            host.settled()  # skipped: its message was handled already
         if not rows:
             await self._wait_for_rows(store, host)
             return
@@ -373,10 +375,7 @@ class DurableQueue:
         self, row: StoredRow, store: SqliteStore, host: EndpointHost
     ) -> Delivery | None:
         """The delivery of a claimed row, or ``None`` when it was dead-lettered instead."""
-        key = (row.message_id, row.step)
-        if key in self._counted:
-            self._counted.discard(key)
-        else:
+        if not row.counted_here:
             host.accepted()
         try:
             envelope = self.codec.decode(row.body)

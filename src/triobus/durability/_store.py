@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS triobus_queue (
     progress INTEGER NOT NULL DEFAULT 0,
     claimed_by TEXT,
     suspect INTEGER NOT NULL DEFAULT 0,
+    counted_by TEXT,
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS triobus_queue_next ON triobus_queue (endpoint, claimed_by, seq);
@@ -106,6 +107,8 @@ class StoredRow:
     progress: int
     suspect: bool
     body: bytes
+    #: Counted in flight by this process when it was stored (not again at claim).
+    counted_here: bool = False
 
 
 @final
@@ -206,15 +209,28 @@ class SqliteStore:
     # ------------------------------------------------------------ queue
 
     async def enqueue(
-        self, endpoint: str, message_id: str, name: str, step: str, due: float, body: bytes
+        self,
+        endpoint: str,
+        message_id: str,
+        name: str,
+        step: str,
+        due: float,
+        body: bytes,
+        counted: bool = False,
     ) -> None:
-        """Store one delivery; returns once it is committed."""
+        """Store one delivery; returns once it is committed.
+
+        ``counted``: this process counts it in flight already (see
+        :attr:`StoredRow.counted_here`).
+        """
+        counted_by = self.owner if counted else None
 
         def job(connection: sqlite3.Connection) -> None:
             connection.execute(
-                "INSERT INTO triobus_queue (endpoint, message_id, message_name, step, due, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (endpoint, message_id, name, step, due, body),
+                "INSERT INTO triobus_queue "
+                "(endpoint, message_id, message_name, step, due, body, counted_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (endpoint, message_id, name, step, due, body, counted_by),
             )
 
         await self.database.write(job)
@@ -232,35 +248,46 @@ class SqliteStore:
 
         return await self.database.write(job)
 
-    async def claim(self, endpoint: str, now: float, limit: int) -> list[StoredRow]:
+    async def claim(self, endpoint: str, now: float, limit: int) -> tuple[list[StoredRow], int]:
         """Take up to ``limit`` due rows, oldest first, counting an attempt on each.
 
         Rows whose message the inbox marks handled are deleted instead (a
         duplicate is skipped quietly). Suspect rows are taken without a count
-        (see :meth:`started`).
+        (see :meth:`started`). Returns the rows taken and how many of the
+        skipped duplicates this process counted in flight when it stored them.
         """
         owner = self.owner
 
-        def job(connection: sqlite3.Connection) -> list[StoredRow]:
+        def job(connection: sqlite3.Connection) -> tuple[list[StoredRow], int]:
             rows = connection.execute(
                 "SELECT q.seq, q.message_id, q.step, q.attempts, q.progress, q.suspect, q.body, "
-                "i.message_id IS NOT NULL FROM triobus_queue AS q "
+                "q.counted_by IS NOT NULL AND q.counted_by = ?, i.message_id IS NOT NULL "
+                "FROM triobus_queue AS q "
                 "LEFT JOIN triobus_inbox AS i ON i.endpoint = q.endpoint "
                 "AND i.message_id = q.message_id AND i.step = q.step "
                 "WHERE q.endpoint = ? AND q.claimed_by IS NULL AND q.due <= ? "
                 "ORDER BY q.seq LIMIT ?",
-                (endpoint, now, limit),
+                (owner, endpoint, now, limit),
             ).fetchall()
             taken: list[StoredRow] = []
             duplicates: list[tuple[int]] = []
-            for seq, message_id, step, attempts, progress, suspect, body, handled in rows:
+            counted_duplicates = 0
+            for seq, message_id, step, attempts, progress, suspect, body, here, handled in rows:
                 if handled:
                     duplicates.append((seq,))
+                    counted_duplicates += bool(here)
                     continue
-                counted = 0 if suspect else 1
+                count = 0 if suspect else 1
                 taken.append(
                     StoredRow(
-                        seq, message_id, step, attempts + counted, progress, bool(suspect), body
+                        seq,
+                        message_id,
+                        step,
+                        attempts + count,
+                        progress,
+                        bool(suspect),
+                        bytes(body),
+                        bool(here),
                     )
                 )
             if duplicates:
@@ -269,7 +296,7 @@ class SqliteStore:
                 "UPDATE triobus_queue SET claimed_by = ?, attempts = attempts + ? WHERE seq = ?",
                 [(owner, 0 if row.suspect else 1, row.seq) for row in taken],
             )
-            return taken
+            return taken, counted_duplicates
 
         return await self.database.write(job)
 
