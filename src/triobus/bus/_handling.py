@@ -373,7 +373,8 @@ class EndpointActor(Actor):
             error,
             {**context, "handler": step.label, "attempts": attempts},
             endpoint=self.endpoint.uri,
-            replay=self.host.replayer(delivery, plan),
+            # A stored delivery's letter is stored by its endpoint: replayed there.
+            replay=None if delivery.receipt is not None else self.host.replayer(delivery, plan),
         )
 
     async def _attempt_with_plugins(

@@ -362,6 +362,8 @@ class Delivery(Carrier):
         host = self.plan.host
         if self.asked or host is None:
             return None  # an ask's caller has its outcome, or gave up
+        if self.receipt is not None:
+            return None  # its endpoint stores it, and its dead letter: replay it there
         return host.replayer(self, self.plan)
 
     def dead_lettered(self, reason: DeadLetterReason) -> None:
