@@ -54,6 +54,7 @@ from ._seam import EndpointHost as EndpointHost
 from ._seam import Plan as Plan
 from ._seam import Settlement as Settlement
 from ._seam import Step as Step
+from ._seam import hand_over as hand_over
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -64,6 +65,7 @@ __all__ = [
     "BusRunner",
     "Command",
     "Delivery",
+    "hand_over",
     "DeliveryMode",
     "DispatchEvent",
     "DispatchKind",

@@ -25,7 +25,7 @@ from typing import Any, final
 
 import trio
 
-from .._errors import BusClosed, HandlerNotLocated, MailboxFull
+from .._errors import BusClosed, HandlerNotLocated
 from ..actors import Actor, Frame, current_frame
 from ..mailbox import DeadLetterReason, DeadLetters, Replay
 from ..supervision import SupervisorRef
@@ -38,7 +38,7 @@ from ._plans import PlanTable
 from ._plugins import DispatchEvent, Phase, Plugins
 from ._policy import RetryMode
 from ._probe import Probe
-from ._seam import CLOSED, Delivery, Endpoint, Plan, Settlement, Step
+from ._seam import CLOSED, Delivery, Endpoint, Plan, Settlement, Step, hand_over
 
 logger = logging.getLogger("triobus.bus")
 
@@ -136,11 +136,7 @@ class BusHost:
                 f"the bus that dead-lettered {delivery.plan.name!r} is not running (not started "
                 "yet, or shut down): replay its dead letters while that bus is open"
             )
-        endpoint = delivery.plan.endpoint
-        try:
-            endpoint.accept_nowait(delivery)
-        except (MailboxFull, trio.WouldBlock):
-            await endpoint.accept(delivery)
+        await hand_over(delivery.plan.endpoint, delivery)
 
     def plan_for(self, uri: str, name: str, version: int, step: str = "") -> Plan | None:
         """The plan of message ``(name, version)`` on endpoint ``uri`` (only handler

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
 import attrs
 import trio
 
+from .._errors import MailboxFull
 from ..mailbox import Carrier, DeadLetterReason
 from ._envelope import Envelope, MessageContext
 from ._handlers import Callee, handler_call, run_pipeline
@@ -494,3 +495,14 @@ class Endpoint(Protocol):
         Returns ``True`` when the endpoint keeps it (settled as left for
         redelivery), ``False`` to let it be dead-lettered (reason ``shutdown``).
         """
+
+
+async def hand_over(endpoint: Endpoint, delivery: Delivery) -> None:
+    """Give ``delivery`` to ``endpoint``: at once when it can take it, else waiting.
+
+    Raises what :meth:`Endpoint.accept` raises.
+    """
+    try:
+        endpoint.accept_nowait(delivery)
+    except (MailboxFull, trio.WouldBlock):
+        await endpoint.accept(delivery)

@@ -19,10 +19,9 @@ import traceback
 from collections.abc import Awaitable
 from typing import Any, Final, final
 
-import attrs
 import trio
 
-from .._errors import ActorStopped, EnvelopeError, MailboxFull, StoreError
+from .._errors import ActorStopped, EnvelopeError, StoreError
 from ..actors import ActorRef
 from ..bus import (
     Delivery,
@@ -30,6 +29,7 @@ from ..bus import (
     EndpointHost,
     ErrorPolicy,
     Settlement,
+    hand_over,
 )
 from ..mailbox import DeadLetterReason, MailboxSpec, exception_type_name, new_letter_id
 from ._codec import Codec, MessageTypes
@@ -384,8 +384,10 @@ class DurableQueue:
             return None
         plan = host.plan_for(self._uri, envelope.message_name, envelope.message_version, row.step)
         if plan is None:
-            letter = self._letter_for_envelope(row.body, row.message_id, envelope.message_name)
-            self._dead_row(row, attrs.evolve(letter, step=row.step))
+            letter = self._letter_for_envelope(
+                row.body, row.message_id, envelope.message_name, row.step
+            )
+            self._dead_row(row, letter)
             return None
         limit = self._errors.max_attempts
         attempts = row.attempts + (1 if row.suspect else 0)
@@ -460,90 +462,100 @@ class DurableQueue:
 
     # ------------------------------------------------------------ letters
 
+    def _letter(
+        self,
+        reason: DeadLetterReason,
+        body: bytes,
+        *,
+        message_id: str | None,
+        message_name: str | None,
+        step: str,
+        attempts: int | None,
+        error: str,
+        exception: BaseException | None = None,
+        decodes: bool = True,
+    ) -> StoredLetter:
+        """A dead letter of this queue, stamped now."""
+        assert self._host is not None
+        return StoredLetter(
+            letter_id=new_letter_id(),
+            endpoint=self._uri,
+            recipient=self._uri,
+            reason=reason.value,
+            message_id=message_id,
+            message_name=message_name,
+            step=step,
+            exception_type=None if exception is None else exception_type_name(type(exception)),
+            error=error,
+            traceback=(
+                "".join(traceback.format_exception(exception))
+                if exception is not None and exception.__traceback__ is not None
+                else None
+            ),
+            attempts=attempts,
+            recorded_at=self._host.wall_clock(),
+            decodes=decodes,
+            body=body,
+        )
+
     def _failed_letter(
         self, delivery: Delivery, step: str, error: Exception, attempts: int
     ) -> StoredLetter:
         receipt = delivery.receipt
         assert isinstance(receipt, Receipt)
-        assert self._host is not None
-        single = len(delivery.plan.steps) > 1 or bool(receipt.row.step)
-        return StoredLetter(
-            letter_id=new_letter_id(),
-            endpoint=self._uri,
-            recipient=self._uri,
-            reason=DeadLetterReason.FAILED.value,
+        # One handler of several (or of a replayed one) is named, to be replayed alone.
+        alone = len(delivery.plan.steps) > 1 or bool(receipt.row.step)
+        return self._letter(
+            DeadLetterReason.FAILED,
+            receipt.row.body,
             message_id=delivery.message_id,
             message_name=delivery.plan.name,
-            step=step if single else "",
-            exception_type=exception_type_name(type(error)),
-            error=str(error),
-            traceback="".join(traceback.format_exception(error)),
+            step=step if alone else "",
             attempts=attempts,
-            recorded_at=self._host.wall_clock(),
-            decodes=True,
-            body=receipt.row.body,
+            error=str(error),
+            exception=error,
         )
 
     def _bad_letter(
         self, data: bytes, error: EnvelopeError, message_id: str | None, row: StoredRow | None
     ) -> StoredLetter:
-        assert self._host is not None
-        return StoredLetter(
-            letter_id=new_letter_id(),
-            endpoint=self._uri,
-            recipient=self._uri,
-            reason=DeadLetterReason.UNDECODABLE.value,
+        return self._letter(
+            DeadLetterReason.UNDECODABLE,
+            data,
             message_id=message_id,
             message_name=None,
             step=row.step if row is not None else "",
-            exception_type=exception_type_name(type(error)),
-            error=f"{error.reason}: {error}",
-            traceback=None,
             attempts=row.attempts if row is not None else 0,
-            recorded_at=self._host.wall_clock(),
+            error=f"{error.reason}: {error}",
+            exception=error,
             decodes=False,
-            body=data,
         )
 
-    def _letter_for_envelope(self, data: bytes, message_id: str, name: str) -> StoredLetter:
-        assert self._host is not None
-        return StoredLetter(
-            letter_id=new_letter_id(),
-            endpoint=self._uri,
-            recipient=self._uri,
-            reason=DeadLetterReason.NO_HANDLER.value,
+    def _letter_for_envelope(
+        self, data: bytes, message_id: str, name: str, step: str = ""
+    ) -> StoredLetter:
+        return self._letter(
+            DeadLetterReason.NO_HANDLER,
+            data,
             message_id=message_id,
             message_name=name,
-            step="",
-            exception_type=None,
-            error=f"no handler for {name!r} is bound at endpoint {self._uri!r}",
-            traceback=None,
+            step=step,
             attempts=0,
-            recorded_at=self._host.wall_clock(),
-            decodes=True,
-            body=data,
+            error=f"no handler for {name!r} is bound at endpoint {self._uri!r}",
         )
 
     def _interrupted_letter(self, row: StoredRow, name: str, limit: int) -> StoredLetter:
-        assert self._host is not None
-        return StoredLetter(
-            letter_id=new_letter_id(),
-            endpoint=self._uri,
-            recipient=self._uri,
-            reason=DeadLetterReason.INTERRUPTED.value,
+        return self._letter(
+            DeadLetterReason.INTERRUPTED,
+            row.body,
             message_id=row.message_id,
             message_name=name,
             step=row.step,
-            exception_type=None,
+            attempts=limit,
             error=(
                 f"its handler was started {limit} time(s), the most the error policy allows, "
                 "and the process stopped (was killed or crashed) before it finished each time"
             ),
-            traceback=None,
-            attempts=limit,
-            recorded_at=self._host.wall_clock(),
-            decodes=True,
-            body=row.body,
         )
 
     def wall_clock(self) -> float:
@@ -588,10 +600,7 @@ class DurableQueue:
                 delivery = Delivery.of(envelope, plan)
                 delivery.due = row.due
                 try:
-                    try:
-                        target.accept_nowait(delivery)
-                    except (MailboxFull, trio.WouldBlock):
-                        await target.accept(delivery)
+                    await hand_over(target, delivery)
                 except ActorStopped:
                     continue
                 done.append(row.seq)

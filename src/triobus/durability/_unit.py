@@ -34,8 +34,8 @@ from typing import Any, final
 
 import trio
 
-from .._errors import ActorStopped, MailboxFull, StoreError
-from ..bus import Delivery, Endpoint, delivery_in_hand, enlisting
+from .._errors import ActorStopped, StoreError
+from ..bus import Delivery, Endpoint, delivery_in_hand, enlisting, hand_over
 from ._queue import DurableQueue, Receipt, store_for
 from ._store import SqliteStore, ack, outbox_insert
 
@@ -128,10 +128,7 @@ class UnitOfWork:
         try:
             for (endpoint, delivery), seq in zip(self._sent, self._seqs, strict=True):
                 try:
-                    try:
-                        endpoint.accept_nowait(delivery)
-                    except (MailboxFull, trio.WouldBlock):
-                        await endpoint.accept(delivery)
+                    await hand_over(endpoint, delivery)
                 except ActorStopped:
                     continue  # left in the outbox: relayed at the next start
                 done.append(seq)
