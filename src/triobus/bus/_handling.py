@@ -38,7 +38,7 @@ from ._plans import PlanTable
 from ._plugins import DispatchEvent, Phase, Plugins
 from ._policy import RetryMode
 from ._probe import Probe
-from ._seam import CLOSED, Delivery, Endpoint, Plan, Settlement, Step, hand_over
+from ._seam import CLOSED, Delivery, DeliveryMode, Endpoint, Plan, Settlement, Step, hand_over
 
 logger = logging.getLogger("triobus.bus")
 
@@ -166,6 +166,9 @@ class EndpointActor(Actor):
         self.host = host
         self.endpoint = endpoint
         self.path = path
+        #: A durable endpoint retries through its store, even "at once": the
+        #: attempt is committed before the handler runs again.
+        self._stored = endpoint.delivery_mode is DeliveryMode.DURABLE
 
     # ------------------------------------------------------------ the actor loop's side
 
@@ -285,10 +288,11 @@ class EndpointActor(Actor):
                 try:
                     await self._attempt(delivery, step)
                 except Exception as exc:
-                    if await self._retry(delivery, step, exc) is Settlement.RETRY:
+                    settlement = await self._retry(delivery, step, exc)
+                    if settlement is Settlement.RETRY or settlement is Settlement.REQUEUE:
                         # Tried again later, from this handler on.
                         delivery.progress = index
-                        delivery.ending = Settlement.RETRY
+                        delivery.ending = settlement
                         return
                     delivery.attempt = 1
                 else:
@@ -332,9 +336,12 @@ class EndpointActor(Actor):
             if decision.retry is None:
                 self._dead_letter_failed(delivery, step, error, attempt)
                 return Settlement.DEAD_LETTERED
-            if decision.retry is not RetryMode.NOW:
+            if decision.retry is not RetryMode.NOW or self._stored:
+                # Through the endpoint: a store counts the attempt before it runs.
                 delivery.attempt = attempt + 1
                 delivery.due = self.host.wall_clock() + decision.delay
+                if decision.retry is RetryMode.REQUEUE:
+                    return Settlement.REQUEUE
                 return Settlement.RETRY
             attempt += 1
             delivery.attempt = attempt

@@ -193,7 +193,9 @@ class LocalQueue:
         return ref.ask(delivery, timeout=timeout)
 
     def settle(self, delivery: Delivery, settlement: Settlement) -> None:
-        if settlement is Settlement.RETRY and self._host is not None:
+        if (
+            settlement is Settlement.RETRY or settlement is Settlement.REQUEUE
+        ) and self._host is not None:
             self._wait(delivery)  # still in flight: tried again at its due moment
             return
         self._settled()

@@ -59,10 +59,13 @@ class Settlement(enum.StrEnum):
     DEAD_LETTERED = "dead_lettered"
     #: Not handled here: it stays where it is stored, for a later delivery.
     LEFT_FOR_REDELIVERY = "left_for_redelivery"
-    #: Its handler failed and the error policy tries again later: deliver it
-    #: again at ``delivery.due`` (at the tail of the queue), as attempt
-    #: ``delivery.attempt``, from handler ``delivery.progress`` on.
+    #: Its handler failed and the error policy tries again: deliver it again
+    #: at ``delivery.due``, as attempt ``delivery.attempt``, from handler
+    #: ``delivery.progress`` on (a store keeps its place in the queue; a
+    #: memory queue puts it at the tail).
     RETRY = "retry"
+    #: As :attr:`RETRY`, but at the tail of the queue (the error policy's requeue).
+    REQUEUE = "requeue"
 
 
 async def _no_handler(message: Any) -> Any:

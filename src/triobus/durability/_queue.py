@@ -127,6 +127,7 @@ class DurableQueue:
         self._codec: Codec | None = None
         self._ref: ActorRef | None = None
         self._feeder: trio.CancelScope | None = None
+        self._tasks_done = trio.Event()
         self._wake = trio.Event()
         #: Deliveries fed to the mailbox and not settled yet.
         self._outstanding = 0
@@ -194,12 +195,16 @@ class DurableQueue:
         self._host = host
         self._store = store
         self._feeder = trio.CancelScope()
+        self._tasks_done = trio.Event()
         host.nursery.start_soon(self._run_tasks, self._feeder)
 
     async def stop(self) -> None:
         try:
             if self._feeder is not None:
+                # The feeder unclaims what it took and did not hand over.
                 self._feeder.cancel()
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + self.shutdown):
+                    await self._tasks_done.wait()
             if self._ref is not None:
                 await self._ref.stop()
         finally:
@@ -299,10 +304,13 @@ class DurableQueue:
 
     async def _run_tasks(self, scope: trio.CancelScope) -> None:
         """The feeder and the settlement flusher, until :meth:`stop` cancels ``scope``."""
-        with scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._flush_settled)
-                await self._feed()
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._flush_settled)
+                    await self._feed()
+        finally:
+            self._tasks_done.set()
 
     async def _feed(self) -> None:
         await self._relay_outbox()
@@ -441,9 +449,15 @@ class DurableQueue:
         if settlement is Settlement.HANDLED or settlement is Settlement.DEAD_LETTERED:
             if not receipt.acked:
                 store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
-        elif settlement is Settlement.RETRY:
+        elif settlement is Settlement.RETRY or settlement is Settlement.REQUEUE:
             due = now if delivery.due is None else delivery.due
-            store.retry_soon(row.seq, due, delivery.attempt - 1, delivery.progress)
+            store.retry_soon(
+                row.seq,
+                due,
+                delivery.attempt - 1,
+                delivery.progress,
+                to_tail=settlement is Settlement.REQUEUE,
+            )
             self._wake.set()
         else:  # left for redelivery: the attempt it was counted did not run
             store.release_soon(row.seq, 1 if receipt.counted else 0, delivery.progress)

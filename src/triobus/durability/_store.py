@@ -319,10 +319,19 @@ class SqliteStore:
 
         self.database.write_soon(job)
 
-    def retry_soon(self, seq: int, due: float, attempts: int, progress: int) -> None:
-        """Put the row at the tail again, due at ``due``, unclaimed (in the next batch)."""
+    def retry_soon(
+        self, seq: int, due: float, attempts: int, progress: int, *, to_tail: bool = False
+    ) -> None:
+        """Unclaim the row, due at ``due`` (in the next batch): at its place, or the tail."""
 
         def job(connection: sqlite3.Connection) -> None:
+            if not to_tail:
+                connection.execute(
+                    "UPDATE triobus_queue SET claimed_by = NULL, counted_by = NULL, due = ?, "
+                    "attempts = ?, progress = ? WHERE seq = ?",
+                    (due, attempts, progress, seq),
+                )
+                return
             connection.execute(
                 "INSERT INTO triobus_queue "
                 "(endpoint, message_id, message_name, step, due, attempts, progress, body) "
