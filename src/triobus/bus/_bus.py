@@ -181,8 +181,14 @@ class MessageBus:
         if delay is not None:
             if deliver_at is not None:
                 raise ValueError("give delay= or deliver_at=, not both")
-            if not isinstance(delay, int | float) or isinstance(delay, bool) or not delay >= 0:
-                raise ValueError(f"delay= takes a number of seconds >= 0, got {short_repr(delay)}")
+            if (
+                not isinstance(delay, int | float)
+                or isinstance(delay, bool)
+                or not 0 <= delay < math.inf
+            ):
+                raise ValueError(
+                    f"delay= takes a finite number of seconds >= 0, got {short_repr(delay)}"
+                )
             return float(self._host.wall_clock() + delay)
         if isinstance(deliver_at, datetime):
             if deliver_at.tzinfo is None:

@@ -267,10 +267,10 @@ class EndpointActor(Actor):
                         delivery.progress = index
                         delivery.ending = Settlement.RETRY
                         return
-                    delivery.attempt = 1
                 else:
                     if delivery.held:
                         self.host.outbox.release(delivery)
+                delivery.attempt = 1  # the next handler starts its own count
                 index += 1
         except BaseException:
             delivery.progress = index  # cut off: this handler runs again on redelivery

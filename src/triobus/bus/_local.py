@@ -84,6 +84,8 @@ class LocalQueue:
         self._settled: Callable[[], None] = _not_running
         #: Deliveries waiting for their ``due`` moment, and what cancels the wait.
         self._waiting: dict[Delivery, trio.CancelScope] = {}
+        #: A final stop is under way: nothing starts waiting any more.
+        self._stopping = False
 
     @property
     def uri(self) -> str:
@@ -130,11 +132,13 @@ class LocalQueue:
             self._only = self.refs[0]
 
     async def stop(self) -> None:
+        self._stopping = True
         try:
             self._drop_waiting()
             for ref in reversed(self.refs):
                 await ref.stop()
         finally:
+            self._stopping = False
             self._host = None
             self._only = None
             self.refs = ()
@@ -204,8 +208,16 @@ class LocalQueue:
     # ------------------------------------------------------------ scheduled
 
     def _wait(self, delivery: Delivery) -> None:
-        """Hold ``delivery`` (counted in flight) until ``delivery.due``, then queue it."""
+        """Hold ``delivery`` (counted in flight) until ``delivery.due``, then queue it.
+
+        During a final stop (a retry asked for, or a scheduled message
+        released, while the backlog drains) it is dead-lettered at once
+        instead: the bus's nursery would cancel the wait, losing it.
+        """
         assert self._host is not None and delivery.due is not None
+        if self._stopping:
+            self._host_dead_letters(delivery, DeadLetterReason.SHUTDOWN, None)
+            return
         scope = trio.CancelScope()
         self._waiting[delivery] = scope
         seconds = max(0.0, delivery.due - self._host.wall_clock())
@@ -224,11 +236,14 @@ class LocalQueue:
                 self._host_dead_letters(delivery, DeadLetterReason.UNDELIVERABLE, exc)
                 return
             try:
-                ref.tell_nowait(delivery)
-            except MailboxFull:
-                await ref.tell(delivery)
+                try:
+                    ref.tell_nowait(delivery)
+                except MailboxFull:
+                    await ref.tell(delivery)  # ``block``: wait for room
+            except MailboxFull as exc:  # ``fail``: refused, and no caller left to tell
+                self._host_dead_letters(delivery, DeadLetterReason.MAILBOX_FULL, exc)
             except ActorStopped:
-                pass  # a dead letter already, which settled it
+                pass  # a dead letter already (the endpoint stopped), which settled it
 
     def _drop_waiting(self) -> None:
         """A final stop: what waits for its moment is dead-lettered (reason ``shutdown``)."""
