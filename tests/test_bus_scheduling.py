@@ -17,6 +17,7 @@ from triobus import (
     ErrorPolicy,
     Event,
     Module,
+    Phase,
     current_bus,
     local_queue,
     open_bus,
@@ -454,3 +455,46 @@ async def test_a_bad_schedule_raises_a_value_error_and_sends_nothing(
         assert bus.in_flight == 0
         await trio.sleep(100)
     assert journal.calls == []
+
+
+# ---------------------------------------------------------------- other dispatch modes
+
+
+async def test_scheduling_works_with_dispatch_plugins_attached(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    phases: list[str] = []
+
+    async def ticked(event: Ticked) -> None:
+        journal.note(event.what)
+
+    events = Module("events").bind_event(Ticked, [ticked])
+    async with reminder_bus(journal, events) as bus:
+        bus.attach(Phase.ROUTE, lambda event: phases.append(str(event.kind)))
+        start = trio.current_time()
+        await bus.send(Remind("sent"), delay=4)
+        await bus.publish(Ticked("published"), deliver_at=wall_clock() + 2)
+        await bus.wait_quiet()
+    assert journal.since(start) == [(2, "published"), (4, "sent")]
+    assert len(phases) == 2
+
+
+async def test_a_scheduled_publish_cannot_collect_listener_exceptions(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+
+    async def ticked(event: Ticked) -> None:
+        journal.note(event.what)
+
+    events = Module("events").bind_event(Ticked, [ticked])
+    async with open_bus(events, collect_listener_exceptions=True, wall_clock=wall_clock) as bus:
+        with pytest.raises(ValueError, match="collect_listener_exceptions"):
+            await bus.publish(Ticked("scheduled"), delay=5)
+        bus.attach(Phase.ROUTE, lambda event: None)
+        with pytest.raises(ValueError, match="collect_listener_exceptions"):
+            await bus.publish(Ticked("scheduled with plugins"), delay=5)
+        await bus.publish(Ticked("now"))
+        await trio.sleep(10)
+    assert [label for _, label in journal.calls] == ["now"]

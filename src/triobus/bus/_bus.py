@@ -310,6 +310,9 @@ class MessageBus:
             NoRouteError: nothing handles this command.
             ActorStopped: the endpoint is stopped (the command is a dead letter).
             MailboxFull: the endpoint is full and its policy is ``fail``.
+            ValueError: ``delay`` and ``deliver_at`` both, or a value that is
+                not a finite number of seconds >= 0 / a moment (a finite
+                number or an aware ``datetime``).
         """
         if self._hooked:
             await self._dispatch_with_plugins(
@@ -359,13 +362,22 @@ class MessageBus:
         listener-exception-collection mode this waits for every handler and
         raises one ``ExceptionGroup`` of the failures.
 
-        ``delay`` and ``deliver_at`` schedule it, as for :meth:`send`.
+        ``delay`` and ``deliver_at`` schedule it, as for :meth:`send` (not in
+        listener-exception-collection mode).
 
         Raises:
             PublishError: some endpoints refused the event (named); the
                 others accepted it.
+            ValueError: a bad ``delay`` / ``deliver_at`` (as for :meth:`send`),
+                or one in listener-exception-collection mode.
         """
         due = None if delay is None and deliver_at is None else self._due(delay, deliver_at)
+        if due is not None and self._collect:
+            raise ValueError(
+                "a scheduled publish cannot collect listener exceptions: its handlers run after "
+                "publish returns; publish it without delay=/deliver_at=, or open the bus "
+                "without collect_listener_exceptions=True"
+            )
         if self._hooked:
             await self._dispatch_with_plugins(
                 event, DispatchKind.PUBLISH, headers, correlation_id, reply_to, due=due
