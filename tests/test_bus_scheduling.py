@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -24,6 +25,7 @@ from triobus import (
     route,
     route_module,
 )
+from triobus.testing import FaultInjector, RecordKind, tracked
 
 #: The bus's wall clock in these tests: a fixed epoch plus trio's (mock) clock.
 EPOCH = 1_000_000.0
@@ -498,3 +500,23 @@ async def test_a_scheduled_publish_cannot_collect_listener_exceptions(
         await bus.publish(Ticked("now"))
         await trio.sleep(10)
     assert [label for _, label in journal.calls] == ["now"]
+
+
+class AlwaysFault(random.Random):
+    """A fault coin that always says yes (the injector faults when random() < 0.5)."""
+
+    def random(self) -> float:
+        return 0.25
+
+
+async def test_a_duplicated_scheduled_message_is_not_handled_early_either(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    faults = FaultInjector(AlwaysFault(0)).duplicate(Remind)
+    async with reminder_bus(journal) as bus, tracked(bus, faults=faults) as session:
+        start = trio.current_time()
+        await bus.send(Remind("twice"), delay=5)
+        await session.wait_quiet()
+        assert [record.kind for record in session.faults_injected()] == [RecordKind.DUPLICATED]
+    assert journal.since(start) == [(5, "twice"), (5, "twice")]
