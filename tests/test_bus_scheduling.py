@@ -148,6 +148,21 @@ async def test_scheduled_messages_are_handled_in_the_order_they_are_due(
     assert journal.since(start) == [(0, "now"), (3, "three"), (10, "ten")]
 
 
+async def test_messages_due_at_one_moment_are_handled_in_the_order_they_were_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Waits that end in one instant wake in any order: repeat to catch it.
+    for _ in range(10):
+        journal = Journal()
+        async with reminder_bus(journal) as bus:
+            moment = wall_clock() + 5
+            for label in "ABCDE":
+                await bus.send(Remind(label), deliver_at=moment)
+            await bus.send(Remind("F"), delay=5)
+            await bus.wait_quiet()
+        assert [label for _, label in journal.calls] == list("ABCDEF")
+
+
 async def test_messages_sent_meanwhile_pass_a_scheduled_one(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
