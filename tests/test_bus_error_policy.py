@@ -9,6 +9,8 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from triobus import (
     Backoff,
@@ -151,6 +153,38 @@ def test_building_a_rule_leaves_the_policy_it_started_from_unchanged() -> None:
 def test_max_attempts_is_the_most_any_rule_allows() -> None:
     policy = ErrorPolicy().on(ValueError).retry(attempts=7).otherwise().dead_letter()
     assert policy.max_attempts == 7
+
+
+HIERARCHY = [Exception, LookupError, KeyError, IndexError, ValueError, OSError, TimeoutError]
+
+
+@given(
+    rules=st.lists(st.sampled_from(HIERARCHY), max_size=5),
+    raised=st.sampled_from([KeyError, IndexError, ValueError, TimeoutError, RuntimeError]),
+)
+def test_the_rule_for_an_exception_is_the_first_that_matches_it(
+    rules: list[type[Exception]], raised: type[Exception]
+) -> None:
+    policy = ErrorPolicy()
+    for attempts, kind in enumerate(rules, start=1):
+        policy = policy.on(kind).retry(attempts=attempts)
+    matching = [rule for rule in policy.rules if issubclass(raised, rule.exceptions)]
+    assert policy.rule_for(raised()) is (matching[0] if matching else policy.fallback)
+
+
+@given(attempts=st.integers(1, 12), action=st.sampled_from(["retry", "backoff", "requeue"]))
+def test_a_rule_with_n_attempts_retries_n_minus_one_times_then_dead_letters(
+    attempts: int, action: str
+) -> None:
+    builder = ErrorPolicy().otherwise()
+    policy = {
+        "retry": lambda: builder.retry(attempts=attempts),
+        "backoff": lambda: builder.retry_with_backoff(Backoff(jitter=0), attempts=attempts),
+        "requeue": lambda: builder.requeue(attempts=attempts),
+    }[action]()
+    made = decisions(policy, ValueError(), attempts)
+    assert all(decision.retry is not None for decision in made[:-1])
+    assert made[-1] == DEAD_LETTER
 
 
 @pytest.mark.parametrize("attempts", [0, -1, 1.5, True, "3"])

@@ -10,6 +10,8 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from triobus import (
     BusRunner,
@@ -24,6 +26,7 @@ from triobus import (
     open_bus,
     route,
     route_module,
+    testing,
 )
 from triobus.testing import FaultInjector, RecordKind, tracked
 
@@ -535,3 +538,36 @@ async def test_a_duplicated_scheduled_message_is_not_handled_early_either(
         await session.wait_quiet()
         assert [record.kind for record in session.faults_injected()] == [RecordKind.DUPLICATED]
     assert journal.since(start) == [(5, "twice"), (5, "twice")]
+
+
+# ---------------------------------------------------------------- property
+
+
+@given(
+    delays=st.lists(st.integers(0, 20) | st.sampled_from([0.5, 2.25]), min_size=1, max_size=12),
+    capacity=st.sampled_from([1, 3, math.inf]),
+)
+@settings(max_examples=40, deadline=None)
+def test_scheduled_messages_are_handled_at_their_moment_in_due_then_send_order(
+    delays: list[float], capacity: float
+) -> None:
+    async def scenario() -> list[tuple[float, str]]:
+        journal = Journal()
+        module = Module("reminders").bind_request(Remind, journal.remind)
+        async with open_bus(
+            module,
+            endpoints=[local_queue("reminders", capacity=capacity)],
+            routing=[route(Remind).to("reminders")],
+            wall_clock=wall_clock,
+        ) as bus:
+            start = trio.current_time()
+            for index, delay in enumerate(delays):
+                await bus.send(Remind(str(index)), delay=delay)
+            await bus.wait_quiet()
+            assert bus.in_flight == 0
+        return journal.since(start)
+
+    calls = testing.run(scenario)
+    expected = sorted(range(len(delays)), key=lambda index: (delays[index], index))
+    assert [label for _, label in calls] == [str(index) for index in expected]
+    assert all(at == delays[int(label)] for at, label in calls)  # never early, never late
