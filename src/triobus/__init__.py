@@ -89,8 +89,11 @@ from .bus import open_bus as open_bus
 from .bus import route as route
 from .bus import route_module as route_module
 from .durability import Codec as Codec
+from .durability import Counts as Counts
+from .durability import DurableQueue as DurableQueue
 from .durability import Limits as Limits
 from .durability import MessageTypes as MessageTypes
+from .durability import durable_queue as durable_queue
 from .mailbox import DeadLetter as DeadLetter
 from .mailbox import DeadLetterCriteria as DeadLetterCriteria
 from .mailbox import DeadLetterFilter as DeadLetterFilter
@@ -227,6 +230,9 @@ __all__ = [
     "Codec",
     "Limits",
     "MessageTypes",
+    "Counts",
+    "DurableQueue",
+    "durable_queue",
 ]
 
 

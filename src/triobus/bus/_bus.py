@@ -422,7 +422,6 @@ class MessageBus:
                 probe.dispatched(DispatchKind.PUBLISH, delivery)
             endpoint = plan.endpoint
             if holding:
-                assert handling is not None
                 self._host.outbox.hold(handling, endpoint, delivery)
                 continue
             try:
@@ -458,16 +457,7 @@ class MessageBus:
         async with trio.open_nursery() as nursery:
             for plan in plans:
                 for step in plan.steps:
-                    single = Plan(
-                        plan.bus,
-                        plan.new_id,
-                        plan.name,
-                        plan.version,
-                        plan.kind,
-                        plan.endpoint,
-                        [step],
-                        plan.host,
-                    )
+                    single = plan.only(step)
                     if first is None:
                         delivery = first = Delivery(
                             event, single, handling, headers, correlation_id, reply_to, True

@@ -26,18 +26,20 @@ from typing import Any, final
 
 import trio
 
-from .._errors import BusClosed, HandlerNotLocated, MailboxFull
+from .._errors import BusClosed, HandlerNotLocated
 from ..actors import Actor, Frame, current_frame
 from ..mailbox import DeadLetterReason, DeadLetters, Replay
 from ..supervision import SupervisorRef
 from ._accounting import Accounting
 from ._handlers import Callee
 from ._messages import short_repr
+from ._module import Module
 from ._outbox import Outbox
+from ._plans import PlanTable
 from ._plugins import DispatchEvent, Phase, Plugins
 from ._policy import RetryMode
 from ._probe import Probe
-from ._seam import CLOSED, Delivery, Endpoint, Plan, Settlement, Step
+from ._seam import CLOSED, Delivery, Endpoint, Plan, Settlement, Step, hand_over
 
 logger = logging.getLogger("triobus.bus")
 
@@ -55,8 +57,10 @@ class BusHost:
         "accepted",
         "accounting",
         "dead_letters",
+        "modules",
         "open",
         "outbox",
+        "plans",
         "plugins",
         "probe",
         "random",
@@ -89,6 +93,9 @@ class BusHost:
         self.open = False
         self._supervisor: SupervisorRef | None = None
         self._nursery: trio.Nursery | None = None
+        #: The bus's plans and bound modules (set by ``open_bus`` before endpoints start).
+        self.plans: PlanTable | None = None
+        self.modules: tuple[Module, ...] = ()
 
     def attach(self, supervisor: SupervisorRef, nursery: trio.Nursery) -> None:
         """The bus's supervisor (endpoints start their actors under it) and its nursery."""
@@ -130,11 +137,27 @@ class BusHost:
                 f"the bus that dead-lettered {delivery.plan.name!r} is not running (not started "
                 "yet, or shut down): replay its dead letters while that bus is open"
             )
-        endpoint = delivery.plan.endpoint
-        try:
-            endpoint.accept_nowait(delivery)
-        except MailboxFull:
-            await endpoint.accept(delivery)
+        await hand_over(delivery.plan.endpoint, delivery)
+
+    def plan_for(self, uri: str, name: str, version: int, step: str = "") -> Plan | None:
+        """The plan of message ``(name, version)`` on endpoint ``uri`` (only handler
+        ``step`` when given, by its label), or ``None`` when no handler there takes it.
+        """
+        assert self.plans is not None, "the bus has not started"
+        identity = (name, version)
+        candidates: tuple[Plan, ...] = self.plans.events.get(identity, ())
+        request = self.plans.requests.get(identity)
+        if request is not None:
+            candidates = (request, *candidates)
+        for plan in candidates:
+            if plan.endpoint.uri != uri:
+                continue
+            if not step:
+                return plan
+            for candidate in plan.steps:
+                if candidate.label == step:
+                    return plan.only(candidate)
+        return None
 
 
 class EndpointActor(Actor):
@@ -339,16 +362,7 @@ class EndpointActor(Actor):
         plan = delivery.plan
         # (The plan's endpoint may be an instrument's, put in front of this one.)
         if plan.single is not step or plan.endpoint is not self.endpoint:
-            plan = Plan(
-                plan.bus,
-                plan.new_id,
-                plan.name,
-                plan.version,
-                plan.kind,
-                self.endpoint,
-                [step],
-                plan.host,
-            )
+            plan = plan.only(step, self.endpoint)
         self.host.dead_letters.record(
             message,
             self.path,
@@ -356,7 +370,8 @@ class EndpointActor(Actor):
             error,
             {**context, "handler": step.label, "attempts": attempts},
             endpoint=self.endpoint.uri,
-            replay=self.host.replayer(delivery, plan),
+            # A stored delivery's letter is stored by its endpoint: replayed there.
+            replay=None if delivery.receipt is not None else self.host.replayer(delivery, plan),
         )
 
     async def _attempt_with_plugins(

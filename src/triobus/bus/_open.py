@@ -291,6 +291,8 @@ class BusRunner:
         await self._nursery.start(host.outbox.run)
         bus.endpoints = dict(self._wiring.endpoints)
         _make_plans(bus, host, plans, self._wiring, new_id)
+        host.plans = plans
+        host.modules = tuple(self._wiring.modules)
         for endpoint in self._wiring.endpoints.values():
             await endpoint.start(host)
             self._started.append(endpoint)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
 import attrs
 import trio
 
+from .._errors import MailboxFull
 from ..mailbox import Carrier, DeadLetterReason
 from ._envelope import Envelope, MessageContext
 from ._handlers import Callee, handler_call, run_pipeline
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from ..actors import Actor
     from ..mailbox import DeadLetters, Replay
     from ..supervision import SupervisorRef
+    from ._module import Module
     from ._plugins import DispatchEvent
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -153,6 +155,19 @@ class Plan:
         self.steps = tuple(steps)
         #: The only step, or ``None`` when there are several (an event's subscribers).
         self.single = self.steps[0] if len(self.steps) == 1 else None
+
+    def only(self, step: Step, endpoint: Endpoint | None = None) -> Plan:
+        """This plan with ``step`` alone (on ``endpoint``, when given)."""
+        return Plan(
+            self.bus,
+            self.new_id,
+            self.name,
+            self.version,
+            self.kind,
+            endpoint or self.endpoint,
+            [step],
+            self.host,
+        )
 
     def __repr__(self) -> str:
         labels = ", ".join(step.label for step in self.steps)
@@ -349,6 +364,8 @@ class Delivery(Carrier):
         host = self.plan.host
         if self.asked or host is None:
             return None  # an ask's caller has its outcome, or gave up
+        if self.receipt is not None:
+            return None  # its endpoint stores it, and its dead letter: replay it there
         return host.replayer(self, self.plan)
 
     def dead_lettered(self, reason: DeadLetterReason) -> None:
@@ -386,6 +403,15 @@ class EndpointHost(Protocol):
 
     def wall_clock(self) -> float:
         """Now, in seconds since the epoch, as the bus schedules (follows trio's clock)."""
+
+    @property
+    def modules(self) -> tuple[Module, ...]:
+        """The modules the bus binds (what a codec registers)."""
+
+    def plan_for(self, uri: str, name: str, version: int, step: str = "") -> Plan | None:
+        """The plan of message ``(name, version)`` on endpoint ``uri`` (handler ``step``
+        alone, by its label, when given), or ``None`` when no handler there takes it.
+        """
 
     def accepted(self) -> None:
         """Count one delivery in flight (the bus is quiet when none is)."""
@@ -470,3 +496,14 @@ class Endpoint(Protocol):
         Returns ``True`` when the endpoint keeps it (settled as left for
         redelivery), ``False`` to let it be dead-lettered (reason ``shutdown``).
         """
+
+
+async def hand_over(endpoint: Endpoint, delivery: Delivery) -> None:
+    """Give ``delivery`` to ``endpoint``: at once when it can take it, else waiting.
+
+    Raises what :meth:`Endpoint.accept` raises.
+    """
+    try:
+        endpoint.accept_nowait(delivery)
+    except (MailboxFull, trio.WouldBlock):
+        await endpoint.accept(delivery)

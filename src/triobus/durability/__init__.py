@@ -3,6 +3,8 @@
 The codec writes an :class:`~triobus.Envelope` as bytes and reads it back,
 by a registry of the message types allowed to travel (:class:`MessageTypes`),
 with upcasters for old versions and :class:`Limits` on what it accepts.
+Durable queues (:func:`durable_queue`) keep their backlog, inbox and dead
+letters in SQLite.
 """
 
 from .._errors import ENVELOPE_REASONS as ENVELOPE_REASONS
@@ -10,5 +12,21 @@ from ._codec import Codec as Codec
 from ._codec import Limits as Limits
 from ._codec import MessageTypes as MessageTypes
 from ._codec import Upcaster as Upcaster
+from ._queue import DurableQueue as DurableQueue
+from ._queue import durable_queue as durable_queue
+from ._store import Counts as Counts
+from ._unit import UnitOfWork as UnitOfWork
+from ._unit import unit_of_work as unit_of_work
 
-__all__ = ["ENVELOPE_REASONS", "Codec", "Limits", "MessageTypes", "Upcaster"]
+__all__ = [
+    "ENVELOPE_REASONS",
+    "Codec",
+    "Counts",
+    "DurableQueue",
+    "Limits",
+    "MessageTypes",
+    "UnitOfWork",
+    "Upcaster",
+    "durable_queue",
+    "unit_of_work",
+]

@@ -1,0 +1,673 @@
+"""Durable local queues: an endpoint kind whose backlog lives in SQLite.
+
+A durable queue is still a supervised actor with a trio memory-channel
+mailbox; the mailbox is its prefetch buffer, fed by a feeder task that
+claims due rows from the store in FIFO order. ``send`` and ``publish``
+return once the message is stored. A delivery is acknowledged (its row
+deleted, its id marked in the inbox) only once its handler succeeded or the
+error policy settled it; a retry later goes back to the store with its due
+moment; a dead letter goes to the store's dead-letter table. A final stop
+leaves the backlog in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import traceback
+from collections.abc import Awaitable
+from typing import Any, Final, final
+
+import trio
+
+from .._errors import ActorStopped, EnvelopeError, StoreError
+from ..actors import ActorRef
+from ..bus import (
+    Delivery,
+    DeliveryMode,
+    EndpointHost,
+    ErrorPolicy,
+    Settlement,
+    hand_over,
+)
+from ..mailbox import DeadLetterReason, MailboxSpec, exception_type_name, new_letter_id
+from ._codec import Codec, MessageTypes
+from ._store import DEFAULT_INBOX_RETENTION, Counts, SqliteStore, StoredLetter, StoredRow
+
+logger = logging.getLogger("triobus.durability")
+
+#: Deliveries a durable queue holds in memory (its mailbox) at most, by default.
+DEFAULT_PREFETCH: Final = 64
+#: How often an idle feeder looks at the store for rows it was not told about.
+DEFAULT_POLL_INTERVAL: Final = 1.0
+#: How often handled ids older than the inbox retention are purged.
+INBOX_PURGE_INTERVAL: Final = 60.0
+
+_stores: dict[tuple[str, trio.lowlevel.TrioToken], SqliteStore] = {}
+
+
+def _shared_store(path: str, options: dict[str, Any]) -> SqliteStore:
+    """One store per database file per trio run: one connection thread per database."""
+    key = (os.path.realpath(path), trio.lowlevel.current_trio_token())
+    store = _stores.get(key)
+    if store is None or not store.database.is_open:
+        store = _stores[key] = SqliteStore(path, **options)
+    return store
+
+
+def store_for(path: str) -> SqliteStore | None:
+    """The open store of database file ``path`` in this trio run, if a durable queue opened it."""
+    store = _stores.get((os.path.realpath(path), trio.lowlevel.current_trio_token()))
+    return store if store is not None and store.database.is_open else None
+
+
+def _release_store(store: SqliteStore) -> None:
+    if not store.database.is_open:
+        for key, known in list(_stores.items()):
+            if known is store:
+                del _stores[key]
+
+
+@final
+class Receipt:
+    """What a durable queue needs to settle one delivery: its stored row."""
+
+    __slots__ = ("acked", "counted", "row")
+
+    def __init__(self, row: StoredRow, counted: bool) -> None:
+        self.row = row
+        #: Whether this process counted the attempt (to give it back if it never ran).
+        self.counted = counted
+        #: Acknowledged by the handler's unit of work, with its writes.
+        self.acked = False
+
+
+@final
+class DurableQueue:
+    """A queue endpoint stored in SQLite; declare one with :func:`durable_queue`.
+
+    Implements :class:`~triobus.Endpoint` with :attr:`DeliveryMode.DURABLE`.
+    """
+
+    delivery_mode = DeliveryMode.DURABLE
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        path: str | os.PathLike[str],
+        errors: ErrorPolicy,
+        prefetch: int,
+        shutdown: float,
+        poll_interval: float,
+        store_options: dict[str, Any],
+        types: MessageTypes | None,
+    ) -> None:
+        if not isinstance(uri, str) or not uri:
+            raise ValueError(f"an endpoint uri is a non-empty string, got {uri!r}")
+        if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 1:
+            raise ValueError(f"prefetch must be a whole number >= 1, got {prefetch!r}")
+        if not shutdown > 0:
+            raise ValueError(f"shutdown must be a positive number of seconds, got {shutdown!r}")
+        if not poll_interval > 0:
+            raise ValueError(
+                f"poll_interval must be a positive number of seconds, got {poll_interval!r}"
+            )
+        self._uri = uri
+        self.path = os.fspath(path)
+        self._errors = errors
+        self.prefetch = prefetch
+        self.shutdown = float(shutdown)
+        self.poll_interval = float(poll_interval)
+        self._store_options = store_options
+        self._types = types
+        self._host: EndpointHost | None = None
+        self._store: SqliteStore | None = None
+        self._codec: Codec | None = None
+        self._ref: ActorRef | None = None
+        self._feeder: trio.CancelScope | None = None
+        self._wake = trio.Event()
+        #: Deliveries fed to the mailbox and not settled yet.
+        self._outstanding = 0
+        self._idle = trio.Event()
+        #: Set when a settlement waits for its commit.
+        self._settled_soon = trio.Event()
+        #: Settlements queued for the next commit (each still counted in flight).
+        self._unflushed = 0
+        self._next_purge = 0.0
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @property
+    def errors(self) -> ErrorPolicy:
+        return self._errors
+
+    @property
+    def store(self) -> SqliteStore:
+        """The store this queue uses (while it runs)."""
+        if self._store is None:
+            raise StoreError(f"durable endpoint {self._uri!r} is not running")
+        return self._store
+
+    @property
+    def codec(self) -> Codec:
+        if self._codec is None:
+            raise StoreError(f"durable endpoint {self._uri!r} is not running")
+        return self._codec
+
+    # ------------------------------------------------------------ life cycle
+
+    async def start(self, host: EndpointHost) -> None:
+        if self._host is not None:
+            raise RuntimeError(f"endpoint {self._uri!r} is running in a bus already")
+        types = self._types or MessageTypes.from_modules(host.modules)
+        self._codec = Codec(types)
+        store = _shared_store(self.path, self._store_options)
+        await store.open()
+        if store.codec is None:
+            store.codec = self._codec
+        try:
+            suspect = await store.recover(self._uri)
+            if suspect:
+                logger.warning(
+                    "%s: %d message(s) were in hand when the process last stopped; each is "
+                    "handled alone now, its attempt counted first",
+                    self._uri,
+                    suspect,
+                )
+            supervisor = host.supervisor
+            name = self._uri.replace("/", "%2F")
+            path = f"{supervisor.path}/{name}"
+            self._ref = await supervisor.spawn(
+                lambda: host.handler_actor(self, path),
+                name=name,
+                mailbox=MailboxSpec(capacity=self.prefetch),
+                shutdown=self.shutdown,
+            )
+        except BaseException:
+            await store.close()
+            _release_store(store)
+            raise
+        self._host = host
+        self._store = store
+        self._feeder = trio.CancelScope()
+        host.nursery.start_soon(self._run_tasks, self._feeder)
+
+    async def stop(self) -> None:
+        try:
+            if self._feeder is not None:
+                self._feeder.cancel()
+            if self._ref is not None:
+                await self._ref.stop()
+        finally:
+            store, self._store = self._store, None
+            host, self._host = self._host, None
+            self._ref = None
+            if store is not None:
+                await store.close()  # commits what is queued
+                _release_store(store)
+            if host is not None:
+                for _ in range(self._unflushed):
+                    host.settled()
+                self._unflushed = 0
+
+    # ------------------------------------------------------------ accept
+
+    def accept_nowait(self, delivery: Delivery) -> None:
+        """A durable queue stores before it accepts: always ``trio.WouldBlock``."""
+        raise trio.WouldBlock
+
+    async def accept(self, delivery: Delivery) -> None:
+        """Store ``delivery``; returns once it is committed.
+
+        Raises:
+            EnvelopeError: the message cannot be encoded (not registered, too big).
+            ActorStopped: the endpoint is not running.
+        """
+        host = self._host
+        store = self._store
+        if host is None or store is None:
+            raise ActorStopped(f"durable endpoint {self._uri!r} is not running")
+        body = self.codec.encode(delivery.envelope())
+        step = ""  # the whole delivery (a replayed dead letter may name one handler)
+        now = host.wall_clock()
+        due = now if delivery.due is None else delivery.due
+        counted = due <= now
+        if counted:
+            # Counted before it is stored (the feeder may hand it over at
+            # once); the row says so, so its claim does not count it again.
+            host.accepted()
+        try:
+            await store.enqueue(
+                self._uri, delivery.message_id, delivery.plan.name, step, due, body, counted
+            )
+        except BaseException:
+            if counted:
+                host.settled()
+            raise
+        self._wake.set()
+
+    async def deliver_raw(self, data: bytes) -> None:
+        """Take bytes as a transport would: decode, then store; a bad envelope is a dead letter.
+
+        A payload that does not decode, or names a message no handler here
+        takes, goes to the dead-letter store at once (no retry), with the
+        raw bytes and the reason.
+        """
+        host = self._host
+        store = self._store
+        if host is None or store is None:
+            raise ActorStopped(f"durable endpoint {self._uri!r} is not running")
+        data = bytes(data)
+        try:
+            envelope = self.codec.decode(data)
+        except EnvelopeError as exc:
+            await store.dead_letter(self._bad_letter(data, exc, exc.message_id, None))
+            return
+        plan = host.plan_for(self._uri, envelope.message_name, envelope.message_version)
+        if plan is None:
+            await store.dead_letter(
+                self._letter_for_envelope(data, envelope.message_id, envelope.message_name)
+            )
+            return
+        host.accepted()
+        try:
+            await store.enqueue(
+                self._uri,
+                envelope.message_id,
+                envelope.message_name,
+                "",
+                host.wall_clock(),
+                data,
+                True,
+            )
+        except BaseException:
+            host.settled()
+            raise
+        self._wake.set()
+
+    def ask(self, delivery: Delivery, timeout: float | None) -> Awaitable[Any]:
+        """An invoke is not stored: its caller waits for the answer (and dies with it)."""
+        if self._ref is None:
+            raise ActorStopped(f"durable endpoint {self._uri!r} is not running")
+        return self._ref.ask(delivery, timeout=timeout)
+
+    # ------------------------------------------------------------ feeding
+
+    async def _run_tasks(self, scope: trio.CancelScope) -> None:
+        """The feeder and the settlement flusher, until :meth:`stop` cancels ``scope``."""
+        with scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._flush_settled)
+                await self._feed()
+
+    async def _feed(self) -> None:
+        await self._relay_outbox()
+        while True:
+            try:
+                await self._feed_once()
+            except (StoreError, OSError) as exc:
+                logger.error("%s: the store failed (%r); trying again in 1 s", self._uri, exc)
+                await trio.sleep(1.0)
+
+    async def _flush_settled(self) -> None:
+        """Commit settlements (acks, retries, dead letters) as they come, in batches."""
+        while True:
+            await self._settled_soon.wait()
+            self._settled_soon = trio.Event()
+            store, host = self._store, self._host
+            if store is None or host is None:
+                continue
+            count, self._unflushed = self._unflushed, 0
+            await store.database.flush()
+            for _ in range(count):
+                host.settled()  # in flight until its settlement is committed
+
+    async def _feed_once(self) -> None:
+        host = self._host
+        store = self._store
+        ref = self._ref
+        assert host is not None and store is not None and ref is not None
+        now = host.wall_clock()
+        if now >= self._next_purge:
+            store.purge_inbox_soon(now)
+            self._next_purge = now + INBOX_PURGE_INTERVAL
+        self._wake = trio.Event()
+        rows, duplicates = await store.claim(self._uri, now, self.prefetch)
+        for _ in range(duplicates):
+            host.settled()  # skipped: its message was handled already
+        if not rows:
+            await self._wait_for_rows(store, host)
+            return
+        index = 0
+        delivery: Delivery | None = None
+        try:
+            for index, row in enumerate(rows):  # noqa: B007 - read after the loop is cut off
+                delivery = await self._delivery(row, store, host)
+                if delivery is None:
+                    continue
+                self._outstanding += 1
+                await ref.tell(delivery)
+                delivery = None
+        except BaseException:
+            # Stopped (or failed) with claimed rows not handed over: unclaim them.
+            if delivery is not None:
+                self._outstanding -= 1
+                self._settle_soon()
+            for row in rows[index:]:
+                store.release_soon(row.seq, 0 if row.suspect else 1, row.progress)
+            raise
+
+    async def _wait_for_rows(self, store: SqliteStore, host: EndpointHost) -> None:
+        due = await store.next_due(self._uri)
+        wait = self.poll_interval
+        if due is not None:
+            wait = min(wait, max(0.0, due - host.wall_clock()))
+        with trio.move_on_after(wait) as waited:
+            await self._wake.wait()
+        if waited.cancelled_caught:
+            await self._relay_outbox()
+
+    async def _delivery(
+        self, row: StoredRow, store: SqliteStore, host: EndpointHost
+    ) -> Delivery | None:
+        """The delivery of a claimed row, or ``None`` when it was dead-lettered instead."""
+        if not row.counted_here:
+            host.accepted()
+        try:
+            envelope = self.codec.decode(row.body)
+        except EnvelopeError as exc:
+            self._dead_row(row, self._bad_letter(row.body, exc, row.message_id, row))
+            return None
+        plan = host.plan_for(self._uri, envelope.message_name, envelope.message_version, row.step)
+        if plan is None:
+            letter = self._letter_for_envelope(
+                row.body, row.message_id, envelope.message_name, row.step
+            )
+            self._dead_row(row, letter)
+            return None
+        limit = self._errors.max_attempts
+        attempts = row.attempts + (1 if row.suspect else 0)
+        if attempts > limit:
+            self._dead_row(row, self._interrupted_letter(row, envelope.message_name, limit))
+            return None
+        if row.suspect:
+            # In hand when the process died: alone, after everything before it
+            # is settled, with its attempt committed before its handler runs.
+            await self._settled_and_flushed(store)
+            await store.started(row.seq)
+        delivery = Delivery.of(envelope, plan)
+        delivery.attempt = attempts
+        delivery.progress = row.progress
+        delivery.receipt = Receipt(row, counted=True)
+        return delivery
+
+    async def _settled_and_flushed(self, store: SqliteStore) -> None:
+        while self._outstanding:
+            self._idle = trio.Event()
+            await self._idle.wait()
+        await store.database.flush()
+
+    def _dead_row(self, row: StoredRow, letter: StoredLetter) -> None:
+        assert self._store is not None and self._host is not None
+        self._store.dead_letter_soon(letter, row.seq)
+        self._settle_soon()
+        logger.warning(
+            "dead letter at %s (reason %s): id=%s %s",
+            self._uri,
+            letter.reason,
+            letter.message_id,
+            letter.error,
+        )
+
+    # ------------------------------------------------------------ settle
+
+    def settle(self, delivery: Delivery, settlement: Settlement) -> None:
+        host = self._host
+        store = self._store
+        receipt = delivery.receipt
+        if host is None or store is None or not isinstance(receipt, Receipt):
+            if host is not None:
+                host.settled()
+            return
+        row = receipt.row
+        now = host.wall_clock()
+        for step, error, attempts in delivery.failures or ():
+            store.dead_letter_soon(self._failed_letter(delivery, step.label, error, attempts), None)
+        delivery.failures = None
+        if settlement is Settlement.HANDLED or settlement is Settlement.DEAD_LETTERED:
+            if not receipt.acked:
+                store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
+        elif settlement is Settlement.RETRY:
+            due = now if delivery.due is None else delivery.due
+            store.retry_soon(row.seq, due, delivery.attempt - 1, delivery.progress)
+            self._wake.set()
+        else:  # left for redelivery: the attempt it was counted did not run
+            store.release_soon(row.seq, 1 if receipt.counted else 0, delivery.progress)
+        self._outstanding -= 1
+        if not self._outstanding:
+            self._idle.set()
+        self._settle_soon()
+
+    def _settle_soon(self) -> None:
+        """One settlement is queued: counted settled once it is committed."""
+        self._unflushed += 1
+        self._settled_soon.set()
+
+    def keep(self, delivery: Delivery) -> bool:
+        return isinstance(delivery.receipt, Receipt)
+
+    # ------------------------------------------------------------ letters
+
+    def _letter(
+        self,
+        reason: DeadLetterReason,
+        body: bytes,
+        *,
+        message_id: str | None,
+        message_name: str | None,
+        step: str,
+        attempts: int | None,
+        error: str,
+        exception: BaseException | None = None,
+        decodes: bool = True,
+    ) -> StoredLetter:
+        """A dead letter of this queue, stamped now."""
+        assert self._host is not None
+        return StoredLetter(
+            letter_id=new_letter_id(),
+            endpoint=self._uri,
+            recipient=self._uri,
+            reason=reason.value,
+            message_id=message_id,
+            message_name=message_name,
+            step=step,
+            exception_type=None if exception is None else exception_type_name(type(exception)),
+            error=error,
+            traceback=(
+                "".join(traceback.format_exception(exception))
+                if exception is not None and exception.__traceback__ is not None
+                else None
+            ),
+            attempts=attempts,
+            recorded_at=self._host.wall_clock(),
+            decodes=decodes,
+            body=body,
+        )
+
+    def _failed_letter(
+        self, delivery: Delivery, step: str, error: Exception, attempts: int
+    ) -> StoredLetter:
+        receipt = delivery.receipt
+        assert isinstance(receipt, Receipt)
+        # One handler of several (or of a replayed one) is named, to be replayed alone.
+        alone = len(delivery.plan.steps) > 1 or bool(receipt.row.step)
+        return self._letter(
+            DeadLetterReason.FAILED,
+            receipt.row.body,
+            message_id=delivery.message_id,
+            message_name=delivery.plan.name,
+            step=step if alone else "",
+            attempts=attempts,
+            error=str(error),
+            exception=error,
+        )
+
+    def _bad_letter(
+        self, data: bytes, error: EnvelopeError, message_id: str | None, row: StoredRow | None
+    ) -> StoredLetter:
+        return self._letter(
+            DeadLetterReason.UNDECODABLE,
+            data,
+            message_id=message_id,
+            message_name=None,
+            step=row.step if row is not None else "",
+            attempts=row.attempts if row is not None else 0,
+            error=f"{error.reason}: {error}",
+            exception=error,
+            decodes=False,
+        )
+
+    def _letter_for_envelope(
+        self, data: bytes, message_id: str, name: str, step: str = ""
+    ) -> StoredLetter:
+        return self._letter(
+            DeadLetterReason.NO_HANDLER,
+            data,
+            message_id=message_id,
+            message_name=name,
+            step=step,
+            attempts=0,
+            error=f"no handler for {name!r} is bound at endpoint {self._uri!r}",
+        )
+
+    def _interrupted_letter(self, row: StoredRow, name: str, limit: int) -> StoredLetter:
+        return self._letter(
+            DeadLetterReason.INTERRUPTED,
+            row.body,
+            message_id=row.message_id,
+            message_name=name,
+            step=row.step,
+            attempts=limit,
+            error=(
+                f"its handler was started {limit} time(s), the most the error policy allows, "
+                "and the process stopped (was killed or crashed) before it finished each time"
+            ),
+        )
+
+    def wall_clock(self) -> float:
+        """Now, by the bus's wall clock (seconds since the epoch)."""
+        if self._host is None:
+            raise ActorStopped(f"durable endpoint {self._uri!r} is not running")
+        return self._host.wall_clock()
+
+    # ------------------------------------------------------------ outbox relay
+
+    async def _relay_outbox(self) -> None:
+        """Relay outbox rows left by a process that died between commit and relay.
+
+        Rows bound for this queue are relayed here; so are rows bound for
+        endpoints that are not durable queues, by the first queue on this
+        database. An endpoint that refuses (not running) keeps its rows for
+        the next pass.
+        """
+        store, host, codec = self._store, self._host, self._codec
+        assert store is not None and host is not None and codec is not None
+        rows = await store.outbox(None, limit=500)
+        done: list[int] = []
+        try:
+            for row in rows:
+                try:
+                    envelope = codec.decode(row.body)
+                except EnvelopeError as exc:
+                    await store.dead_letter(self._bad_letter(row.body, exc, row.message_id, None))
+                    done.append(row.seq)
+                    continue
+                plan = host.plan_for(
+                    row.endpoint, envelope.message_name, envelope.message_version, row.step
+                )
+                if plan is None:
+                    continue  # bound for an endpoint this bus does not run
+                target = plan.endpoint
+                if isinstance(target, DurableQueue) and target is not self:
+                    continue  # that queue relays its own rows
+                if not isinstance(target, DurableQueue) and store.relayer not in (None, self):
+                    continue
+                store.relayer = self
+                delivery = Delivery.of(envelope, plan)
+                delivery.due = row.due
+                try:
+                    await hand_over(target, delivery)
+                except ActorStopped:
+                    continue
+                done.append(row.seq)
+        finally:
+            if done:
+                await store.relayed(done)
+
+    # ------------------------------------------------------------ introspection
+
+    async def counts(self) -> Counts:
+        """How many messages this endpoint has stored: incoming, scheduled, dead letters, outbox."""
+        host = self._host
+        now = host.wall_clock() if host is not None else 0.0
+        return await self.store.counts(self._uri, now)
+
+    def __repr__(self) -> str:
+        return f"<DurableQueue {self._uri!r} path={self.path!r}>"
+
+
+def durable_queue(
+    uri: str,
+    *,
+    path: str | os.PathLike[str],
+    retries: int = 2,
+    errors: ErrorPolicy | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
+    shutdown: float = 5.0,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    batch_size: int = 500,
+    max_delay: float = 0.0,
+    inbox_retention: float = DEFAULT_INBOX_RETENTION,
+    types: MessageTypes | None = None,
+) -> DurableQueue:
+    """Declare a durable queue endpoint whose backlog lives in the SQLite file ``path``.
+
+    Args:
+        uri: the name routes refer to.
+        path: the SQLite database file (created if missing); several durable
+            queues may share one file (and its one connection thread).
+        retries: retries at once after a handler failure, before dead letters.
+        errors: a full :class:`~triobus.ErrorPolicy`; replaces ``retries``.
+        prefetch: deliveries held in memory at most (the mailbox's capacity).
+        shutdown: seconds a final stop lets the handler finish its prefetched
+            messages; what is left stays in the store.
+        poll_interval: how often an idle queue looks for rows it was not told of.
+        batch_size: writes committed in one transaction at most.
+        max_delay: how long a write may wait for its batch to fill (0: as soon
+            as the connection is free).
+        inbox_retention: seconds handled message ids are remembered.
+        types: the message types the codec accepts (default: every type the
+            bus's modules bind).
+    """
+    if not math.isfinite(inbox_retention):
+        raise ValueError(
+            f"inbox_retention must be a finite number of seconds, got {inbox_retention!r}"
+        )
+    return DurableQueue(
+        uri,
+        path=path,
+        errors=errors if errors is not None else ErrorPolicy.retries(retries),
+        prefetch=prefetch,
+        shutdown=shutdown,
+        poll_interval=poll_interval,
+        store_options={
+            "batch_size": batch_size,
+            "max_delay": max_delay,
+            "inbox_retention": inbox_retention,
+        },
+        types=types,
+    )
