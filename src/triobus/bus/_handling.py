@@ -10,9 +10,10 @@ invoke), handler classes and functions, behaviors, plugins and the testing
 kit's probe: there is no second path.
 
 A handler failure never crashes an endpoint: an ask's exception goes back
-to the asker; a told message's handler is retried in place, then
-dead-lettered with the last exception, and the other handlers of an event
-still run (each subscription is its own delivery).
+to the asker; a told message goes to the endpoint's error policy (a retry
+in place, a retry later through its endpoint, or a dead letter with the
+last exception), and the other handlers of an event still run (each
+subscription is its own delivery).
 """
 
 from __future__ import annotations
@@ -294,10 +295,10 @@ class EndpointActor(Actor):
                         delivery.progress = index
                         delivery.ending = settlement
                         return
-                    delivery.attempt = 1
                 else:
                     if delivery.held:
                         self.host.outbox.release(delivery)
+                delivery.attempt = 1  # the next handler starts its own count
                 index += 1
         except BaseException:
             delivery.progress = index  # cut off: this handler runs again on redelivery

@@ -323,13 +323,14 @@ class Delivery(Carrier):
         )
 
     def same_message(self, plan: Plan) -> Delivery:
-        """Another delivery of this message (same id and context) under ``plan``."""
+        """Another delivery of this message (same id, context and due moment) under ``plan``."""
         copy = Delivery(self.message, plan, None, self.headers, self.correlation_id, self.reply_to)
         copy._id = self.message_id
         copy.causation_id = self.causation_id
         copy.created_at = self.created_at
         copy.asked = self.asked
         copy.dispatch = self.dispatch
+        copy.due = self.due  # a copy of a scheduled message is not handled early either
         return copy
 
     def again(self, plan: Plan) -> Delivery:
