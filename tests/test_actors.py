@@ -113,6 +113,25 @@ async def test_ask_returns_what_receive_returned(autojump_clock: MockClock) -> N
         assert await ref.ask(None) is None
 
 
+async def test_post_ask_posts_at_the_call_and_its_awaitable_gives_the_reply(
+    autojump_clock: MockClock,
+) -> None:
+    log: list[Any] = []
+    async with ActorSystem(name="app") as system:
+        ref = await system.spawn(lambda: Recorder(log), name="rec")
+        await ref.ask("warm")  # the actor's task runs and waits on its empty mailbox
+        reply = ref.post_ask("m")
+        ref.tell_nowait("after")  # queued behind the ask: posted at the call, not at the await
+        assert await reply == (0, "m")
+        await ref.ask("sync")
+        assert log == ["warm", "m", "after", "sync"]
+        with pytest.raises(ValueError, match="positive number of seconds"):
+            ref.post_ask("bad", timeout=0)  # raised by the call, nothing to await
+        await ref.stop()
+        with pytest.raises(ActorStopped, match="/app/rec is stopped"):
+            ref.post_ask("late")
+
+
 async def test_ref_has_name_and_path_from_the_system_root(autojump_clock: MockClock) -> None:
     async with ActorSystem(name="app") as system:
         ref = await system.spawn(Echo, name="echo")

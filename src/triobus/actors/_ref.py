@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, final
 
 import trio
@@ -11,7 +11,7 @@ from trio.lowlevel import wait_task_rescheduled
 
 from .._errors import ActorStopped, MailboxClosed
 from ..mailbox import DeadLetterReason
-from ._ask import DEFAULT_ASK_TIMEOUT, Ask, Frame, current_frame
+from ._ask import DEFAULT_ASK_TIMEOUT, Ask, current_frame
 
 if TYPE_CHECKING:
     from ._cell import ActorCell
@@ -103,24 +103,23 @@ class ActorRef:
             MailboxFull: the mailbox refused or evicted the ask.
             Exception: whatever ``receive`` raised for this message.
         """
-        ask = self._post_ask(message, timeout, current_frame.get())
-        if ask.parked:
-            return await wait_task_rescheduled(ask._abort)
-        return await self._ask_waiting(ask, timeout)
+        return await self.post_ask(message, timeout)
 
-    def _post_ask(self, message: object, timeout: float | None, frame: Frame | None) -> Ask:
-        """Post an ask without waiting: the checks, the reply slot and its deadline.
+    def post_ask(
+        self, message: object, timeout: float | None = DEFAULT_ASK_TIMEOUT
+    ) -> Awaitable[Any]:
+        """Send ``message`` as an ask now; return the awaitable of the reply.
 
-        ``frame`` is the asking task's (``current_frame.get()``).
-
-        Returns the :class:`Ask`, parked when the mailbox took it (the asker
-        then waits with ``wait_task_rescheduled(ask._abort)``), not parked
-        when the mailbox was full (finish with :meth:`_ask_waiting`).
+        This is :meth:`ask` without a coroutine layer of its own, for a layer
+        that hands the awaitable up (an endpoint's ``ask``). The checks raise
+        here; the calling task must await the result at once: it is the
+        asker, and the actor wakes it with the reply.
 
         Raises:
-            DeadlockError, ValueError, ActorStopped: as :meth:`ask`.
+            DeadlockError, ValueError, ActorStopped: as :meth:`ask` (at the call).
         """
         cell = self._cell
+        frame = current_frame.get()
         if frame is None:
             chain: tuple[ActorCell, ...] = ()
             if cell.starter is not None and cell.starter is trio.lowlevel.current_task():
@@ -135,13 +134,14 @@ class ActorRef:
         try:
             self._send_nowait(ask)
         except trio.WouldBlock:
-            return ask
+            return self._ask_waiting(ask, timeout)
         except trio.ClosedResourceError:
             raise self._refused(message) from None
         ask.parked = True
         if timeout is not None:
             cell.runtime.timer.add(ask, timeout)
-        return ask
+        # Awaited by the caller at once (see above): no coroutine layer of ours.
+        return wait_task_rescheduled(ask._abort)  # noqa: ASYNC105
 
     async def _ask_waiting(self, ask: Ask, timeout: float | None) -> Any:
         """The rest of an ask that found the mailbox full.

@@ -201,7 +201,7 @@ class LocalQueue:
 
     def ask(self, delivery: Delivery, timeout: float | None) -> Awaitable[Any]:
         ref = self._only or self.pick(delivery.message)
-        return ref.ask(delivery, timeout=timeout)
+        return ref.post_ask(delivery, timeout)
 
     def settle(self, delivery: Delivery, settlement: Settlement) -> None:
         if (

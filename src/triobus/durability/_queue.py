@@ -298,7 +298,7 @@ class DurableQueue:
         """An invoke is not stored: its caller waits for the answer (and dies with it)."""
         if self._ref is None:
             raise ActorStopped(f"durable endpoint {self._uri!r} is not running")
-        return self._ref.ask(delivery, timeout=timeout)
+        return self._ref.post_ask(delivery, timeout=timeout)
 
     # ------------------------------------------------------------ feeding
 
