@@ -855,6 +855,11 @@ def test_too_many_headers_are_refused_before_the_fields_and_body_are_structured(
     assert CODEC.decode(wire(headers=dict(list(headers.items())[:128]))).headers
 
 
+def test_too_many_headers_are_refused_when_every_field_is_well_formed() -> None:
+    error = decode_error(CODEC, wire(headers={f"h{i}": "v" for i in range(129)}))
+    assert (error.reason, error.message_id) == ("too_many_headers", "m-1")
+
+
 SMALL = Limits(max_header_key_length=4, max_header_value_length=5, max_name_length=20)
 
 

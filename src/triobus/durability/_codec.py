@@ -629,23 +629,29 @@ class Codec:
 
     def _checked_meta(self, doc: dict[str, Any], side: _Side) -> _Meta:
         """The envelope's fields, type-checked and within the limits."""
-        limits = self.limits
-        headers = doc.get("headers")
-        if isinstance(headers, Mapping) and len(headers) > limits.max_headers:
-            raise side.error(
-                "too_many_headers",
-                f"it has {len(headers)} headers, over Limits.max_headers "
-                f"({limits.max_headers}): carry fewer headers, or raise the limit on both sides",
-            )
         meta = _plain_meta(doc)
         if meta is None:
+            headers = doc.get("headers")
+            if isinstance(headers, Mapping):
+                self._check_header_count(len(headers), side)
             meta = self._structured_meta(doc, side)
+        else:
+            self._check_header_count(len(meta.headers), side)
         if meta.version < 1:
             raise side.error(
                 "malformed", f"its version is {meta.version}: a version is a whole number >= 1"
             )
         self._check_lengths(meta, side)
         return meta
+
+    def _check_header_count(self, count: int, side: _Side) -> None:
+        if count > self.limits.max_headers:
+            raise side.error(
+                "too_many_headers",
+                f"it has {count} headers, over Limits.max_headers "
+                f"({self.limits.max_headers}): carry fewer headers, or raise the limit on both "
+                "sides",
+            )
 
     @staticmethod
     def _structured_meta(doc: dict[str, Any], side: _Side) -> _Meta:
