@@ -39,7 +39,7 @@ from triobus import (
     UpcasterAlreadyRegistered,
 )
 from triobus.bus._messages import default_message_name, message_version
-from triobus.durability import ENVELOPE_REASONS
+from triobus.durability import ENVELOPE_REASONS, _codec
 from triobus.testing import strategies
 
 # ---------------------------------------------------------------- messages
@@ -329,6 +329,50 @@ generated_envelopes = st.builds(
 @given(generated_envelopes)
 def test_every_generated_envelope_round_trips(sent: Envelope) -> None:
     assert CODEC.decode(CODEC.encode(sent)) == sent
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(generated_envelopes)
+def test_plain_fields_are_checked_without_the_converter_to_the_same_fields(sent: Envelope) -> None:
+    doc = orjson.loads(CODEC.encode(sent))
+    plain = _codec._plain_meta(doc)
+    assert plain is not None
+    assert plain == _codec._structure_meta(doc, _codec._Meta)
+
+
+class Text(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"created_at": 5},
+        {"created_at": True},
+        {"version": True},
+        {"id": Text("m-1")},
+        {"reply_to": Text("r")},
+        {"headers": {Text("k"): "v"}},
+        {"headers": {"k": Text("v")}},
+        {"headers": Text("h")},
+    ],
+)
+def test_fields_not_of_their_plain_type_are_left_to_the_strict_converter(
+    changes: dict[str, Any],
+) -> None:
+    doc = orjson.loads(wire())
+    doc.update(changes)
+    assert _codec._plain_meta(doc) is None
+
+
+def test_a_missing_field_is_left_to_the_strict_converter() -> None:
+    doc = orjson.loads(wire_without("reply_to"))
+    assert _codec._plain_meta(doc) is None
+
+
+def test_an_int_created_at_decodes_as_a_float_through_the_converter() -> None:
+    decoded = CODEC.decode(wire(created_at=5))
+    assert decoded.created_at == 5.0 and type(decoded.created_at) is float
 
 
 # ---------------------------------------------------------------- the registry
@@ -809,6 +853,11 @@ def test_too_many_headers_are_refused_before_the_fields_and_body_are_structured(
     assert (error.reason, error.message_id) == ("too_many_headers", "m-1")
     assert "it has 129 headers, over Limits.max_headers (128)" in str(error)
     assert CODEC.decode(wire(headers=dict(list(headers.items())[:128]))).headers
+
+
+def test_too_many_headers_are_refused_when_every_field_is_well_formed() -> None:
+    error = decode_error(CODEC, wire(headers={f"h{i}": "v" for i in range(129)}))
+    assert (error.reason, error.message_id) == ("too_many_headers", "m-1")
 
 
 SMALL = Limits(max_header_key_length=4, max_header_value_length=5, max_name_length=20)
