@@ -391,10 +391,21 @@ class SqliteStore:
 
         return await self.database.write(job)
 
-    async def requeue_letter(self, letter: StoredLetter, now: float) -> None:
-        """Replay: the letter's message goes back to its queue (same id, fresh attempts)."""
+    async def requeue_letter(self, letter: StoredLetter, now: float) -> bool:
+        """Replay: the letter's message goes back to its queue (same id, fresh attempts).
 
-        def job(connection: sqlite3.Connection) -> None:
+        One transaction: the letter leaves the store, the message is queued and
+        its inbox mark is cleared. Returns ``False``, doing nothing, when the
+        letter is no longer stored (replayed or purged meanwhile, perhaps by
+        another process), so a letter is never queued twice.
+        """
+
+        def job(connection: sqlite3.Connection) -> bool:
+            removed = connection.execute(
+                "DELETE FROM triobus_dead_letters WHERE letter_id = ?", (letter.letter_id,)
+            ).rowcount
+            if not removed:
+                return False
             connection.execute(
                 "INSERT INTO triobus_queue (endpoint, message_id, message_name, step, due, body) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -411,11 +422,9 @@ class SqliteStore:
                 "DELETE FROM triobus_inbox WHERE endpoint = ? AND message_id = ? AND step = ?",
                 (letter.endpoint, letter.message_id, letter.step),
             )
-            connection.execute(
-                "DELETE FROM triobus_dead_letters WHERE letter_id = ?", (letter.letter_id,)
-            )
+            return True
 
-        await self.database.write(job)
+        return await self.database.write(job)
 
     # ------------------------------------------------------------ outbox
 
