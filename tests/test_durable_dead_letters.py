@@ -7,27 +7,41 @@ restart of the bus; filters combine with AND and ages follow the bus's wall
 clock (trio's, here a ``MockClock``); a replay puts the message back in the
 queue with its id and a fresh attempt budget. Real SQLite files in
 ``tmp_path`` throughout.
+
+The fuzz test at the end feeds 10,000 hypothesis-generated malformed
+envelopes through ``deliver_raw``, with good messages in between: each bad
+one is a dead letter with its reason, and each good one is handled once.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import strategies as st
 
 from triobus import (
+    Codec,
     Command,
     DeadLetterFilter,
     DeadLetterNotFound,
     DeadLetterReason,
     DeadLetterStore,
     Envelope,
+    EnvelopeError,
     Event,
+    Limits,
     MessageContext,
+    MessageTypes,
     Module,
     ReplayError,
     SqliteDeadLetters,
@@ -38,6 +52,7 @@ from triobus import (
     open_bus,
     route,
 )
+from triobus.durability import ENVELOPE_REASONS
 
 FAILED = DeadLetterReason.FAILED
 UNDECODABLE = DeadLetterReason.UNDECODABLE
@@ -417,3 +432,200 @@ async def test_an_envelope_no_handler_here_takes_is_a_decoded_no_handler_letter(
         [again] = await queue.dead_letters.list()
         assert (again.message_id, again.reason) == ("m-1", DeadLetterReason.NO_HANDLER)
         assert again.letter_id != letter.letter_id
+
+
+# ---------------------------------------------------------------- fuzz: malformed envelopes
+
+
+@attrs.frozen
+class Stray(Command):
+    """Registered with the codec, bound nowhere: decodes, then finds no handler."""
+
+    n: int
+
+
+JOB_NAME = default_message_name(Job(0))
+STRAY_NAME = default_message_name(Stray(0))
+FUZZ_TYPES = MessageTypes().register(Job).register(Stray)
+FUZZ_CODEC = Codec(FUZZ_TYPES)  # what the queue decodes with: the same types, default limits
+LIMITS = Limits()
+VALID = [
+    FUZZ_CODEC.encode(envelope("fz-1", Job(1), JOB_NAME)),
+    FUZZ_CODEC.encode(attrs.evolve(envelope("fz-2", Job(2), JOB_NAME), headers={"tenant": "a"})),
+]
+DOCS: list[dict[str, Any]] = [orjson.loads(data) for data in VALID]
+ENVELOPE_KEYS = list(DOCS[0])
+#: Bigger than ``Limits.max_bytes``: a rare payload (each one is 4 MiB in the store).
+HUGE = b'{"id":"huge","x":"' + b"x" * LIMITS.max_bytes + b'"}'
+
+# Strategies are made once (making one costs more than drawing from it).
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+not_objects = scalars | st.lists(scalars, max_size=3)
+json_values = not_objects | st.dictionaries(st.text(max_size=3), scalars, max_size=2)
+docs = st.sampled_from(range(len(DOCS)))
+positions = st.integers(min_value=0, max_value=10_000)
+
+
+def edited(key: str, values: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
+    """A valid envelope with ``key`` set to a drawn value."""
+    return st.builds(lambda doc, value: orjson.dumps({**DOCS[doc], key: value}), docs, values)
+
+
+def mutated(data: bytes, changes: list[tuple[int, int]]) -> bytes:
+    buffer = bytearray(data)
+    for position, byte in changes:
+        buffer[position % len(buffer)] = byte
+    return bytes(buffer)
+
+
+def without(doc: int, key: str) -> bytes:
+    return orjson.dumps({name: value for name, value in DOCS[doc].items() if name != key})
+
+
+def too_long(doc: int, field: str, extra: int) -> bytes:
+    if field == "headers":
+        value: Any = {"big": "x" * (LIMITS.max_header_value_length + 1 + extra)}
+    elif field in ("name", "reply_to"):
+        value = "x" * (LIMITS.max_name_length + 1 + extra)
+    else:
+        value = "x" * (LIMITS.max_id_length + 1 + extra)
+    return orjson.dumps({**DOCS[doc], field: value})
+
+
+def stray(doc: int, message_id: str) -> bytes:
+    return orjson.dumps({**DOCS[doc], "name": STRAY_NAME, "id": message_id})
+
+
+#: One branch per kind of bad input; a few may decode after all (filtered out below).
+malformed_envelopes = st.one_of(
+    st.binary(max_size=200),  # arbitrary bytes
+    st.builds(lambda data, cut: data[: cut % len(data)], st.sampled_from(VALID), positions),
+    st.builds(
+        mutated,
+        st.sampled_from(VALID),
+        st.lists(st.tuples(positions, st.integers(0, 255)), min_size=1, max_size=4),
+    ),
+    not_objects.map(orjson.dumps),  # valid JSON, no object
+    st.builds(without, docs, st.sampled_from(ENVELOPE_KEYS)),  # a field missing
+    st.builds(  # a field of the wrong type
+        lambda doc, key, value: orjson.dumps({**DOCS[doc], key: value}),
+        docs,
+        st.sampled_from(ENVELOPE_KEYS),
+        json_values,
+    ),
+    edited("name", st.text(min_size=1, max_size=30)),  # a name nobody registered
+    edited("version", st.integers(min_value=2, max_value=2**40)),  # newer than known
+    edited("version", st.integers(min_value=-(2**63), max_value=0)),
+    edited(  # too many headers
+        "headers",
+        st.integers(LIMITS.max_headers + 1, 200).map(lambda n: {f"h{i}": "v" for i in range(n)}),
+    ),
+    st.builds(  # a name, an id or a header over its limit
+        too_long,
+        docs,
+        st.sampled_from(["name", "reply_to", "id", "correlation_id", "causation_id", "headers"]),
+        st.integers(0, 40),
+    ),
+    edited(  # a body that does not fit the class
+        "body",
+        st.fixed_dictionaries({"n": st.none() | st.floats() | st.text(max_size=8)})
+        | not_objects
+        | st.dictionaries(st.text(max_size=3), scalars, max_size=2),
+    ),
+    st.builds(stray, docs, st.text(min_size=1, max_size=20)),  # decodes; no handler here
+    st.integers(0, 127).map(lambda i: HUGE if i == 127 else b"{}"),  # rarely: oversize
+)
+
+
+def handled_by_a_job_handler(data: bytes) -> bool:
+    """Whether these bytes would be handled (a Job envelope): no dead letter then."""
+    try:
+        return FUZZ_CODEC.decode(data).message_name == JOB_NAME
+    except EnvelopeError:
+        return False
+
+
+bad_payloads = malformed_envelopes.filter(lambda data: not handled_by_a_job_handler(data))
+#: Examples x payloads per example: the 10,000 of the issue.
+FUZZ_EXAMPLES = 100
+BAD_PER_EXAMPLE = 100
+#: A good message is sent (and awaited) after every this many bad payloads.
+GOOD_EVERY = 25
+
+
+async def feed_malformed(path: Path, payloads: list[bytes], good: itertools.count[int]) -> None:
+    handled: list[int] = []
+
+    async def job(message: Job) -> None:
+        handled.append(message.n)
+
+    queue = durable_queue("jobs", path=path, types=FUZZ_TYPES)
+    sent: list[int] = []
+    async with open_bus(
+        Module("m").bind_request(Job, job), endpoints=[queue], routing=[route(Job).to("jobs")]
+    ) as bus:
+        for index, data in enumerate(payloads, 1):
+            await queue.deliver_raw(data)
+            if index % GOOD_EVERY == 0:
+                sent.append(next(good))
+                await bus.send(Job(sent[-1]))
+                await bus.wait_quiet()
+                assert handled[-1] == sent[-1]  # handled right there, between the bad ones
+        await bus.wait_quiet()
+        letters = await queue.dead_letters.list()
+    assert sorted(handled) == sent  # every good message, exactly once
+
+    assert len(letters) == len(payloads)
+    undecodable = [data for data in payloads if not decodes(data)]
+    by_reason = collections.Counter(letter.reason for letter in letters)
+    assert by_reason[UNDECODABLE] == len(undecodable)
+    assert by_reason[DeadLetterReason.NO_HANDLER] == len(payloads) - len(undecodable)
+    assert collections.Counter(letter.raw for letter in letters if letter.raw is not None) == (
+        collections.Counter(undecodable)
+    )
+    for letter in letters:
+        assert letter.error
+        if letter.reason is UNDECODABLE:
+            reason = letter.error.split(":", 1)[0]
+            assert reason in ENVELOPE_REASONS, letter.error
+            assert letter.exception_type == f"triobus.{ENVELOPE_REASONS[reason].__name__}"
+            event(reason)
+        else:
+            assert isinstance(letter.message, Stray)
+            event("no_handler")
+
+
+def decodes(data: bytes) -> bool:
+    try:
+        FUZZ_CODEC.decode(data)
+    except EnvelopeError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_malformed_envelopes_all_become_dead_letters_and_good_messages_pass() -> None:
+    """10,000 malformed envelopes (100 examples of 100) through ``deliver_raw``."""
+    good_numbers = itertools.count(1)
+    fed: list[int] = []
+
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no explain: slow
+    )
+    @given(st.lists(bad_payloads, min_size=BAD_PER_EXAMPLE, max_size=BAD_PER_EXAMPLE))
+    def feed(payloads: list[bytes]) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            trio.run(feed_malformed, Path(folder) / "fuzz.db", payloads, good_numbers)
+        fed.append(len(payloads))
+
+    feed()
+    assert sum(fed) >= FUZZ_EXAMPLES * BAD_PER_EXAMPLE == 10_000
