@@ -107,6 +107,19 @@ def jobs_bus(path: Path, jobs: Breakable, audits: Breakable | None = None, retri
 PAID_NAME = default_message_name(Paid(0))
 
 
+async def quiet(bus: Any, queue: Any) -> None:
+    """Wait until nothing is in flight and nothing due is left in the queue's file.
+
+    A durable queue's retry waits in the file, not in flight, so
+    ``wait_quiet`` alone may return between two attempts.
+    """
+    while True:
+        await bus.wait_quiet()
+        if (await queue.counts()).incoming == 0:
+            return
+        await trio.lowlevel.checkpoint()
+
+
 def envelope(message_id: str, message: Any, name: str) -> Envelope:
     return Envelope(message_id, name, 1, message_id, None, {}, None, 1.0, message)
 
@@ -119,7 +132,7 @@ async def test_a_message_that_fails_every_attempt_is_stored_with_its_error(tmp_p
     queue, bus_runner = jobs_bus(tmp_path / "q.db", jobs, retries=2)
     async with bus_runner as bus:
         await bus.send(Job(7), headers={"tenant": "acme"}, correlation_id="chain")
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         store = queue.dead_letters
         assert isinstance(store, SqliteDeadLetters) and isinstance(store, DeadLetterStore)
         [letter] = await store.list()
@@ -149,7 +162,7 @@ async def test_letters_survive_a_restart_of_the_bus_on_the_same_file(tmp_path: P
     async with bus_runner as bus:
         await bus.send(Job(1))
         await bus.send(Job(2))
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         before = await queue.dead_letters.list()
     assert len(before) == 2
 
@@ -162,7 +175,7 @@ async def test_letters_survive_a_restart_of_the_bus_on_the_same_file(tmp_path: P
         assert after == before  # the content: message, error, traceback, attempts, ids
         assert [letter.traceback for letter in after] == [letter.traceback for letter in before]
         assert await queue.dead_letters.replay(DeadLetterFilter()) == 2
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         assert await queue.dead_letters.count() == 0
     assert [context.message_id for context in jobs.handled] == [
         letter.message_id for letter in before
@@ -191,14 +204,14 @@ async def test_filters_by_name_exception_type_and_age_combine_with_and(
     queue, bus_runner = jobs_bus(tmp_path / "q.db", jobs, audits, retries=0)
     async with bus_runner as bus:
         await bus.send(Job(1))
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         mock_clock.jump(100)
         await bus.send(Audit(2))
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         jobs.error = CardDeclined("declined too")
         mock_clock.jump(100)
         await bus.send(Job(3))
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         store = queue.dead_letters
         everything = await store.list()
         assert [letter.message for letter in everything] == [Job(1), Audit(2), Job(3)]
@@ -240,7 +253,7 @@ async def test_get_reads_one_letter_and_an_unknown_id_is_not_found(tmp_path: Pat
     queue, bus_runner = jobs_bus(tmp_path / "q.db", Breakable(), retries=0)
     async with bus_runner as bus:
         await bus.send(Job(1))
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         [letter] = await queue.dead_letters.list()
         got = await queue.dead_letters.get(letter.letter_id)
         assert (got.letter_id, got) == (letter.letter_id, letter)
@@ -258,13 +271,13 @@ async def test_a_replayed_message_keeps_its_id_and_gets_a_fresh_attempt_budget(
     queue, bus_runner = jobs_bus(tmp_path / "q.db", jobs, retries=1)
     async with bus_runner as bus:
         await bus.send(Job(1), headers={"tenant": "acme"})
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         store = queue.dead_letters
         [first] = await store.list()
         assert (first.attempts, jobs.calls) == (2, 2)
 
         assert await store.replay(first.letter_id) == 1  # still broken: fails again
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         [second] = await store.list()
         assert second.letter_id != first.letter_id
         assert second.message_id == first.message_id
@@ -274,7 +287,7 @@ async def test_a_replayed_message_keeps_its_id_and_gets_a_fresh_attempt_budget(
 
         jobs.broken = False
         assert await store.replay(second.letter_id) == 1
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         assert await store.count() == 0
         [handled] = jobs.handled
         assert (handled.message_id, handled.headers) == (first.message_id, {"tenant": "acme"})
@@ -290,16 +303,16 @@ async def test_replay_by_filter_takes_the_matching_letters_alone(tmp_path: Path)
         for n in range(3):
             await bus.send(Job(n))
             await bus.send(Audit(n))
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         store = queue.dead_letters
         [job_letter, *_] = await store.list()
         jobs.broken = audits.broken = False
         assert await store.replay(message_name=job_letter.message_name) == 3
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         assert len(jobs.handled) == 3 and audits.handled == []
         assert [letter.message for letter in await store.list()] == [Audit(0), Audit(1), Audit(2)]
         assert await store.replay(DeadLetterFilter()) == 3
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         assert len(audits.handled) == 3
         assert await store.count() == 0
 
@@ -322,13 +335,13 @@ async def test_replaying_one_failed_subscriber_runs_that_subscriber_alone(tmp_pa
         routing=[route(Paid).to("events")],
     ) as bus:
         await bus.publish(Paid(1))
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         assert calls == ["books", "mails"]
         [letter] = await queue.dead_letters.list()
         assert letter.context is not None and "mail" in letter.context["handler"]
         mails.broken = False
         assert await queue.dead_letters.replay(letter.letter_id) == 1
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         assert calls == ["books", "mails", "mails"]
         assert await queue.dead_letters.count() == 0
 
@@ -338,13 +351,13 @@ async def test_a_replay_that_meets_a_letter_replayed_meanwhile_skips_it(tmp_path
     queue, bus_runner = jobs_bus(tmp_path / "q.db", jobs, retries=0)
     async with bus_runner as bus:
         await bus.send(Job(1))
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         jobs.broken = False
         assert await queue.dead_letters.count() == 1
         async with trio.open_nursery() as nursery:
             for _ in range(3):
                 nursery.start_soon(queue.dead_letters.replay, DeadLetterFilter())
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         assert len(jobs.handled) == 1  # queued once, handled once
         assert await queue.dead_letters.count() == 0
         assert bus.in_flight == 0
@@ -359,7 +372,7 @@ async def test_purge_removes_the_selected_letters(tmp_path: Path) -> None:
         for n in range(2):
             await bus.send(Job(n))
             await bus.send(Audit(n))
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         store = queue.dead_letters
         first, second, *_ = await store.list()
         assert await store.purge(first.letter_id) == 1
@@ -385,7 +398,7 @@ async def test_undecodable_bytes_are_a_letter_with_the_raw_bytes_that_cannot_be_
     async with bus_runner as bus:
         await queue.deliver_raw(b"\x00 not an envelope")
         await bus.send(Job(1))
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         store = queue.dead_letters
         [bad] = await store.list(reason=UNDECODABLE)
         assert bad.raw == b"\x00 not an envelope"
@@ -404,7 +417,7 @@ async def test_undecodable_bytes_are_a_letter_with_the_raw_bytes_that_cannot_be_
         with pytest.raises(ReplayError, match=bad.letter_id):
             await store.replay(bad.letter_id)
         assert await store.replay(failed.letter_id) == 1
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         assert len(jobs.handled) == 1
         assert [letter.letter_id for letter in await store.list()] == [bad.letter_id]
 
@@ -417,7 +430,7 @@ async def test_an_envelope_no_handler_here_takes_is_a_decoded_no_handler_letter(
     async with open_bus(module, endpoints=[queue], routing=[route(Job).to("jobs")]) as bus:
         data = queue.codec.encode(envelope("m-1", Paid(5), PAID_NAME))
         await queue.deliver_raw(data)
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         [letter] = await queue.dead_letters.list()
         assert (letter.reason, letter.message, letter.raw) == (
             DeadLetterReason.NO_HANDLER,
@@ -428,7 +441,7 @@ async def test_an_envelope_no_handler_here_takes_is_a_decoded_no_handler_letter(
         assert letter.error == f"no handler for {PAID_NAME!r} is bound at endpoint 'jobs'"
         # Replayable (say, once the handler is bound here); still none: a new letter.
         assert await queue.dead_letters.replay(letter.letter_id) == 1
-        await bus.wait_quiet()
+        await quiet(bus, queue)
         [again] = await queue.dead_letters.list()
         assert (again.message_id, again.reason) == ("m-1", DeadLetterReason.NO_HANDLER)
         assert again.letter_id != letter.letter_id
@@ -629,3 +642,22 @@ def test_malformed_envelopes_all_become_dead_letters_and_good_messages_pass() ->
 
     feed()
     assert sum(fed) >= FUZZ_EXAMPLES * BAD_PER_EXAMPLE == 10_000
+
+
+async def test_the_ring_s_copy_of_a_durable_letter_points_to_the_durable_store(
+    tmp_path: Path,
+) -> None:
+    jobs = Breakable()
+    queue, bus_runner = jobs_bus(tmp_path / "q.db", jobs, retries=0)
+    async with bus_runner as bus:
+        await bus.send(Job(1))
+        await quiet(bus, queue)
+        [mirrored] = await bus.dead_letters.list(endpoint="jobs")
+        with pytest.raises(ReplayError, match=r"replayed in its own store \(queue.dead_letters\)"):
+            await bus.dead_letters.replay(mirrored.letter_id)
+        [stored] = await queue.dead_letters.list()
+        assert stored.message_id == mirrored.message_id
+        jobs.broken = False
+        assert await queue.dead_letters.replay(stored.letter_id) == 1
+        await quiet(bus, queue)
+        assert len(jobs.handled) == 1

@@ -28,6 +28,15 @@ EXPECTED: dict[str, list[str]] = {
         "saved orders: ['ORD-CUST-1-PROD-42']",
         "stock left: {'PROD-42': 1}",
     ],
+    "durable_orders.py": [
+        "-- first run: the warehouse is closed",
+        "shipping queue: 2 waiting",
+        "-- second run, after a restart: the backlog ships",
+        "shipped A-1\nshipped A-3",
+        "orders saved: ['A-1', 'A-3']",
+        "shipments (order, times): [('A-1', 1), ('A-3', 1)]",
+        "dead letters: [('orders.place', 'failed', 'OutOfStock')]",
+    ],
     "routing.py": [
         "request analytics.rebuild_dashboard v1 -> reports: rebuild_dashboard",
         "request notifications.send_receipt v1 -> emails: send_receipt",

@@ -308,5 +308,6 @@ ENVELOPE_REASONS: dict[str, type[EnvelopeError]] = {
     "id_too_long": OversizeEnvelope,
 }
 
+
 class StoreError(TriobusError):
     """A durable store could not do what was asked (open, read or write its database)."""

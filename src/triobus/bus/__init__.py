@@ -13,6 +13,7 @@ from ._bus import MessageBus as MessageBus
 from ._bus import instrumented as instrumented
 from ._context import current_bus as current_bus
 from ._context import current_context as current_context
+from ._context import delivery_in_hand as delivery_in_hand
 from ._envelope import Envelope as Envelope
 from ._envelope import MessageContext as MessageContext
 from ._handlers import EventHandler as EventHandler
@@ -29,6 +30,8 @@ from ._messages import default_message_name as default_message_name
 from ._module import Module as Module
 from ._open import BusRunner as BusRunner
 from ._open import open_bus as open_bus
+from ._outbox import Enlistment as Enlistment
+from ._outbox import enlisting as enlisting
 from ._plugins import DispatchEvent as DispatchEvent
 from ._plugins import DispatchKind as DispatchKind
 from ._plugins import Phase as Phase
@@ -51,6 +54,7 @@ from ._seam import EndpointHost as EndpointHost
 from ._seam import Plan as Plan
 from ._seam import Settlement as Settlement
 from ._seam import Step as Step
+from ._seam import hand_over as hand_over
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -61,6 +65,7 @@ __all__ = [
     "BusRunner",
     "Command",
     "Delivery",
+    "hand_over",
     "DeliveryMode",
     "DispatchEvent",
     "DispatchKind",
@@ -85,6 +90,9 @@ __all__ = [
     "Probe",
     "Request",
     "RequestHandler",
+    "Enlistment",
+    "enlisting",
+    "delivery_in_hand",
     "ErrorPolicy",
     "RetryMode",
     "Route",

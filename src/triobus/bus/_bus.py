@@ -181,8 +181,14 @@ class MessageBus:
         if delay is not None:
             if deliver_at is not None:
                 raise ValueError("give delay= or deliver_at=, not both")
-            if not isinstance(delay, int | float) or isinstance(delay, bool) or not delay >= 0:
-                raise ValueError(f"delay= takes a number of seconds >= 0, got {short_repr(delay)}")
+            if (
+                not isinstance(delay, int | float)
+                or isinstance(delay, bool)
+                or not 0 <= delay < math.inf
+            ):
+                raise ValueError(
+                    f"delay= takes a finite number of seconds >= 0, got {short_repr(delay)}"
+                )
             return float(self._host.wall_clock() + delay)
         if isinstance(deliver_at, datetime):
             if deliver_at.tzinfo is None:
@@ -304,6 +310,9 @@ class MessageBus:
             NoRouteError: nothing handles this command.
             ActorStopped: the endpoint is stopped (the command is a dead letter).
             MailboxFull: the endpoint is full and its policy is ``fail``.
+            ValueError: ``delay`` and ``deliver_at`` both, or a value that is
+                not a finite number of seconds >= 0 / a moment (a finite
+                number or an aware ``datetime``).
         """
         if self._hooked:
             await self._dispatch_with_plugins(
@@ -353,13 +362,22 @@ class MessageBus:
         listener-exception-collection mode this waits for every handler and
         raises one ``ExceptionGroup`` of the failures.
 
-        ``delay`` and ``deliver_at`` schedule it, as for :meth:`send`.
+        ``delay`` and ``deliver_at`` schedule it, as for :meth:`send` (not in
+        listener-exception-collection mode).
 
         Raises:
             PublishError: some endpoints refused the event (named); the
                 others accepted it.
+            ValueError: a bad ``delay`` / ``deliver_at`` (as for :meth:`send`),
+                or one in listener-exception-collection mode.
         """
         due = None if delay is None and deliver_at is None else self._due(delay, deliver_at)
+        if due is not None and self._collect:
+            raise ValueError(
+                "a scheduled publish cannot collect listener exceptions: its handlers run after "
+                "publish returns; publish it without delay=/deliver_at=, or open the bus "
+                "without collect_listener_exceptions=True"
+            )
         if self._hooked:
             await self._dispatch_with_plugins(
                 event, DispatchKind.PUBLISH, headers, correlation_id, reply_to, due=due
@@ -404,7 +422,6 @@ class MessageBus:
                 probe.dispatched(DispatchKind.PUBLISH, delivery)
             endpoint = plan.endpoint
             if holding:
-                assert handling is not None
                 self._host.outbox.hold(handling, endpoint, delivery)
                 continue
             try:

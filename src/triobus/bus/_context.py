@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._envelope import MessageContext
 from ._handling import current_delivery
 from ._protocols import IMessageBus
+from ._seam import Delivery
 
 
 def current_context() -> MessageContext | None:
@@ -33,3 +34,8 @@ def current_bus() -> IMessageBus:
             "to code that runs elsewhere"
         )
     return delivery.plan.bus
+
+
+def delivery_in_hand() -> Delivery | None:
+    """The delivery whose handler is running here (for endpoint kinds and units of work)."""
+    return current_delivery.get()

@@ -10,9 +10,10 @@ invoke), handler classes and functions, behaviors, plugins and the testing
 kit's probe: there is no second path.
 
 A handler failure never crashes an endpoint: an ask's exception goes back
-to the asker; a told message's handler is retried in place, then
-dead-lettered with the last exception, and the other handlers of an event
-still run (each subscription is its own delivery).
+to the asker; a told message goes to the endpoint's error policy (a retry
+in place, a retry later through its endpoint, or a dead letter with the
+last exception), and the other handlers of an event still run (each
+subscription is its own delivery).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, final
 
 import trio
 
-from .._errors import BusClosed, HandlerNotLocated, MailboxFull
+from .._errors import BusClosed, HandlerNotLocated
 from ..actors import Actor, Frame, current_frame
 from ..mailbox import DeadLetterReason, DeadLetters, Replay
 from ..supervision import SupervisorRef
@@ -38,7 +39,7 @@ from ._plans import PlanTable
 from ._plugins import DispatchEvent, Phase, Plugins
 from ._policy import RetryMode
 from ._probe import Probe
-from ._seam import CLOSED, Delivery, Endpoint, Plan, Settlement, Step
+from ._seam import CLOSED, Delivery, DeliveryMode, Endpoint, Plan, Settlement, Step, hand_over
 
 logger = logging.getLogger("triobus.bus")
 
@@ -136,11 +137,7 @@ class BusHost:
                 f"the bus that dead-lettered {delivery.plan.name!r} is not running (not started "
                 "yet, or shut down): replay its dead letters while that bus is open"
             )
-        endpoint = delivery.plan.endpoint
-        try:
-            endpoint.accept_nowait(delivery)
-        except (MailboxFull, trio.WouldBlock):
-            await endpoint.accept(delivery)
+        await hand_over(delivery.plan.endpoint, delivery)
 
     def plan_for(self, uri: str, name: str, version: int, step: str = "") -> Plan | None:
         """The plan of message ``(name, version)`` on endpoint ``uri`` (only handler
@@ -170,6 +167,9 @@ class EndpointActor(Actor):
         self.host = host
         self.endpoint = endpoint
         self.path = path
+        #: A durable endpoint retries through its store, even "at once": the
+        #: attempt is committed before the handler runs again.
+        self._stored = endpoint.delivery_mode is DeliveryMode.DURABLE
 
     # ------------------------------------------------------------ the actor loop's side
 
@@ -289,15 +289,16 @@ class EndpointActor(Actor):
                 try:
                     await self._attempt(delivery, step)
                 except Exception as exc:
-                    if await self._retry(delivery, step, exc) is Settlement.RETRY:
+                    settlement = await self._retry(delivery, step, exc)
+                    if settlement is Settlement.RETRY or settlement is Settlement.REQUEUE:
                         # Tried again later, from this handler on.
                         delivery.progress = index
-                        delivery.ending = Settlement.RETRY
+                        delivery.ending = settlement
                         return
-                    delivery.attempt = 1
                 else:
                     if delivery.held:
                         self.host.outbox.release(delivery)
+                delivery.attempt = 1  # the next handler starts its own count
                 index += 1
         except BaseException:
             delivery.progress = index  # cut off: this handler runs again on redelivery
@@ -336,9 +337,12 @@ class EndpointActor(Actor):
             if decision.retry is None:
                 self._dead_letter_failed(delivery, step, error, attempt)
                 return Settlement.DEAD_LETTERED
-            if decision.retry is not RetryMode.NOW:
+            if decision.retry is not RetryMode.NOW or self._stored:
+                # Through the endpoint: a store counts the attempt before it runs.
                 delivery.attempt = attempt + 1
                 delivery.due = self.host.wall_clock() + decision.delay
+                if decision.retry is RetryMode.REQUEUE:
+                    return Settlement.REQUEUE
                 return Settlement.RETRY
             attempt += 1
             delivery.attempt = attempt
@@ -373,7 +377,8 @@ class EndpointActor(Actor):
             error,
             {**context, "handler": step.label, "attempts": attempts},
             endpoint=self.endpoint.uri,
-            replay=self.host.replayer(delivery, plan),
+            # A stored delivery's letter is stored by its endpoint: replayed there.
+            replay=None if delivery.receipt is not None else self.host.replayer(delivery, plan),
         )
 
     async def _attempt_with_plugins(

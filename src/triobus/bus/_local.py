@@ -8,6 +8,8 @@ ask, and settles by counting: nothing outlives the process.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, final
 
@@ -84,6 +86,13 @@ class LocalQueue:
         self._settled: Callable[[], None] = _not_running
         #: Deliveries waiting for their ``due`` moment, and what cancels the wait.
         self._waiting: dict[Delivery, trio.CancelScope] = {}
+        #: The same deliveries by (due, order taken): ties go in the order taken.
+        self._due: list[tuple[float, int, Delivery]] = []
+        self._taken = itertools.count()
+        #: One release at a time, so what falls due is queued in order.
+        self._releasing = trio.Lock()
+        #: A final stop is under way: nothing starts waiting any more.
+        self._stopping = False
 
     @property
     def uri(self) -> str:
@@ -130,11 +139,13 @@ class LocalQueue:
             self._only = self.refs[0]
 
     async def stop(self) -> None:
+        self._stopping = True
         try:
             self._drop_waiting()
             for ref in reversed(self.refs):
                 await ref.stop()
         finally:
+            self._stopping = False
             self._host = None
             self._only = None
             self.refs = ()
@@ -193,7 +204,9 @@ class LocalQueue:
         return ref.ask(delivery, timeout=timeout)
 
     def settle(self, delivery: Delivery, settlement: Settlement) -> None:
-        if settlement is Settlement.RETRY and self._host is not None:
+        if (
+            settlement is Settlement.RETRY or settlement is Settlement.REQUEUE
+        ) and self._host is not None:
             self._wait(delivery)  # still in flight: tried again at its due moment
             return
         self._settled()
@@ -204,35 +217,71 @@ class LocalQueue:
     # ------------------------------------------------------------ scheduled
 
     def _wait(self, delivery: Delivery) -> None:
-        """Hold ``delivery`` (counted in flight) until ``delivery.due``, then queue it."""
+        """Hold ``delivery`` (counted in flight) until ``delivery.due``, then queue it.
+
+        During a final stop (a retry asked for, or a scheduled message
+        released, while the backlog drains) it is dead-lettered at once
+        instead: the bus's nursery would cancel the wait, losing it.
+        """
         assert self._host is not None and delivery.due is not None
+        if self._stopping:
+            self._host_dead_letters(delivery, DeadLetterReason.SHUTDOWN, None)
+            return
         scope = trio.CancelScope()
         self._waiting[delivery] = scope
+        heapq.heappush(self._due, (delivery.due, next(self._taken), delivery))
         seconds = max(0.0, delivery.due - self._host.wall_clock())
         self._host.nursery.start_soon(self._deliver_at, delivery, scope, seconds)
 
     async def _deliver_at(
         self, delivery: Delivery, scope: trio.CancelScope, seconds: float
     ) -> None:
+        """Wait until ``delivery`` is due, then queue it with every other one due by then.
+
+        Waits that end in one instant end in any order (trio's scheduler);
+        the release takes what is due in order of (due, order taken), so
+        messages due at one moment are handled in the order they were sent.
+        """
+        host = self._host
+        assert host is not None and delivery.due is not None
         with scope:
             await trio.sleep(seconds)
-            del self._waiting[delivery]
-            delivery.due = None
-            try:
-                ref = self._only or self.pick(delivery.message)
-            except Exception as exc:
-                self._host_dead_letters(delivery, DeadLetterReason.UNDELIVERABLE, exc)
-                return
+        async with self._releasing:
+            if delivery not in self._waiting:
+                return  # queued with an earlier one, or dead-lettered by a final stop
+            now = max(delivery.due, host.wall_clock())
+            while self._due and self._due[0][0] <= now:
+                _, _, due = heapq.heappop(self._due)
+                wait = self._waiting.pop(due, None)
+                if wait is not None:
+                    wait.cancel()  # its own task has nothing left to do
+                    await self._queue(host, due)
+
+    async def _queue(self, host: EndpointHost, delivery: Delivery) -> None:
+        """Put a delivery that fell due in its actor's mailbox, or in dead letters."""
+        delivery.due = None
+        try:
+            ref = self._only or self.pick(delivery.message)
+        except ActorStopped as exc:  # the queue stopped meanwhile
+            host.dead_letters.record(delivery, self._uri, DeadLetterReason.STOPPED, exc)
+            return
+        except Exception as exc:
+            host.dead_letters.record(delivery, self._uri, DeadLetterReason.UNDELIVERABLE, exc)
+            return
+        try:
             try:
                 ref.tell_nowait(delivery)
             except MailboxFull:
-                await ref.tell(delivery)
-            except ActorStopped:
-                pass  # a dead letter already, which settled it
+                await ref.tell(delivery)  # ``block``: wait for room
+        except MailboxFull as exc:  # ``fail``: refused, and no caller left to tell
+            host.dead_letters.record(delivery, self._uri, DeadLetterReason.MAILBOX_FULL, exc)
+        except ActorStopped:
+            pass  # a dead letter already (the endpoint stopped), which settled it
 
     def _drop_waiting(self) -> None:
         """A final stop: what waits for its moment is dead-lettered (reason ``shutdown``)."""
         waiting, self._waiting = self._waiting, {}
+        self._due = []
         for delivery, scope in waiting.items():
             scope.cancel()
             self._host_dead_letters(delivery, DeadLetterReason.SHUTDOWN, None)

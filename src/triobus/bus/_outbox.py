@@ -10,7 +10,10 @@ the bus's release task. A task that outlives its handler sends directly.
 from __future__ import annotations
 
 import math
-from typing import TypeGuard, final
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Protocol, final, runtime_checkable
 
 import trio
 
@@ -20,6 +23,33 @@ from ._accounting import Accounting
 from ._seam import CLOSED, Delivery, Endpoint
 
 Held = list[tuple[Endpoint, Delivery]]
+
+
+@runtime_checkable
+class Enlistment(Protocol):
+    """A unit of work that takes what is sent inside it (a transactional outbox).
+
+    While one is current (:func:`enlisting`), ``send`` and ``publish`` hand
+    their deliveries to it instead of to their endpoints; it writes them
+    with its transaction and hands them to their endpoints after commit.
+    """
+
+    def enlist(self, endpoint: Endpoint, delivery: Delivery) -> None:
+        """Take ``delivery``, bound for ``endpoint``, into this unit of work."""
+
+
+#: The unit of work that takes what is sent here, if any.
+current_unit: ContextVar[Enlistment | None] = ContextVar("triobus_current_unit", default=None)
+
+
+@contextmanager
+def enlisting(unit: Enlistment) -> Iterator[None]:
+    """Inside the block, what is sent or published goes to ``unit``."""
+    token = current_unit.set(unit)
+    try:
+        yield
+    finally:
+        current_unit.reset(token)
 
 
 @final
@@ -34,12 +64,21 @@ class Outbox:
         self._later: trio.MemorySendChannel[Held] | None = None
 
     @staticmethod
-    def holding(handling: Delivery | None) -> TypeGuard[Delivery]:
-        """Whether what is sent now, with ``handling`` in context, is held."""
-        return handling is not None and handling.held is not CLOSED
+    def holding(handling: Delivery | None) -> bool:
+        """Whether what is sent now, with ``handling`` in context, is held (see :meth:`hold`)."""
+        return current_unit.get() is not None or (
+            handling is not None and handling.held is not CLOSED
+        )
 
-    def hold(self, handling: Delivery, endpoint: Endpoint, delivery: Delivery) -> None:
-        """Keep ``delivery`` (counted in flight) until ``handling`` succeeded."""
+    def hold(self, handling: Delivery | None, endpoint: Endpoint, delivery: Delivery) -> None:
+        """Give ``delivery`` to the current unit of work, or keep it (counted in
+        flight) until ``handling`` succeeded.
+        """
+        unit = current_unit.get()
+        if unit is not None:
+            unit.enlist(endpoint, delivery)
+            return
+        assert handling is not None
         if handling.held is None:
             handling.held = []
         handling.held.append((endpoint, delivery))

@@ -20,6 +20,7 @@ An invoke (an ask) is never retried: its caller gets the exception.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Sequence
 from typing import Final, final
@@ -70,8 +71,12 @@ def _delays(values: Sequence[float]) -> tuple[float, ...]:
     if not values:
         raise ValueError("schedule_retry needs at least one delay (seconds before each retry)")
     for value in values:
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"a retry delay is a number of seconds >= 0, got {value!r}")
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not 0 <= value < math.inf
+        ):
+            raise ValueError(f"a retry delay is a finite number of seconds >= 0, got {value!r}")
     return tuple(float(value) for value in values)
 
 
@@ -124,8 +129,8 @@ class ErrorPolicy:
             .on(ValueError, KeyError).dead_letter()
             .on(ConnectionError).requeue(attempts=4)
 
-    ``ErrorPolicy.default()`` (and ``on(Exception)``) sets the rule for
-    everything else; by default it retries at once, 3 attempts in all.
+    ``otherwise()`` sets the default rule, for exceptions no rule matches;
+    unless set it retries at once, 3 attempts in all.
     """
 
     rules: tuple[ErrorRule, ...] = ()

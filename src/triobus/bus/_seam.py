@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
 import attrs
 import trio
 
+from .._errors import MailboxFull
 from ..mailbox import Carrier, DeadLetterReason
 from ._envelope import Envelope, MessageContext
 from ._handlers import Callee, handler_call, run_pipeline
@@ -58,10 +59,13 @@ class Settlement(enum.StrEnum):
     DEAD_LETTERED = "dead_lettered"
     #: Not handled here: it stays where it is stored, for a later delivery.
     LEFT_FOR_REDELIVERY = "left_for_redelivery"
-    #: Its handler failed and the error policy tries again later: deliver it
-    #: again at ``delivery.due`` (at the tail of the queue), as attempt
-    #: ``delivery.attempt``, from handler ``delivery.progress`` on.
+    #: Its handler failed and the error policy tries again: deliver it again
+    #: at ``delivery.due``, as attempt ``delivery.attempt``, from handler
+    #: ``delivery.progress`` on (a store keeps its place in the queue; a
+    #: memory queue puts it at the tail).
     RETRY = "retry"
+    #: As :attr:`RETRY`, but at the tail of the queue (the error policy's requeue).
+    REQUEUE = "requeue"
 
 
 async def _no_handler(message: Any) -> Any:
@@ -319,13 +323,14 @@ class Delivery(Carrier):
         )
 
     def same_message(self, plan: Plan) -> Delivery:
-        """Another delivery of this message (same id and context) under ``plan``."""
+        """Another delivery of this message (same id, context and due moment) under ``plan``."""
         copy = Delivery(self.message, plan, None, self.headers, self.correlation_id, self.reply_to)
         copy._id = self.message_id
         copy.causation_id = self.causation_id
         copy.created_at = self.created_at
         copy.asked = self.asked
         copy.dispatch = self.dispatch
+        copy.due = self.due  # a copy of a scheduled message is not handled early either
         return copy
 
     def again(self, plan: Plan) -> Delivery:
@@ -362,6 +367,8 @@ class Delivery(Carrier):
         host = self.plan.host
         if self.asked or host is None:
             return None  # an ask's caller has its outcome, or gave up
+        if self.receipt is not None:
+            return None  # its endpoint stores it, and its dead letter: replay it there
         return host.replayer(self, self.plan)
 
     def dead_lettered(self, reason: DeadLetterReason) -> None:
@@ -492,3 +499,14 @@ class Endpoint(Protocol):
         Returns ``True`` when the endpoint keeps it (settled as left for
         redelivery), ``False`` to let it be dead-lettered (reason ``shutdown``).
         """
+
+
+async def hand_over(endpoint: Endpoint, delivery: Delivery) -> None:
+    """Give ``delivery`` to ``endpoint``: at once when it can take it, else waiting.
+
+    Raises what :meth:`Endpoint.accept` raises.
+    """
+    try:
+        endpoint.accept_nowait(delivery)
+    except (MailboxFull, trio.WouldBlock):
+        await endpoint.accept(delivery)

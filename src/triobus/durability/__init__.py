@@ -17,6 +17,8 @@ from ._dead_letters import SqliteDeadLetters as SqliteDeadLetters
 from ._queue import DurableQueue as DurableQueue
 from ._queue import durable_queue as durable_queue
 from ._store import Counts as Counts
+from ._unit import UnitOfWork as UnitOfWork
+from ._unit import unit_of_work as unit_of_work
 
 __all__ = [
     "ENVELOPE_REASONS",
@@ -26,6 +28,8 @@ __all__ = [
     "Limits",
     "MessageTypes",
     "SqliteDeadLetters",
+    "UnitOfWork",
     "Upcaster",
     "durable_queue",
+    "unit_of_work",
 ]

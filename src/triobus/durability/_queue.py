@@ -19,7 +19,6 @@ import traceback
 from collections.abc import Awaitable
 from typing import Any, Final, final
 
-import attrs
 import trio
 
 from .._errors import ActorStopped, EnvelopeError, StoreError
@@ -30,6 +29,7 @@ from ..bus import (
     EndpointHost,
     ErrorPolicy,
     Settlement,
+    hand_over,
 )
 from ..mailbox import DeadLetterReason, MailboxSpec, exception_type_name, new_letter_id
 from ._codec import Codec, MessageTypes
@@ -57,6 +57,12 @@ def _shared_store(path: str, options: dict[str, Any]) -> SqliteStore:
     return store
 
 
+def store_for(path: str) -> SqliteStore | None:
+    """The open store of database file ``path`` in this trio run, if a durable queue opened it."""
+    store = _stores.get((os.path.realpath(path), trio.lowlevel.current_trio_token()))
+    return store if store is not None and store.database.is_open else None
+
+
 def _release_store(store: SqliteStore) -> None:
     if not store.database.is_open:
         for key, known in list(_stores.items()):
@@ -68,12 +74,14 @@ def _release_store(store: SqliteStore) -> None:
 class Receipt:
     """What a durable queue needs to settle one delivery: its stored row."""
 
-    __slots__ = ("counted", "row")
+    __slots__ = ("acked", "counted", "row")
 
     def __init__(self, row: StoredRow, counted: bool) -> None:
         self.row = row
         #: Whether this process counted the attempt (to give it back if it never ran).
         self.counted = counted
+        #: Acknowledged by the handler's unit of work, with its writes.
+        self.acked = False
 
 
 @final
@@ -120,9 +128,8 @@ class DurableQueue:
         self._codec: Codec | None = None
         self._ref: ActorRef | None = None
         self._feeder: trio.CancelScope | None = None
+        self._tasks_done = trio.Event()
         self._wake = trio.Event()
-        #: Message keys accepted (and counted in flight) here, not yet claimed.
-        self._counted: set[tuple[str, str]] = set()
         #: Deliveries fed to the mailbox and not settled yet.
         self._outstanding = 0
         self._idle = trio.Event()
@@ -179,6 +186,8 @@ class DurableQueue:
         self._codec = Codec(types)
         store = _shared_store(self.path, self._store_options)
         await store.open()
+        if store.codec is None:
+            store.codec = self._codec
         try:
             suspect = await store.recover(self._uri)
             if suspect:
@@ -204,12 +213,16 @@ class DurableQueue:
         self._host = host
         self._store = store
         self._feeder = trio.CancelScope()
+        self._tasks_done = trio.Event()
         host.nursery.start_soon(self._run_tasks, self._feeder)
 
     async def stop(self) -> None:
         try:
             if self._feeder is not None:
+                # The feeder unclaims what it took and did not hand over.
                 self._feeder.cancel()
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + self.shutdown):
+                    await self._tasks_done.wait()
             if self._ref is not None:
                 await self._ref.stop()
         finally:
@@ -245,17 +258,17 @@ class DurableQueue:
         step = ""  # the whole delivery (a replayed dead letter may name one handler)
         now = host.wall_clock()
         due = now if delivery.due is None else delivery.due
-        key = (delivery.message_id, step)
         counted = due <= now
         if counted:
-            # Counted before it is stored: the feeder may hand it over at once.
-            self._counted.add(key)
+            # Counted before it is stored (the feeder may hand it over at
+            # once); the row says so, so its claim does not count it again.
             host.accepted()
         try:
-            await store.enqueue(self._uri, delivery.message_id, delivery.plan.name, step, due, body)
+            await store.enqueue(
+                self._uri, delivery.message_id, delivery.plan.name, step, due, body, counted
+            )
         except BaseException:
-            if counted and key in self._counted:
-                self._counted.discard(key)
+            if counted:
                 host.settled()
             raise
         self._wake.set()
@@ -283,17 +296,19 @@ class DurableQueue:
                 self._letter_for_envelope(data, envelope.message_id, envelope.message_name)
             )
             return
-        key = (envelope.message_id, "")
-        self._counted.add(key)
         host.accepted()
         try:
             await store.enqueue(
-                self._uri, envelope.message_id, envelope.message_name, "", host.wall_clock(), data
+                self._uri,
+                envelope.message_id,
+                envelope.message_name,
+                "",
+                host.wall_clock(),
+                data,
+                True,
             )
         except BaseException:
-            if key in self._counted:
-                self._counted.discard(key)
-                host.settled()
+            host.settled()
             raise
         self._wake.set()
 
@@ -305,17 +320,12 @@ class DurableQueue:
         host, store = self._host, self._store
         if host is None or store is None:
             raise ActorStopped(f"durable endpoint {self._uri!r} is not running")
-        key = (letter.message_id or "", letter.step)
-        counted = key not in self._counted
-        if counted:
-            self._counted.add(key)
-            host.accepted()
+        host.accepted()  # before it is stored, as accept() does: the row says so
         requeued = False
         try:
-            requeued = await store.requeue_letter(letter, host.wall_clock())
+            requeued = await store.requeue_letter(letter, host.wall_clock(), counted=True)
         finally:
-            if counted and not requeued and key in self._counted:
-                self._counted.discard(key)
+            if not requeued:
                 host.settled()
         self._wake.set()
         return requeued
@@ -330,12 +340,16 @@ class DurableQueue:
 
     async def _run_tasks(self, scope: trio.CancelScope) -> None:
         """The feeder and the settlement flusher, until :meth:`stop` cancels ``scope``."""
-        with scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._flush_settled)
-                await self._feed()
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._flush_settled)
+                    await self._feed()
+        finally:
+            self._tasks_done.set()
 
     async def _feed(self) -> None:
+        await self._relay_outbox()
         while True:
             try:
                 await self._feed_once()
@@ -366,7 +380,9 @@ class DurableQueue:
             store.purge_inbox_soon(now)
             self._next_purge = now + INBOX_PURGE_INTERVAL
         self._wake = trio.Event()
-        rows = await store.claim(self._uri, now, self.prefetch)
+        rows, duplicates = await store.claim(self._uri, now, self.prefetch)
+        for _ in range(duplicates):
+            host.settled()  # skipped: its message was handled already
         if not rows:
             await self._wait_for_rows(store, host)
             return
@@ -394,17 +410,16 @@ class DurableQueue:
         wait = self.poll_interval
         if due is not None:
             wait = min(wait, max(0.0, due - host.wall_clock()))
-        with trio.move_on_after(wait):
+        with trio.move_on_after(wait) as waited:
             await self._wake.wait()
+        if waited.cancelled_caught:
+            await self._relay_outbox()
 
     async def _delivery(
         self, row: StoredRow, store: SqliteStore, host: EndpointHost
     ) -> Delivery | None:
         """The delivery of a claimed row, or ``None`` when it was dead-lettered instead."""
-        key = (row.message_id, row.step)
-        if key in self._counted:
-            self._counted.discard(key)
-        else:
+        if not row.counted_here:
             host.accepted()
         try:
             envelope = self.codec.decode(row.body)
@@ -413,8 +428,10 @@ class DurableQueue:
             return None
         plan = host.plan_for(self._uri, envelope.message_name, envelope.message_version, row.step)
         if plan is None:
-            letter = self._letter_for_envelope(row.body, row.message_id, envelope.message_name)
-            self._dead_row(row, attrs.evolve(letter, step=row.step))
+            letter = self._letter_for_envelope(
+                row.body, row.message_id, envelope.message_name, row.step
+            )
+            self._dead_row(row, letter)
             return None
         limit = self._errors.max_attempts
         attempts = row.attempts + (1 if row.suspect else 0)
@@ -466,10 +483,17 @@ class DurableQueue:
             store.dead_letter_soon(self._failed_letter(delivery, step.label, error, attempts), None)
         delivery.failures = None
         if settlement is Settlement.HANDLED or settlement is Settlement.DEAD_LETTERED:
-            store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
-        elif settlement is Settlement.RETRY:
+            if not receipt.acked:
+                store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
+        elif settlement is Settlement.RETRY or settlement is Settlement.REQUEUE:
             due = now if delivery.due is None else delivery.due
-            store.retry_soon(row.seq, due, delivery.attempt - 1, delivery.progress)
+            store.retry_soon(
+                row.seq,
+                due,
+                delivery.attempt - 1,
+                delivery.progress,
+                to_tail=settlement is Settlement.REQUEUE,
+            )
             self._wake.set()
         else:  # left for redelivery: the attempt it was counted did not run
             store.release_soon(row.seq, 1 if receipt.counted else 0, delivery.progress)
@@ -488,91 +512,151 @@ class DurableQueue:
 
     # ------------------------------------------------------------ letters
 
+    def _letter(
+        self,
+        reason: DeadLetterReason,
+        body: bytes,
+        *,
+        message_id: str | None,
+        message_name: str | None,
+        step: str,
+        attempts: int | None,
+        error: str,
+        exception: BaseException | None = None,
+        decodes: bool = True,
+    ) -> StoredLetter:
+        """A dead letter of this queue, stamped now."""
+        assert self._host is not None
+        return StoredLetter(
+            letter_id=new_letter_id(),
+            endpoint=self._uri,
+            recipient=self._uri,
+            reason=reason.value,
+            message_id=message_id,
+            message_name=message_name,
+            step=step,
+            exception_type=None if exception is None else exception_type_name(type(exception)),
+            error=error,
+            traceback=(
+                "".join(traceback.format_exception(exception))
+                if exception is not None and exception.__traceback__ is not None
+                else None
+            ),
+            attempts=attempts,
+            recorded_at=self._host.wall_clock(),
+            decodes=decodes,
+            body=body,
+        )
+
     def _failed_letter(
         self, delivery: Delivery, step: str, error: Exception, attempts: int
     ) -> StoredLetter:
         receipt = delivery.receipt
         assert isinstance(receipt, Receipt)
-        assert self._host is not None
-        single = len(delivery.plan.steps) > 1 or bool(receipt.row.step)
-        return StoredLetter(
-            letter_id=new_letter_id(),
-            endpoint=self._uri,
-            recipient=self._uri,
-            reason=DeadLetterReason.FAILED.value,
+        # One handler of several (or of a replayed one) is named, to be replayed alone.
+        alone = len(delivery.plan.steps) > 1 or bool(receipt.row.step)
+        return self._letter(
+            DeadLetterReason.FAILED,
+            receipt.row.body,
             message_id=delivery.message_id,
             message_name=delivery.plan.name,
-            step=step if single else "",
-            exception_type=exception_type_name(type(error)),
-            error=str(error),
-            traceback="".join(traceback.format_exception(error)),
+            step=step if alone else "",
             attempts=attempts,
-            recorded_at=self._host.wall_clock(),
-            decodes=True,
-            body=receipt.row.body,
+            error=str(error),
+            exception=error,
         )
 
     def _bad_letter(
         self, data: bytes, error: EnvelopeError, message_id: str | None, row: StoredRow | None
     ) -> StoredLetter:
-        assert self._host is not None
-        return StoredLetter(
-            letter_id=new_letter_id(),
-            endpoint=self._uri,
-            recipient=self._uri,
-            reason=DeadLetterReason.UNDECODABLE.value,
+        return self._letter(
+            DeadLetterReason.UNDECODABLE,
+            data,
             message_id=message_id,
             message_name=None,
             step=row.step if row is not None else "",
-            exception_type=exception_type_name(type(error)),
-            error=f"{error.reason}: {error}",
-            traceback=None,
             attempts=row.attempts if row is not None else 0,
-            recorded_at=self._host.wall_clock(),
+            error=f"{error.reason}: {error}",
+            exception=error,
             decodes=False,
-            body=data,
         )
 
-    def _letter_for_envelope(self, data: bytes, message_id: str, name: str) -> StoredLetter:
-        assert self._host is not None
-        return StoredLetter(
-            letter_id=new_letter_id(),
-            endpoint=self._uri,
-            recipient=self._uri,
-            reason=DeadLetterReason.NO_HANDLER.value,
+    def _letter_for_envelope(
+        self, data: bytes, message_id: str, name: str, step: str = ""
+    ) -> StoredLetter:
+        return self._letter(
+            DeadLetterReason.NO_HANDLER,
+            data,
             message_id=message_id,
             message_name=name,
-            step="",
-            exception_type=None,
-            error=f"no handler for {name!r} is bound at endpoint {self._uri!r}",
-            traceback=None,
+            step=step,
             attempts=0,
-            recorded_at=self._host.wall_clock(),
-            decodes=True,
-            body=data,
+            error=f"no handler for {name!r} is bound at endpoint {self._uri!r}",
         )
 
     def _interrupted_letter(self, row: StoredRow, name: str, limit: int) -> StoredLetter:
-        assert self._host is not None
-        return StoredLetter(
-            letter_id=new_letter_id(),
-            endpoint=self._uri,
-            recipient=self._uri,
-            reason=DeadLetterReason.INTERRUPTED.value,
+        return self._letter(
+            DeadLetterReason.INTERRUPTED,
+            row.body,
             message_id=row.message_id,
             message_name=name,
             step=row.step,
-            exception_type=None,
+            attempts=limit,
             error=(
                 f"its handler was started {limit} time(s), the most the error policy allows, "
                 "and the process stopped (was killed or crashed) before it finished each time"
             ),
-            traceback=None,
-            attempts=limit,
-            recorded_at=self._host.wall_clock(),
-            decodes=True,
-            body=row.body,
         )
+
+    def wall_clock(self) -> float:
+        """Now, by the bus's wall clock (seconds since the epoch)."""
+        if self._host is None:
+            raise ActorStopped(f"durable endpoint {self._uri!r} is not running")
+        return self._host.wall_clock()
+
+    # ------------------------------------------------------------ outbox relay
+
+    async def _relay_outbox(self) -> None:
+        """Relay outbox rows left by a process that died between commit and relay.
+
+        Rows bound for this queue are relayed here; so are rows bound for
+        endpoints that are not durable queues, by the first queue on this
+        database. An endpoint that refuses (not running) keeps its rows for
+        the next pass.
+        """
+        store, host, codec = self._store, self._host, self._codec
+        assert store is not None and host is not None and codec is not None
+        rows = await store.outbox(None, limit=500)
+        done: list[int] = []
+        try:
+            for row in rows:
+                try:
+                    envelope = codec.decode(row.body)
+                except EnvelopeError as exc:
+                    await store.dead_letter(self._bad_letter(row.body, exc, row.message_id, None))
+                    done.append(row.seq)
+                    continue
+                plan = host.plan_for(
+                    row.endpoint, envelope.message_name, envelope.message_version, row.step
+                )
+                if plan is None:
+                    continue  # bound for an endpoint this bus does not run
+                target = plan.endpoint
+                if isinstance(target, DurableQueue) and target is not self:
+                    continue  # that queue relays its own rows
+                if not isinstance(target, DurableQueue) and store.relayer not in (None, self):
+                    continue
+                store.relayer = self
+                delivery = Delivery.of(envelope, plan)
+                delivery.due = row.due
+                try:
+                    await hand_over(target, delivery)
+                except ActorStopped:
+                    continue
+                done.append(row.seq)
+        finally:
+            if done:
+                await store.relayed(done)
 
     # ------------------------------------------------------------ introspection
 

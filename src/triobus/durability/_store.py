@@ -27,11 +27,14 @@ import os
 import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import attrs
 
 from ._sqlite import Database
+
+if TYPE_CHECKING:
+    from ._codec import Codec
 
 SCHEMA_VERSION: Final = 1
 
@@ -51,6 +54,7 @@ CREATE TABLE IF NOT EXISTS triobus_queue (
     progress INTEGER NOT NULL DEFAULT 0,
     claimed_by TEXT,
     suspect INTEGER NOT NULL DEFAULT 0,
+    counted_by TEXT,
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS triobus_queue_next ON triobus_queue (endpoint, claimed_by, seq);
@@ -103,6 +107,8 @@ class StoredRow:
     progress: int
     suspect: bool
     body: bytes
+    #: Counted in flight by this process when it was stored (not again at claim).
+    counted_here: bool = False
 
 
 @final
@@ -182,6 +188,10 @@ class SqliteStore:
         self.inbox_retention = float(inbox_retention)
         #: This process's claims (a fresh id per open: claims of a dead process differ).
         self.owner = secrets.token_hex(8)
+        #: The codec of the bus whose durable queues use this store (set at their start).
+        self.codec: Codec | None = None
+        #: The queue that relays outbox rows bound for non-durable endpoints.
+        self.relayer: object | None = None
 
     @property
     def path(self) -> str:
@@ -199,15 +209,28 @@ class SqliteStore:
     # ------------------------------------------------------------ queue
 
     async def enqueue(
-        self, endpoint: str, message_id: str, name: str, step: str, due: float, body: bytes
+        self,
+        endpoint: str,
+        message_id: str,
+        name: str,
+        step: str,
+        due: float,
+        body: bytes,
+        counted: bool = False,
     ) -> None:
-        """Store one delivery; returns once it is committed."""
+        """Store one delivery; returns once it is committed.
+
+        ``counted``: this process counts it in flight already (see
+        :attr:`StoredRow.counted_here`).
+        """
+        counted_by = self.owner if counted else None
 
         def job(connection: sqlite3.Connection) -> None:
             connection.execute(
-                "INSERT INTO triobus_queue (endpoint, message_id, message_name, step, due, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (endpoint, message_id, name, step, due, body),
+                "INSERT INTO triobus_queue "
+                "(endpoint, message_id, message_name, step, due, body, counted_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (endpoint, message_id, name, step, due, body, counted_by),
             )
 
         await self.database.write(job)
@@ -225,35 +248,46 @@ class SqliteStore:
 
         return await self.database.write(job)
 
-    async def claim(self, endpoint: str, now: float, limit: int) -> list[StoredRow]:
+    async def claim(self, endpoint: str, now: float, limit: int) -> tuple[list[StoredRow], int]:
         """Take up to ``limit`` due rows, oldest first, counting an attempt on each.
 
         Rows whose message the inbox marks handled are deleted instead (a
         duplicate is skipped quietly). Suspect rows are taken without a count
-        (see :meth:`started`).
+        (see :meth:`started`). Returns the rows taken and how many of the
+        skipped duplicates this process counted in flight when it stored them.
         """
         owner = self.owner
 
-        def job(connection: sqlite3.Connection) -> list[StoredRow]:
+        def job(connection: sqlite3.Connection) -> tuple[list[StoredRow], int]:
             rows = connection.execute(
                 "SELECT q.seq, q.message_id, q.step, q.attempts, q.progress, q.suspect, q.body, "
-                "i.message_id IS NOT NULL FROM triobus_queue AS q "
+                "q.counted_by IS NOT NULL AND q.counted_by = ?, i.message_id IS NOT NULL "
+                "FROM triobus_queue AS q "
                 "LEFT JOIN triobus_inbox AS i ON i.endpoint = q.endpoint "
                 "AND i.message_id = q.message_id AND i.step = q.step "
                 "WHERE q.endpoint = ? AND q.claimed_by IS NULL AND q.due <= ? "
                 "ORDER BY q.seq LIMIT ?",
-                (endpoint, now, limit),
+                (owner, endpoint, now, limit),
             ).fetchall()
             taken: list[StoredRow] = []
             duplicates: list[tuple[int]] = []
-            for seq, message_id, step, attempts, progress, suspect, body, handled in rows:
+            counted_duplicates = 0
+            for seq, message_id, step, attempts, progress, suspect, body, here, handled in rows:
                 if handled:
                     duplicates.append((seq,))
+                    counted_duplicates += bool(here)
                     continue
-                counted = 0 if suspect else 1
+                count = 0 if suspect else 1
                 taken.append(
                     StoredRow(
-                        seq, message_id, step, attempts + counted, progress, bool(suspect), body
+                        seq,
+                        message_id,
+                        step,
+                        attempts + count,
+                        progress,
+                        bool(suspect),
+                        bytes(body),
+                        bool(here),
                     )
                 )
             if duplicates:
@@ -262,7 +296,7 @@ class SqliteStore:
                 "UPDATE triobus_queue SET claimed_by = ?, attempts = attempts + ? WHERE seq = ?",
                 [(owner, 0 if row.suspect else 1, row.seq) for row in taken],
             )
-            return taken
+            return taken, counted_duplicates
 
         return await self.database.write(job)
 
@@ -285,10 +319,19 @@ class SqliteStore:
 
         self.database.write_soon(job)
 
-    def retry_soon(self, seq: int, due: float, attempts: int, progress: int) -> None:
-        """Put the row at the tail again, due at ``due``, unclaimed (in the next batch)."""
+    def retry_soon(
+        self, seq: int, due: float, attempts: int, progress: int, *, to_tail: bool = False
+    ) -> None:
+        """Unclaim the row, due at ``due`` (in the next batch): at its place, or the tail."""
 
         def job(connection: sqlite3.Connection) -> None:
+            if not to_tail:
+                connection.execute(
+                    "UPDATE triobus_queue SET claimed_by = NULL, counted_by = NULL, due = ?, "
+                    "attempts = ?, progress = ? WHERE seq = ?",
+                    (due, attempts, progress, seq),
+                )
+                return
             connection.execute(
                 "INSERT INTO triobus_queue "
                 "(endpoint, message_id, message_name, step, due, attempts, progress, body) "
@@ -391,14 +434,16 @@ class SqliteStore:
 
         return await self.database.write(job)
 
-    async def requeue_letter(self, letter: StoredLetter, now: float) -> bool:
+    async def requeue_letter(self, letter: StoredLetter, now: float, counted: bool = False) -> bool:
         """Replay: the letter's message goes back to its queue (same id, fresh attempts).
 
         One transaction: the letter leaves the store, the message is queued and
         its inbox mark is cleared. Returns ``False``, doing nothing, when the
         letter is no longer stored (replayed or purged meanwhile, perhaps by
-        another process), so a letter is never queued twice.
+        another process), so a letter is never queued twice. ``counted`` as
+        for :meth:`enqueue`.
         """
+        counted_by = self.owner if counted else None
 
         def job(connection: sqlite3.Connection) -> bool:
             removed = connection.execute(
@@ -407,8 +452,9 @@ class SqliteStore:
             if not removed:
                 return False
             connection.execute(
-                "INSERT INTO triobus_queue (endpoint, message_id, message_name, step, due, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO triobus_queue "
+                "(endpoint, message_id, message_name, step, due, body, counted_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     letter.endpoint,
                     letter.message_id,
@@ -416,6 +462,7 @@ class SqliteStore:
                     letter.step,
                     now,
                     letter.body,
+                    counted_by,
                 ),
             )
             connection.execute(
@@ -428,19 +475,27 @@ class SqliteStore:
 
     # ------------------------------------------------------------ outbox
 
-    async def outbox(self, endpoints: Iterable[str], limit: int) -> list[OutboxRow]:
-        uris = list(endpoints)
+    async def outbox(self, endpoints: Iterable[str] | None, limit: int) -> list[OutboxRow]:
+        """Outbox rows (bound for ``endpoints``, or all), oldest first."""
+        uris = None if endpoints is None else list(endpoints)
 
         def job(connection: sqlite3.Connection) -> list[OutboxRow]:
-            marks = ", ".join("?" for _ in uris)
+            query = ""
+            params: tuple[str, ...] = ()
+            if uris is not None:
+                query = f"WHERE endpoint IN ({', '.join('?' for _ in uris)})"
+                params = tuple(uris)
             rows = connection.execute(
                 "SELECT seq, endpoint, message_id, step, due, body FROM triobus_outbox "
-                f"WHERE endpoint IN ({marks}) ORDER BY seq LIMIT ?",
-                (*uris, limit),
+                f"{query} ORDER BY seq LIMIT ?",
+                (*params, limit),
             ).fetchall()
-            return [OutboxRow(*row) for row in rows]
+            return [
+                OutboxRow(seq, uri, mid, step, due, bytes(body))
+                for seq, uri, mid, step, due, body in rows
+            ]
 
-        if not uris:
+        if uris == []:
             return []
         return await self.database.read(job)
 
