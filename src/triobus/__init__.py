@@ -32,6 +32,7 @@ from ._errors import PublishError as PublishError
 from ._errors import ReplayError as ReplayError
 from ._errors import RequestHandlerAlreadyRegistered as RequestHandlerAlreadyRegistered
 from ._errors import RequestHandlerNotFound as RequestHandlerNotFound
+from ._errors import StoreError as StoreError
 from ._errors import SupervisorGaveUp as SupervisorGaveUp
 from ._errors import SystemClosed as SystemClosed
 from ._errors import TriobusError as TriobusError
@@ -93,6 +94,7 @@ from .durability import Counts as Counts
 from .durability import DurableQueue as DurableQueue
 from .durability import Limits as Limits
 from .durability import MessageTypes as MessageTypes
+from .durability import SqliteDeadLetters as SqliteDeadLetters
 from .durability import durable_queue as durable_queue
 from .mailbox import DeadLetter as DeadLetter
 from .mailbox import DeadLetterCriteria as DeadLetterCriteria
@@ -156,6 +158,7 @@ __all__ = [
     "UnsupportedMessageType",
     "UnsupportedVersion",
     "UpcasterAlreadyRegistered",
+    "StoreError",
     # mailbox
     "Mailbox",
     "MailboxSpec",
@@ -232,6 +235,7 @@ __all__ = [
     "MessageTypes",
     "Counts",
     "DurableQueue",
+    "SqliteDeadLetters",
     "durable_queue",
 ]
 

@@ -4,7 +4,8 @@ The codec writes an :class:`~triobus.Envelope` as bytes and reads it back,
 by a registry of the message types allowed to travel (:class:`MessageTypes`),
 with upcasters for old versions and :class:`Limits` on what it accepts.
 Durable queues (:func:`durable_queue`) keep their backlog, inbox and dead
-letters in SQLite.
+letters in SQLite; ``queue.dead_letters`` (:class:`SqliteDeadLetters`) is
+the dead-letter store of one durable queue.
 """
 
 from .._errors import ENVELOPE_REASONS as ENVELOPE_REASONS
@@ -12,6 +13,7 @@ from ._codec import Codec as Codec
 from ._codec import Limits as Limits
 from ._codec import MessageTypes as MessageTypes
 from ._codec import Upcaster as Upcaster
+from ._dead_letters import SqliteDeadLetters as SqliteDeadLetters
 from ._queue import DurableQueue as DurableQueue
 from ._queue import durable_queue as durable_queue
 from ._store import Counts as Counts
@@ -25,6 +27,7 @@ __all__ = [
     "DurableQueue",
     "Limits",
     "MessageTypes",
+    "SqliteDeadLetters",
     "UnitOfWork",
     "Upcaster",
     "durable_queue",

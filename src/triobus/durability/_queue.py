@@ -33,6 +33,7 @@ from ..bus import (
 )
 from ..mailbox import DeadLetterReason, MailboxSpec, exception_type_name, new_letter_id
 from ._codec import Codec, MessageTypes
+from ._dead_letters import SqliteDeadLetters
 from ._store import DEFAULT_INBOX_RETENTION, Counts, SqliteStore, StoredLetter, StoredRow
 
 logger = logging.getLogger("triobus.durability")
@@ -158,6 +159,23 @@ class DurableQueue:
         if self._codec is None:
             raise StoreError(f"durable endpoint {self._uri!r} is not running")
         return self._codec
+
+    @property
+    def dead_letters(self) -> SqliteDeadLetters:
+        """This endpoint's durable dead letters (a :class:`~triobus.DeadLetterStore`).
+
+        Raises:
+            StoreError: the endpoint is not running (read its letters while
+                a bus runs it: they stay in the SQLite file meanwhile).
+        """
+        host, store, codec = self._host, self._store, self._codec
+        if host is None or store is None or codec is None:
+            raise StoreError(
+                f"durable endpoint {self._uri!r} is not running: its dead letters stay in "
+                f"{self.path!r}; read them through queue.dead_letters inside the open_bus "
+                "that runs this endpoint"
+            )
+        return SqliteDeadLetters(self._uri, store, codec, host.wall_clock, self._requeue)
 
     # ------------------------------------------------------------ life cycle
 
@@ -293,6 +311,24 @@ class DurableQueue:
             host.settled()
             raise
         self._wake.set()
+
+    async def _requeue(self, letter: StoredLetter) -> bool:
+        """Replay ``letter``: its message is queued again, counted in flight, the feeder woken.
+
+        Returns ``False`` when the letter was no longer stored (nothing queued).
+        """
+        host, store = self._host, self._store
+        if host is None or store is None:
+            raise ActorStopped(f"durable endpoint {self._uri!r} is not running")
+        host.accepted()  # before it is stored, as accept() does: the row says so
+        requeued = False
+        try:
+            requeued = await store.requeue_letter(letter, host.wall_clock(), counted=True)
+        finally:
+            if not requeued:
+                host.settled()
+        self._wake.set()
+        return requeued
 
     def ask(self, delivery: Delivery, timeout: float | None) -> Awaitable[Any]:
         """An invoke is not stored: its caller waits for the answer (and dies with it)."""

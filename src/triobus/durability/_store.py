@@ -434,13 +434,27 @@ class SqliteStore:
 
         return await self.database.write(job)
 
-    async def requeue_letter(self, letter: StoredLetter, now: float) -> None:
-        """Replay: the letter's message goes back to its queue (same id, fresh attempts)."""
+    async def requeue_letter(self, letter: StoredLetter, now: float, counted: bool = False) -> bool:
+        """Replay: the letter's message goes back to its queue (same id, fresh attempts).
 
-        def job(connection: sqlite3.Connection) -> None:
+        One transaction: the letter leaves the store, the message is queued and
+        its inbox mark is cleared. Returns ``False``, doing nothing, when the
+        letter is no longer stored (replayed or purged meanwhile, perhaps by
+        another process), so a letter is never queued twice. ``counted`` as
+        for :meth:`enqueue`.
+        """
+        counted_by = self.owner if counted else None
+
+        def job(connection: sqlite3.Connection) -> bool:
+            removed = connection.execute(
+                "DELETE FROM triobus_dead_letters WHERE letter_id = ?", (letter.letter_id,)
+            ).rowcount
+            if not removed:
+                return False
             connection.execute(
-                "INSERT INTO triobus_queue (endpoint, message_id, message_name, step, due, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO triobus_queue "
+                "(endpoint, message_id, message_name, step, due, body, counted_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     letter.endpoint,
                     letter.message_id,
@@ -448,17 +462,16 @@ class SqliteStore:
                     letter.step,
                     now,
                     letter.body,
+                    counted_by,
                 ),
             )
             connection.execute(
                 "DELETE FROM triobus_inbox WHERE endpoint = ? AND message_id = ? AND step = ?",
                 (letter.endpoint, letter.message_id, letter.step),
             )
-            connection.execute(
-                "DELETE FROM triobus_dead_letters WHERE letter_id = ?", (letter.letter_id,)
-            )
+            return True
 
-        await self.database.write(job)
+        return await self.database.write(job)
 
     # ------------------------------------------------------------ outbox
 

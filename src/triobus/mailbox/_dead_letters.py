@@ -435,7 +435,8 @@ class DeadLetters:
             )
         return (
             "recorded with nothing that delivers it again: an invoke's request (an ask), "
-            "whose caller got the outcome or gave up"
+            "whose caller got the outcome or gave up, or a durable endpoint's letter, kept "
+            "and replayed in its own store (queue.dead_letters)"
         )
 
     def _refused(
