@@ -487,14 +487,23 @@ class DurableQueue:
                 store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
         elif settlement is Settlement.RETRY or settlement is Settlement.REQUEUE:
             due = now if delivery.due is None else delivery.due
+            # Due now: still in flight (as a send is); due later: in the store only.
+            again_now = due <= now
             store.retry_soon(
                 row.seq,
                 due,
                 delivery.attempt - 1,
                 delivery.progress,
                 to_tail=settlement is Settlement.REQUEUE,
+                counted=again_now,
             )
             self._wake.set()
+            if again_now:
+                self._outstanding -= 1
+                if not self._outstanding:
+                    self._idle.set()
+                self._settled_soon.set()  # committed soon, not settled
+                return
         else:  # left for redelivery: the attempt it was counted did not run
             store.release_soon(row.seq, 1 if receipt.counted else 0, delivery.progress)
         self._outstanding -= 1

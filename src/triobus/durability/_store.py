@@ -320,24 +320,35 @@ class SqliteStore:
         self.database.write_soon(job)
 
     def retry_soon(
-        self, seq: int, due: float, attempts: int, progress: int, *, to_tail: bool = False
+        self,
+        seq: int,
+        due: float,
+        attempts: int,
+        progress: int,
+        *,
+        to_tail: bool = False,
+        counted: bool = False,
     ) -> None:
-        """Unclaim the row, due at ``due`` (in the next batch): at its place, or the tail."""
+        """Unclaim the row, due at ``due`` (in the next batch): at its place, or the tail.
+
+        ``counted``: this process keeps counting it in flight (see :meth:`enqueue`).
+        """
+        counted_by = self.owner if counted else None
 
         def job(connection: sqlite3.Connection) -> None:
             if not to_tail:
                 connection.execute(
-                    "UPDATE triobus_queue SET claimed_by = NULL, counted_by = NULL, due = ?, "
+                    "UPDATE triobus_queue SET claimed_by = NULL, counted_by = ?, due = ?, "
                     "attempts = ?, progress = ? WHERE seq = ?",
-                    (due, attempts, progress, seq),
+                    (counted_by, due, attempts, progress, seq),
                 )
                 return
             connection.execute(
-                "INSERT INTO triobus_queue "
-                "(endpoint, message_id, message_name, step, due, attempts, progress, body) "
-                "SELECT endpoint, message_id, message_name, step, ?, ?, ?, body "
+                "INSERT INTO triobus_queue (endpoint, message_id, message_name, step, due, "
+                "attempts, progress, body, counted_by) "
+                "SELECT endpoint, message_id, message_name, step, ?, ?, ?, body, ? "
                 "FROM triobus_queue WHERE seq = ?",
-                (due, attempts, progress, seq),
+                (due, attempts, progress, counted_by, seq),
             )
             connection.execute("DELETE FROM triobus_queue WHERE seq = ?", (seq,))
 
