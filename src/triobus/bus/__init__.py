@@ -47,6 +47,7 @@ from ._routing import DEFAULT_REQUEST_ENDPOINT as DEFAULT_REQUEST_ENDPOINT
 from ._routing import Route as Route
 from ._routing import route as route
 from ._routing import route_module as route_module
+from ._seam import TRIED_AGAIN as TRIED_AGAIN
 from ._seam import Delivery as Delivery
 from ._seam import DeliveryMode as DeliveryMode
 from ._seam import Endpoint as Endpoint
@@ -64,6 +65,7 @@ __all__ = [
     "BusPortal",
     "BusRunner",
     "Command",
+    "TRIED_AGAIN",
     "Delivery",
     "hand_over",
     "DeliveryMode",

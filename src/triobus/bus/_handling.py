@@ -39,7 +39,17 @@ from ._plans import PlanTable
 from ._plugins import DispatchEvent, Phase, Plugins
 from ._policy import RetryMode
 from ._probe import Probe
-from ._seam import CLOSED, Delivery, DeliveryMode, Endpoint, Plan, Settlement, Step, hand_over
+from ._seam import (
+    CLOSED,
+    TRIED_AGAIN,
+    Delivery,
+    DeliveryMode,
+    Endpoint,
+    Plan,
+    Settlement,
+    Step,
+    hand_over,
+)
 
 logger = logging.getLogger("triobus.bus")
 
@@ -290,7 +300,7 @@ class EndpointActor(Actor):
                     await self._attempt(delivery, step)
                 except Exception as exc:
                     settlement = await self._retry(delivery, step, exc)
-                    if settlement is Settlement.RETRY or settlement is Settlement.REQUEUE:
+                    if settlement in TRIED_AGAIN:
                         # Tried again later, from this handler on.
                         delivery.progress = index
                         delivery.ending = settlement

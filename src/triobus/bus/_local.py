@@ -20,7 +20,7 @@ from ..actors import ActorRef
 from ..mailbox import DEFAULT_MAILBOX_CAPACITY, DeadLetterReason, MailboxSpec, Overflow
 from ..supervision import Backoff
 from ._policy import ErrorPolicy
-from ._seam import Delivery, DeliveryMode, EndpointHost, Settlement
+from ._seam import TRIED_AGAIN, Delivery, DeliveryMode, EndpointHost, Settlement
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -204,9 +204,7 @@ class LocalQueue:
         return ref.post_ask(delivery, timeout)
 
     def settle(self, delivery: Delivery, settlement: Settlement) -> None:
-        if (
-            settlement is Settlement.RETRY or settlement is Settlement.REQUEUE
-        ) and self._host is not None:
+        if settlement in TRIED_AGAIN and self._host is not None:
             self._wait(delivery)  # still in flight: tried again at its due moment
             return
         self._settled()

@@ -17,7 +17,7 @@ import enum
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, final, runtime_checkable
 
 import attrs
 import trio
@@ -66,6 +66,11 @@ class Settlement(enum.StrEnum):
     RETRY = "retry"
     #: As :attr:`RETRY`, but at the tail of the queue (the error policy's requeue).
     REQUEUE = "requeue"
+
+
+#: The settlements that deliver a message again (module constants: read per message).
+TRIED_AGAIN: Final = frozenset({Settlement.RETRY, Settlement.REQUEUE})
+_HANDLED: Final = Settlement.HANDLED
 
 
 async def _no_handler(message: Any) -> Any:
@@ -271,7 +276,7 @@ class Delivery(Carrier):
         self.dispatch = None
         self.held = None
         self.due = None
-        self.ending = Settlement.HANDLED
+        self.ending = _HANDLED
         self.failures = None
         self.receipt = None
 

@@ -24,6 +24,7 @@ import trio
 from .._errors import ActorStopped, EnvelopeError, StoreError
 from ..actors import ActorRef
 from ..bus import (
+    TRIED_AGAIN,
     Delivery,
     DeliveryMode,
     EndpointHost,
@@ -485,7 +486,7 @@ class DurableQueue:
         if settlement is Settlement.HANDLED or settlement is Settlement.DEAD_LETTERED:
             if not receipt.acked:
                 store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
-        elif settlement is Settlement.RETRY or settlement is Settlement.REQUEUE:
+        elif settlement in TRIED_AGAIN:
             due = now if delivery.due is None else delivery.due
             # Due now: still in flight (as a send is); due later: in the store only.
             again_now = due <= now
