@@ -32,7 +32,7 @@ from ..bus import (
     Settlement,
     hand_over,
 )
-from ..mailbox import DeadLetterReason, MailboxSpec, exception_type_name, new_letter_id
+from ..mailbox import DeadLetterReason, DeadLetters, MailboxSpec, exception_type_name, new_letter_id
 from ._codec import Codec, MessageTypes
 from ._dead_letters import SqliteDeadLetters
 from ._store import DEFAULT_INBOX_RETENTION, Counts, SqliteStore, StoredLetter, StoredRow
@@ -130,6 +130,8 @@ class DurableQueue:
         self._ref: ActorRef | None = None
         self._feeder: trio.CancelScope | None = None
         self._tasks_done = trio.Event()
+        #: Where a message sent after a stop is recorded (the last bus's dead letters).
+        self._last_dead_letters: DeadLetters | None = None
         self._wake = trio.Event()
         #: Deliveries fed to the mailbox and not settled yet.
         self._outstanding = 0
@@ -212,6 +214,7 @@ class DurableQueue:
             _release_store(store)
             raise
         self._host = host
+        self._last_dead_letters = host.dead_letters
         self._store = store
         self._feeder = trio.CancelScope()
         self._tasks_done = trio.Event()
@@ -254,7 +257,7 @@ class DurableQueue:
         host = self._host
         store = self._store
         if host is None or store is None:
-            raise ActorStopped(f"durable endpoint {self._uri!r} is not running")
+            raise self._stopped(delivery)
         body = self.codec.encode(delivery.envelope())
         step = ""  # the whole delivery (a replayed dead letter may name one handler)
         now = host.wall_clock()
@@ -273,6 +276,16 @@ class DurableQueue:
                 host.settled()
             raise
         self._wake.set()
+
+    def _stopped(self, delivery: Delivery) -> ActorStopped:
+        """``delivery`` came after a stop: recorded as a dead letter (``stopped``); the error."""
+        error = ActorStopped(
+            f"durable endpoint {self._uri!r} is not running: start it with its bus "
+            "(the message is a dead letter, reason stopped)"
+        )
+        if self._last_dead_letters is not None:
+            self._last_dead_letters.record(delivery, self._uri, DeadLetterReason.STOPPED, error)
+        return error
 
     async def deliver_raw(self, data: bytes) -> None:
         """Take bytes as a transport would: decode, then store; a bad envelope is a dead letter.
@@ -351,7 +364,7 @@ class DurableQueue:
 
     async def _feed(self) -> None:
         await self._relay_outbox()
-        while True:
+        while self._host is not None:  # None once stopped (a stop waits for this task)
             try:
                 await self._feed_once()
             except (StoreError, OSError) as exc:
@@ -375,7 +388,8 @@ class DurableQueue:
         host = self._host
         store = self._store
         ref = self._ref
-        assert host is not None and store is not None and ref is not None
+        if host is None or store is None or ref is None:
+            return  # stopped meanwhile
         now = host.wall_clock()
         if now >= self._next_purge:
             store.purge_inbox_soon(now)
@@ -635,7 +649,8 @@ class DurableQueue:
         the next pass.
         """
         store, host, codec = self._store, self._host, self._codec
-        assert store is not None and host is not None and codec is not None
+        if store is None or host is None or codec is None:
+            return  # stopped meanwhile
         rows = await store.outbox(None, limit=500)
         done: list[int] = []
         try:

@@ -1,0 +1,49 @@
+"""What reaches a durable queue after it stopped is a dead letter, never lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import trio
+
+from triobus import Command, DeadLetterReason, Module, current_bus, local_queue, open_bus, route
+from triobus.durability import durable_queue
+
+
+@attrs.frozen
+class Slow(Command):
+    message_name = "shutdown.slow"
+
+
+@attrs.frozen
+class Stored(Command):
+    message_name = "shutdown.stored"
+    n: int
+
+
+async def test_a_message_sent_to_a_stopped_durable_queue_is_a_dead_letter(
+    tmp_path: Path,
+) -> None:
+    # Real time (0.3 s): the store's thread is real I/O, which autojump would outrun.
+    handled: list[int] = []
+
+    async def slow(command: Slow) -> None:
+        await current_bus().send(Stored(7))  # held until this handler succeeds
+        await trio.sleep(0.3)  # still running when the durable queue has stopped
+
+    async def store(command: Stored) -> None:
+        handled.append(command.n)
+
+    async with open_bus(
+        Module("m").bind_request(Slow, slow).bind_request(Stored, store),
+        # Endpoints stop in reverse order: "stored" first, while "slow" still drains.
+        endpoints=[local_queue("slow"), durable_queue("stored", path=tmp_path / "q.db")],
+        routing=[route(Slow).to("slow"), route(Stored).to("stored")],
+        drain_timeout=0.05,
+    ) as bus:
+        await bus.send(Slow())
+    letters = [letter for letter in bus.dead_letters if letter.reason is DeadLetterReason.STOPPED]
+    assert handled == []
+    assert [letter.message for letter in letters] == [Stored(7)]
+    assert letters[0].endpoint == "stored"
