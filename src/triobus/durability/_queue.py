@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import traceback
+from collections import Counter
 from collections.abc import Awaitable
 from typing import Any, Final, final
 
@@ -127,9 +128,11 @@ class DurableQueue:
         self._codec: Codec | None = None
         self._ref: ActorRef | None = None
         self._feeder: trio.CancelScope | None = None
+        #: Set once the feeder's tasks have ended.
+        self._fed = trio.Event()
         self._wake = trio.Event()
-        #: Message keys accepted (and counted in flight) here, not yet claimed.
-        self._counted: set[tuple[str, str]] = set()
+        #: Message keys accepted (and counted in flight) here, not yet claimed: how many times.
+        self._counted: Counter[tuple[str, str]] = Counter()
         #: Deliveries fed to the mailbox and not settled yet.
         self._outstanding = 0
         self._idle = trio.Event()
@@ -196,12 +199,16 @@ class DurableQueue:
         self._host = host
         self._store = store
         self._feeder = trio.CancelScope()
-        host.nursery.start_soon(self._run_tasks, self._feeder)
+        self._fed = trio.Event()
+        host.nursery.start_soon(self._run_tasks, self._feeder, self._fed)
 
     async def stop(self) -> None:
         try:
             if self._feeder is not None:
                 self._feeder.cancel()
+                # A claim in flight cannot be abandoned: the feeder unclaims what it
+                # holds before the actor stops, so nothing is told to a stopped actor.
+                await self._fed.wait()
             if self._ref is not None:
                 await self._ref.stop()
         finally:
@@ -234,23 +241,8 @@ class DurableQueue:
         if host is None or store is None:
             raise ActorStopped(f"durable endpoint {self._uri!r} is not running")
         body = self.codec.encode(delivery.envelope())
-        step = ""  # the whole delivery (a replayed dead letter may name one handler)
-        now = host.wall_clock()
-        due = now if delivery.due is None else delivery.due
-        key = (delivery.message_id, step)
-        counted = due <= now
-        if counted:
-            # Counted before it is stored: the feeder may hand it over at once.
-            self._counted.add(key)
-            host.accepted()
-        try:
-            await store.enqueue(self._uri, delivery.message_id, delivery.plan.name, step, due, body)
-        except BaseException:
-            if counted and key in self._counted:
-                self._counted.discard(key)
-                host.settled()
-            raise
-        self._wake.set()
+        due = host.wall_clock() if delivery.due is None else delivery.due
+        await self._enqueue(store, host, delivery.message_id, delivery.plan.name, due, body)
 
     async def deliver_raw(self, data: bytes) -> None:
         """Take bytes as a transport would: decode, then store; a bad envelope is a dead letter.
@@ -275,19 +267,43 @@ class DurableQueue:
                 self._letter_for_envelope(data, envelope.message_id, envelope.message_name)
             )
             return
-        key = (envelope.message_id, "")
-        self._counted.add(key)
-        host.accepted()
+        await self._enqueue(
+            store, host, envelope.message_id, envelope.message_name, host.wall_clock(), data
+        )
+
+    async def _enqueue(
+        self,
+        store: SqliteStore,
+        host: EndpointHost,
+        message_id: str,
+        name: str,
+        due: float,
+        body: bytes,
+    ) -> None:
+        """Store one message (a duplicate of one stored or handled is skipped quietly)."""
+        key = (message_id, "")  # the whole delivery (a replayed dead letter may name one handler)
+        counted = due <= host.wall_clock()
+        if counted:
+            # Counted before it is stored: the feeder may hand it over at once.
+            self._counted[key] += 1
+            host.accepted()
+        stored = False
         try:
-            await store.enqueue(
-                self._uri, envelope.message_id, envelope.message_name, "", host.wall_clock(), data
-            )
-        except BaseException:
-            if key in self._counted:
-                self._counted.discard(key)
+            stored = await store.enqueue(self._uri, message_id, name, "", due, body)
+        finally:
+            if not stored and counted and self._uncount(key):
                 host.settled()
-            raise
-        self._wake.set()
+        if stored:
+            self._wake.set()
+
+    def _uncount(self, key: tuple[str, str]) -> bool:
+        """Take back one count of ``key`` made at accept; ``False``: the feeder took them all."""
+        left = self._counted[key]
+        if left > 1:
+            self._counted[key] = left - 1
+        elif left == 1:
+            del self._counted[key]
+        return left > 0
 
     def ask(self, delivery: Delivery, timeout: float | None) -> Awaitable[Any]:
         """An invoke is not stored: its caller waits for the answer (and dies with it)."""
@@ -297,16 +313,21 @@ class DurableQueue:
 
     # ------------------------------------------------------------ feeding
 
-    async def _run_tasks(self, scope: trio.CancelScope) -> None:
+    async def _run_tasks(self, scope: trio.CancelScope, done: trio.Event) -> None:
         """The feeder and the settlement flusher, until :meth:`stop` cancels ``scope``."""
-        with scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._flush_settled)
-                await self._feed()
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._flush_settled)
+                    await self._feed()
+        finally:
+            done.set()
 
     async def _feed(self) -> None:
         await self._relay_outbox()
         while True:
+            # The store's calls are no cancellation points: stop here once stopped.
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 await self._feed_once()
             except (StoreError, OSError) as exc:
@@ -343,6 +364,8 @@ class DurableQueue:
         index = 0
         delivery: Delivery | None = None
         try:
+            # Stopped during the claim (it cannot be abandoned): unclaim, tell nothing.
+            await trio.lowlevel.checkpoint_if_cancelled()
             for index, row in enumerate(rows):  # noqa: B007 - read after the loop is cut off
                 delivery = await self._delivery(row, store, host)
                 if delivery is None:
@@ -373,10 +396,7 @@ class DurableQueue:
         self, row: StoredRow, store: SqliteStore, host: EndpointHost
     ) -> Delivery | None:
         """The delivery of a claimed row, or ``None`` when it was dead-lettered instead."""
-        key = (row.message_id, row.step)
-        if key in self._counted:
-            self._counted.discard(key)
-        else:
+        if not self._uncount((row.message_id, row.step)):
             host.accepted()
         try:
             envelope = self.codec.decode(row.body)
