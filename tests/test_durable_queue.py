@@ -414,3 +414,136 @@ async def test_after_the_inbox_retention_the_same_id_is_handled_again(
         await bus.wait_quiet()
     assert seen.ids == ["again-1", "again-1"]
     assert letter_rows(path) == []
+
+
+# ---------------------------------------------------------------- error policies
+
+
+class Refused(Exception):
+    pass
+
+
+def failing_module(seen: Seen, fail: Callable[[Work, int], Awaitable[None]]) -> Module:
+    """Handlers that call ``fail(work, call number of that n)`` after recording the call."""
+    calls: dict[int, int] = {}
+
+    async def check(work: Work) -> None:
+        calls[work.n] = calls.get(work.n, 0) + 1
+        await fail(work, calls[work.n])
+
+    return work_module(seen, check)
+
+
+def numbered_letters(path: Path, seen: Seen) -> dict[int, tuple[Any, ...]]:
+    """The durable dead letters by message number: (reason, attempts, exception type)."""
+    by_id = dict(zip(seen.ids, seen.numbers, strict=True))
+    return {by_id[mid]: (reason, attempts, kind) for mid, reason, attempts, kind, *_ in letter_rows(path)}
+
+
+async def test_error_rules_apply_per_exception_type_and_end_in_durable_dead_letters(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    seen = Seen()
+    errors = {1: ValueError, 2: KeyError, 3: Refused}
+
+    async def fail(work: Work, call: int) -> None:
+        if work.n in errors:
+            raise errors[work.n](f"no {work.n}")
+
+    policy = ErrorPolicy().on(ValueError).dead_letter().on(KeyError).retry(attempts=4)
+    policy = policy.otherwise().retry(attempts=2)
+    async with bus_on(failing_module(seen, fail), queue_of(path, errors=policy)) as bus:
+        for n in (1, 2, 3, 4):
+            await bus.send(Work(n))
+        await bus.wait_quiet()
+    assert seen.numbers == [1, 2, 2, 2, 2, 3, 3, 4]  # N attempts: N handler calls
+    assert numbered_letters(path, seen) == {
+        1: ("failed", 1, "ValueError"),
+        2: ("failed", 4, "KeyError"),
+        3: ("failed", 2, f"{__name__}.Refused"),
+    }
+    assert queue_rows(path) == []
+
+
+@pytest.mark.parametrize("attempts", [1, 3, 5])
+async def test_n_attempts_are_n_handler_calls_then_a_durable_dead_letter(
+    tmp_path: Path, attempts: int
+) -> None:
+    path = tmp_path / "q.db"
+    seen = Seen()
+
+    async def fail(work: Work, call: int) -> None:
+        raise Refused(f"call {call}")
+
+    queue = queue_of(path, retries=attempts - 1)
+    async with bus_on(failing_module(seen, fail), queue) as bus:
+        await bus.send(Work(1))
+        await bus.wait_quiet()
+        assert (await queue.counts()).dead_letters == 1
+    assert seen.numbers == [1] * attempts
+    ((message_id, reason, stored_attempts, kind, decodes, body),) = letter_rows(path)
+    assert (message_id, reason, stored_attempts, decodes) == (seen.ids[0], "failed", attempts, 1)
+    assert queue_rows(path) == []
+
+
+async def test_a_message_waiting_on_its_backoff_lets_the_ones_behind_pass_its_retry_stored(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "q.db"
+    seen = Seen()
+    all_sent = trio.Event()
+    at: dict[int, list[float]] = {}
+    queue = queue_of(
+        path,
+        errors=ErrorPolicy().otherwise().retry_with_backoff(Backoff(initial=10, jitter=0)),
+        poll_interval=600,
+    )
+
+    async def fail(work: Work, call: int) -> None:
+        at.setdefault(work.n, []).append(queue.wall_clock())
+        if work.n == 1 and call == 1:
+            await all_sent.wait()
+            raise Refused("not yet")
+
+    async with bus_on(failing_module(seen, fail), queue) as bus:
+        async with clock_held():
+            for n in (1, 2, 3):
+                await bus.send(Work(n))
+            all_sent.set()
+            await seen.reach(3)
+            while len(queue_rows(path)) > 1:  # until 2 and 3 are acknowledged
+                await queue.store.database.flush()
+                await trio.sleep(0)
+            ((message_id, _, due, attempts, claimed_by),) = queue_rows(path)
+            assert message_id == seen.ids[0]
+            assert attempts == 1  # the failed attempt, persisted
+            assert claimed_by is None
+            assert due >= at[1][0] + 10
+            counts = await queue.counts()
+            assert (counts.incoming, counts.scheduled) == (0, 1)
+        await seen.reach(4)
+        await bus.wait_quiet()
+    assert seen.numbers == [1, 2, 3, 1]
+    assert at[1][1] >= due
+    assert queue_rows(path) == [] and letter_rows(path) == []
+
+
+async def test_requeue_puts_a_failed_message_at_the_tail(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    seen = Seen()
+    all_sent = trio.Event()
+
+    async def fail(work: Work, call: int) -> None:
+        if work.n == 1 and call == 1:
+            await all_sent.wait()
+            raise Refused("again later")
+
+    queue = queue_of(path, errors=ErrorPolicy().otherwise().requeue(attempts=2))
+    async with bus_on(failing_module(seen, fail), queue) as bus:
+        for n in (1, 2, 3):
+            await bus.send(Work(n))
+        all_sent.set()
+        await bus.wait_quiet()
+    assert seen.numbers == [1, 2, 3, 1]
+    assert queue_rows(path) == [] and letter_rows(path) == []

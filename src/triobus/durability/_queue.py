@@ -463,6 +463,9 @@ class DurableQueue:
         elif settlement is Settlement.RETRY:
             due = now if delivery.due is None else delivery.due
             store.retry_soon(row.seq, due, delivery.attempt - 1, delivery.progress)
+            # Still in flight (as on a local queue) until the feeder takes it again.
+            self._counted[(row.message_id, row.step)] += 1
+            host.accepted()
             self._wake.set()
         else:  # left for redelivery: the attempt it was counted did not run
             store.release_soon(row.seq, 1 if receipt.counted else 0, delivery.progress)
