@@ -232,6 +232,9 @@ class DurableQueue:
     async def accept(self, delivery: Delivery) -> None:
         """Store ``delivery``; returns once it is committed.
 
+        A message whose id this queue holds already, or handled within the
+        inbox retention, is not stored again (skipped quietly).
+
         Raises:
             EnvelopeError: the message cannot be encoded (not registered, too big).
             ActorStopped: the endpoint is not running.
