@@ -30,6 +30,7 @@ from triobus import (
     Command,
     Envelope,
     ErrorPolicy,
+    Event,
     Module,
     Request,
     open_bus,
@@ -530,6 +531,7 @@ async def test_a_message_waiting_on_its_backoff_lets_the_ones_behind_pass_its_re
             assert due >= at[1][0] + 10
             counts = await queue.counts()
             assert (counts.incoming, counts.scheduled) == (0, 1)
+            assert bus.in_flight == 1  # a retry waiting is in flight: wait_quiet waits for it
         await seen.reach(4)
         await bus.wait_quiet()
     assert seen.numbers == [1, 2, 3, 1]
@@ -1020,3 +1022,45 @@ async def test_counts_report_incoming_scheduled_dead_letters_and_outbox(tmp_path
         await bus.wait_quiet()
         counts = await queue.counts()
         assert (counts.incoming, counts.scheduled) == (0, 1)
+
+
+# ---------------------------------------------------------------- events
+
+
+@attrs.frozen
+class Happened(Event):
+    message_name = "dq.happened"
+    n: int
+
+
+async def test_an_events_handlers_on_a_durable_queue_retry_from_the_one_that_failed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "q.db"
+    calls: list[tuple[str, int]] = []
+    changed = trio.Event()
+
+    async def first(event: Happened) -> None:
+        calls.append(("first", event.n))
+
+    async def second(event: Happened) -> None:
+        calls.append(("second", event.n))
+        changed.set()
+        if calls.count(("second", event.n)) == 1:
+            raise Refused("once")
+
+    module = Module("events").bind_event(Happened, [first, second])
+    policy = ErrorPolicy().otherwise().retry_with_backoff(Backoff(initial=5, jitter=0))
+    async with open_bus(
+        module,
+        endpoints=[durable_queue("work", path=path, errors=policy)],
+        routing=[route(Happened).to("work")],
+    ) as bus:
+        await bus.publish(Happened(1))
+        while len(calls) < 3:
+            await changed.wait()
+            changed = trio.Event()
+        await bus.wait_quiet()
+    # The retry later runs from the handler that failed: the first one ran once.
+    assert calls == [("first", 1), ("second", 1), ("second", 1)]
+    assert queue_rows(path) == [] and letter_rows(path) == []
