@@ -1064,3 +1064,52 @@ async def test_an_events_handlers_on_a_durable_queue_retry_from_the_one_that_fai
     # The retry later runs from the handler that failed: the first one ran once.
     assert calls == [("first", 1), ("second", 1), ("second", 1)]
     assert queue_rows(path) == [] and letter_rows(path) == []
+
+
+async def test_a_scheduled_send_inside_a_unit_of_work_keeps_its_moment(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "q.db"
+    connection = orders_connection(path)
+    seen = Seen()
+    at: list[float] = []
+    queue = queue_of(path, poll_interval=600)
+
+    async def clock(work: Work) -> None:
+        at.append(queue.wall_clock())
+
+    async with bus_on(work_module(seen, clock), queue) as bus:
+        async with clock_held():
+            async with unit_of_work(connection):
+                await bus.send(Work(1), delay=100)
+            ((due,),) = rows(path, "SELECT due FROM triobus_queue")
+            assert due >= queue.wall_clock() + 99
+        await seen.reach(1)
+        await bus.wait_quiet()
+    assert at[0] >= due
+    connection.close()
+
+
+async def test_a_handler_that_fails_after_its_unit_of_work_committed_is_not_retried(
+    tmp_path: Path,
+) -> None:
+    """The commit acknowledged the message with the handler's writes: it is handled."""
+    path = tmp_path / "q.db"
+    connection = orders_connection(path)
+    seen = Seen()
+
+    async def write_then_fail(work: Work) -> None:
+        async with unit_of_work(connection) as uow:
+            await uow.execute("INSERT INTO orders (id) VALUES (?)", (work.n,))
+        raise Refused("after the commit")
+
+    policy = ErrorPolicy().otherwise().retry_with_backoff(Backoff(initial=0.01), attempts=3)
+    with trio.fail_after(10):
+        async with bus_on(work_module(seen, write_then_fail), queue_of(path, errors=policy)) as bus:
+            await bus.send(Work(1))
+            await seen.reach(1)
+            await bus.wait_quiet()
+    assert seen.numbers == [1]
+    assert rows(path, "SELECT id FROM orders") == [(1,)]
+    assert queue_rows(path) == []
+    connection.close()

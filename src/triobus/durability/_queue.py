@@ -460,9 +460,10 @@ class DurableQueue:
         for step, error, attempts in delivery.failures or ():
             store.dead_letter_soon(self._failed_letter(delivery, step.label, error, attempts), None)
         delivery.failures = None
-        if settlement is Settlement.HANDLED or settlement is Settlement.DEAD_LETTERED:
-            if not receipt.acked:
-                store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
+        if receipt.acked:
+            pass  # handled: a unit of work acknowledged it with the handler's writes
+        elif settlement is Settlement.HANDLED or settlement is Settlement.DEAD_LETTERED:
+            store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
         elif settlement is Settlement.RETRY:
             due = now if delivery.due is None else delivery.due
             store.retry_soon(row.seq, due, delivery.attempt - 1, delivery.progress)
