@@ -1113,3 +1113,33 @@ async def test_a_handler_that_fails_after_its_unit_of_work_committed_is_not_retr
     assert rows(path, "SELECT id FROM orders") == [(1,)]
     assert queue_rows(path) == []
     connection.close()
+
+
+async def test_two_durable_queues_share_one_file_each_with_its_own_backlog(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    seen = Seen()
+    others: list[int] = []
+    gate = trio.Event()
+
+    async def other(message: Other) -> None:
+        await gate.wait()
+        others.append(message.n)
+
+    work, elsewhere = queue_of(path), durable_queue("elsewhere", path=path)
+    module = work_module(seen).bind_request(Other, other)
+    async with open_bus(
+        module,
+        endpoints=[work, elsewhere],
+        routing=[route(Work).to("work"), route(Other).to("elsewhere")],
+    ) as bus:
+        for n in range(3):
+            await bus.send(Other(n))
+            await bus.send(Work(n))
+        await seen.reach(3)  # one queue goes on while the other waits
+        assert (await elsewhere.counts()).incoming == 3  # its first in hand, all stored
+        gate.set()
+        await bus.wait_quiet()
+    assert seen.numbers == [0, 1, 2] and others == [0, 1, 2]
+    assert queue_rows(path) == []
