@@ -225,8 +225,10 @@ class DurableQueue:
             if self._feeder is not None:
                 # The feeder unclaims what it took and did not hand over.
                 self._feeder.cancel()
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + self.shutdown):
-                    await self._tasks_done.wait()
+                # Not shielded, no deadline: the feeder ends as soon as its store call
+                # returns (a thread job, bounded by SQLite's busy timeout); a firm stop
+                # (cancelled) goes on at once and may leave claims for the next start.
+                await self._tasks_done.wait()
             if self._ref is not None:
                 await self._ref.stop()
         finally:
@@ -267,14 +269,14 @@ class DurableQueue:
             # Counted before it is stored (the feeder may hand it over at
             # once); the row says so, so its claim does not count it again.
             host.accepted()
+        stored = False
         try:
-            await store.enqueue(
+            stored = await store.enqueue(
                 self._uri, delivery.message_id, delivery.plan.name, step, due, body, counted
             )
-        except BaseException:
-            if counted:
-                host.settled()
-            raise
+        finally:
+            if counted and not stored:
+                host.settled()  # not stored (a duplicate is skipped quietly), or failed
         self._wake.set()
 
     def _stopped(self, delivery: Delivery) -> ActorStopped:
@@ -311,8 +313,9 @@ class DurableQueue:
             )
             return
         host.accepted()
+        stored = False
         try:
-            await store.enqueue(
+            stored = await store.enqueue(
                 self._uri,
                 envelope.message_id,
                 envelope.message_name,
@@ -321,9 +324,9 @@ class DurableQueue:
                 data,
                 True,
             )
-        except BaseException:
-            host.settled()
-            raise
+        finally:
+            if not stored:
+                host.settled()  # a duplicate is skipped quietly
         self._wake.set()
 
     async def _requeue(self, letter: StoredLetter) -> bool:
@@ -365,6 +368,8 @@ class DurableQueue:
     async def _feed(self) -> None:
         await self._relay_outbox()
         while self._host is not None:  # None once stopped (a stop waits for this task)
+            # Store calls are not cancellation points: look for the stop here.
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 await self._feed_once()
             except (StoreError, OSError) as exc:
@@ -396,6 +401,12 @@ class DurableQueue:
             self._next_purge = now + INBOX_PURGE_INTERVAL
         self._wake = trio.Event()
         rows, duplicates = await store.claim(self._uri, now, self.prefetch)
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            for row in rows:  # stopped while claiming: unclaim, uncounted
+                store.release_soon(row.seq, 0 if row.suspect else 1, row.progress)
+            raise
         for _ in range(duplicates):
             host.settled()  # skipped: its message was handled already
         if not rows:
@@ -497,9 +508,10 @@ class DurableQueue:
         for step, error, attempts in delivery.failures or ():
             store.dead_letter_soon(self._failed_letter(delivery, step.label, error, attempts), None)
         delivery.failures = None
-        if settlement is Settlement.HANDLED or settlement is Settlement.DEAD_LETTERED:
-            if not receipt.acked:
-                store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
+        if receipt.acked:
+            pass  # acknowledged by the handler's unit of work, with its writes: handled
+        elif settlement is Settlement.HANDLED or settlement is Settlement.DEAD_LETTERED:
+            store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
         elif settlement in TRIED_AGAIN:
             due = now if delivery.due is None else delivery.due
             # Due now: still in flight (as a send is); due later: in the store only.

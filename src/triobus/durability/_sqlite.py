@@ -277,17 +277,19 @@ class Database:
             return
         self._flushing = True
         try:
-            # Shielded: the writes of other tasks ride on this commit. The
-            # wait for a batch to fill is bounded by max_delay; the commit
-            # itself cannot be abandoned once queued (it is short).
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + BUSY_TIMEOUT):
-                if self.max_delay and len(self._pending) < self.batch_size:
+            # The writes of other tasks ride on this commit: the wait for the
+            # batch to fill is shielded (bounded by max_delay). The commit
+            # itself cannot be abandoned once queued (it is short), so it has
+            # no deadline: an autojumping MockClock would leap to one while
+            # the connection thread commits.
+            if self.max_delay and len(self._pending) < self.batch_size:
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + BUSY_TIMEOUT):
                     await trio.sleep_until(self._oldest + self.max_delay)
-                batch = self._pending[: self.batch_size]
-                del self._pending[: self.batch_size]
-                if self._pending:
-                    self._oldest = trio.current_time()
-                await self.read(lambda connection: _commit_batch(connection, batch))
+            batch = self._pending[: self.batch_size]
+            del self._pending[: self.batch_size]
+            if self._pending:
+                self._oldest = trio.current_time()
+            await self.read(lambda connection: _commit_batch(connection, batch))
             for write in batch:
                 if write.unwatched and isinstance(write.result, outcome.Error):
                     logger.error(

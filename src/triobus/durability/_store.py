@@ -7,7 +7,8 @@ Tables (created on first open, versioned in ``triobus_schema``):
   encoded envelope. A row is claimed by the process that feeds it to a
   handler and deleted once it is handled or dead-lettered.
 - ``triobus_inbox``: (endpoint, message id, step) of handled messages, kept
-  ``inbox_retention`` seconds, so a message delivered again is skipped.
+  ``inbox_retention`` seconds, so a message delivered again is skipped. A
+  message stored again while its id is still queued is skipped as well.
 - ``triobus_dead_letters``: dead letters with the reason, exception, traceback,
   attempts and the raw bytes.
 - ``triobus_outbox``: messages sent inside a unit of work, relayed after commit.
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS triobus_queue (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS triobus_queue_next ON triobus_queue (endpoint, claimed_by, seq);
+CREATE INDEX IF NOT EXISTS triobus_queue_message ON triobus_queue (endpoint, message_id, step);
 CREATE TABLE IF NOT EXISTS triobus_inbox (
     endpoint TEXT NOT NULL,
     message_id TEXT NOT NULL,
@@ -217,23 +219,37 @@ class SqliteStore:
         due: float,
         body: bytes,
         counted: bool = False,
-    ) -> None:
+    ) -> bool:
         """Store one delivery; returns once it is committed.
 
-        ``counted``: this process counts it in flight already (see
-        :attr:`StoredRow.counted_here`).
+        Returns ``False`` (and stores nothing) for a duplicate: a message
+        whose id the endpoint holds already, or handled within the inbox
+        retention. ``counted``: this process counts it in flight already
+        (see :attr:`StoredRow.counted_here`).
         """
         counted_by = self.owner if counted else None
 
-        def job(connection: sqlite3.Connection) -> None:
-            connection.execute(
+        def job(connection: sqlite3.Connection) -> bool:
+            cursor = connection.execute(
                 "INSERT INTO triobus_queue "
                 "(endpoint, message_id, message_name, step, due, body, counted_by) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (endpoint, message_id, name, step, due, body, counted_by),
+                "SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM triobus_queue "
+                "WHERE endpoint = ? AND message_id = ? AND step = ?) AND NOT EXISTS "
+                "(SELECT 1 FROM triobus_inbox WHERE endpoint = ? AND message_id = ? AND step = ?)",
+                (
+                    endpoint,
+                    message_id,
+                    name,
+                    step,
+                    due,
+                    body,
+                    counted_by,
+                    *(endpoint, message_id, step) * 2,
+                ),
             )
+            return cursor.rowcount == 1
 
-        await self.database.write(job)
+        return await self.database.write(job)
 
     async def recover(self, endpoint: str) -> int:
         """Claims left by a process that died become suspect; returns how many."""

@@ -197,6 +197,7 @@ def _checked_file(connection: sqlite3.Connection) -> str:
         raise TypeError(f"unit_of_work takes a sqlite3.Connection, got {connection!r}")
     try:
         in_transaction = connection.in_transaction
+        path = _database_file(connection)  # a statement: checks the thread
     except sqlite3.ProgrammingError as exc:
         raise StoreError(
             f"{exc}: open the connection with sqlite3.connect(..., check_same_thread=False), "
@@ -207,7 +208,6 @@ def _checked_file(connection: sqlite3.Connection) -> str:
             "the connection is in a transaction already: commit or roll it back before "
             "opening a unit of work on it"
         )
-    path = _database_file(connection)
     if not path:
         raise StoreError("a unit of work needs a database file (not :memory:)")
     return os.path.realpath(path)
