@@ -143,12 +143,21 @@ _CONNECT_PRAGMAS = (
 )
 # The statements of durability/_store.py, word for word.
 _INSERT = (
+    "INSERT INTO triobus_queue "
+    "(endpoint, message_id, message_name, step, due, body, counted_by) "
+    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM triobus_queue "
+    "WHERE endpoint = ? AND message_id = ? AND step = ?) AND NOT EXISTS "
+    "(SELECT 1 FROM triobus_inbox WHERE endpoint = ? AND message_id = ? AND step = ?)"
+)
+#: Seeding the memory check's backlog (not measured): a plain insert.
+_SEED_INSERT = (
     "INSERT INTO triobus_queue (endpoint, message_id, message_name, step, due, body) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
 _CLAIM_SELECT = (
     "SELECT q.seq, q.message_id, q.step, q.attempts, q.progress, q.suspect, q.body, "
-    "i.message_id IS NOT NULL FROM triobus_queue AS q "
+    "q.counted_by IS NOT NULL AND q.counted_by = ?, i.message_id IS NOT NULL "
+    "FROM triobus_queue AS q "
     "LEFT JOIN triobus_inbox AS i ON i.endpoint = q.endpoint "
     "AND i.message_id = q.message_id AND i.step = q.step "
     "WHERE q.endpoint = ? AND q.claimed_by IS NULL AND q.due <= ? "
@@ -266,9 +275,9 @@ def _commit(connection: sqlite3.Connection, batch: list[tuple[Job, list[Any] | N
 
 def _claim_job(owner: str, now: float, limit: int) -> Job:
     def job(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
-        rows = connection.execute(_CLAIM_SELECT, (ENDPOINT, now, limit)).fetchall()
-        taken = [row for row in rows if not row[7]]
-        duplicates = [(row[0],) for row in rows if row[7]]
+        rows = connection.execute(_CLAIM_SELECT, (owner, ENDPOINT, now, limit)).fetchall()
+        taken = [row for row in rows if not row[8]]
+        duplicates = [(row[0],) for row in rows if row[8]]
         if duplicates:
             connection.executemany(_CLAIM_DUPLICATE, duplicates)
         connection.executemany(_CLAIM_UPDATE, [(owner, 1, row[0]) for row in taken])
@@ -279,7 +288,8 @@ def _claim_job(owner: str, now: float, limit: int) -> Job:
 
 def _insert_job(message_id: str, name: str, due: float, body: bytes) -> Job:
     def job(connection: sqlite3.Connection) -> None:
-        connection.execute(_INSERT, (ENDPOINT, message_id, name, "", due, body))
+        key = (ENDPOINT, message_id, "")
+        connection.execute(_INSERT, (ENDPOINT, message_id, name, "", due, body, "raw", *key, *key))
 
     return job
 
@@ -501,7 +511,7 @@ def store_backlog(path: str, count: int) -> float:
             template["body"] = {"n": i}
             rows.append((ENDPOINT, message_id, Order.message_name, "", due, orjson.dumps(template)))
         connection.execute("BEGIN")
-        connection.executemany(_INSERT, rows)
+        connection.executemany(_SEED_INSERT, rows)
         connection.execute("COMMIT")
     connection.close()
     return time.perf_counter() - t0
