@@ -70,7 +70,7 @@ class Settlement(enum.StrEnum):
 
 #: The settlements that deliver a message again (module constants: read per message).
 TRIED_AGAIN: Final = frozenset({Settlement.RETRY, Settlement.REQUEUE})
-_HANDLED: Final = Settlement.HANDLED
+HANDLED: Final = Settlement.HANDLED
 
 
 async def _no_handler(message: Any) -> Any:
@@ -276,7 +276,7 @@ class Delivery(Carrier):
         self.dispatch = None
         self.held = None
         self.due = None
-        self.ending = _HANDLED
+        self.ending = HANDLED
         self.failures = None
         self.receipt = None
 
