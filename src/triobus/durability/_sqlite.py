@@ -68,47 +68,31 @@ def _commit_batch(connection: sqlite3.Connection, writes: list[_Write]) -> None:
     When one write fails, the batch is rolled back and each write is run
     again in a transaction of its own, so one bad write fails alone.
     """
-    try:
-        connection.execute("BEGIN IMMEDIATE")
-        results = [job_result(connection, write.job) for write in writes]
-        if any(isinstance(result, outcome.Error) for result in results):
-            raise _BatchFailed
-        connection.execute("COMMIT")
-    except (_BatchFailed, sqlite3.Error):
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        if len(writes) == 1:
-            results = [_alone(connection, writes[0].job)]
-        else:
-            results = [_alone(connection, write.job) for write in writes]
+    jobs = [write.job for write in writes]
+    results = _transaction(connection, jobs)
+    if len(jobs) > 1 and any(isinstance(result, outcome.Error) for result in results):
+        results = [_transaction(connection, [job])[0] for job in jobs]
     for write, result in zip(writes, results, strict=True):
         write.result = result
 
 
-class _BatchFailed(Exception):
-    pass
-
-
-def job_result(connection: sqlite3.Connection, job: Job) -> outcome.Outcome[Any]:
-    return outcome.capture(job, connection)
-
-
-def _alone(connection: sqlite3.Connection, job: Job) -> outcome.Outcome[Any]:
+def _transaction(connection: sqlite3.Connection, jobs: list[Job]) -> list[outcome.Outcome[Any]]:
+    """Run ``jobs`` in one transaction: committed when every one succeeded, else rolled back."""
     try:
         connection.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
-        return outcome.Error(exc)
-    result = outcome.capture(job, connection)
+        return [outcome.Error(exc) for _ in jobs]
+    results: list[outcome.Outcome[Any]] = [outcome.capture(job, connection) for job in jobs]
     try:
-        if isinstance(result, outcome.Error):
+        if any(isinstance(result, outcome.Error) for result in results):
             connection.execute("ROLLBACK")
         else:
             connection.execute("COMMIT")
     except sqlite3.Error as exc:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
-        return outcome.Error(exc)
-    return result
+        return [outcome.Error(exc) for _ in jobs]
+    return results
 
 
 @final

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, final
 
 import attrs
@@ -424,21 +424,11 @@ class SqliteStore:
 
     def dead_letter_soon(self, letter: StoredLetter, seq: int | None) -> None:
         """Store ``letter`` (and delete queue row ``seq``, if given) in the next batch."""
-
-        def job(connection: sqlite3.Connection) -> None:
-            insert_letter(connection, letter)
-            if seq is not None:
-                connection.execute("DELETE FROM triobus_queue WHERE seq = ?", (seq,))
-
-        self.database.write_soon(job)
+        self.database.write_soon(_dead_letter_job(letter, seq))
 
     async def dead_letter(self, letter: StoredLetter, seq: int | None = None) -> None:
-        def job(connection: sqlite3.Connection) -> None:
-            insert_letter(connection, letter)
-            if seq is not None:
-                connection.execute("DELETE FROM triobus_queue WHERE seq = ?", (seq,))
-
-        await self.database.write(job)
+        """Store ``letter`` (and delete queue row ``seq``, if given); returns once committed."""
+        await self.database.write(_dead_letter_job(letter, seq))
 
     async def letters(self, endpoint: str) -> list[StoredLetter]:
         def job(connection: sqlite3.Connection) -> list[StoredLetter]:
@@ -549,6 +539,15 @@ def _letter(row: Any) -> StoredLetter:
     values[12] = bool(values[12])
     values[13] = bytes(values[13])
     return StoredLetter(*values)
+
+
+def _dead_letter_job(letter: StoredLetter, seq: int | None) -> Callable[[sqlite3.Connection], None]:
+    def job(connection: sqlite3.Connection) -> None:
+        insert_letter(connection, letter)
+        if seq is not None:
+            connection.execute("DELETE FROM triobus_queue WHERE seq = ?", (seq,))
+
+    return job
 
 
 def insert_letter(connection: sqlite3.Connection, letter: StoredLetter) -> None:

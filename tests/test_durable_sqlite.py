@@ -1,0 +1,47 @@
+"""The SQLite connection thread: group commit, and one bad write failing alone."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+
+from triobus import StoreError
+from triobus.durability._sqlite import Database
+
+
+async def test_writes_that_arrive_together_commit_together_and_a_bad_one_fails_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db.sqlite"
+    database = Database(path, max_delay=0.05)  # the batch waits for the others
+    await database.open()
+    try:
+        await database.write(lambda c: c.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)"))
+        outcomes: list[object] = []
+
+        async def insert(n: int) -> None:
+            try:
+                await database.write(lambda c: c.execute("INSERT INTO t VALUES (?)", (n,)))
+                outcomes.append("ok")
+            except sqlite3.IntegrityError as exc:
+                outcomes.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for n in (1, 2, 2, 3):  # the second 2 breaks the primary key
+                nursery.start_soon(insert, n)
+    finally:
+        await database.close()
+    assert outcomes.count("ok") == 3
+    assert [type(v) for v in outcomes].count(sqlite3.IntegrityError) == 1
+    connection = sqlite3.connect(path)
+    assert [n for (n,) in connection.execute("SELECT n FROM t ORDER BY n")] == [1, 2, 3]
+    connection.close()
+
+
+async def test_a_database_that_cannot_be_opened_says_where(tmp_path: Path) -> None:
+    database = Database(tmp_path / "missing" / "db.sqlite")
+    with pytest.raises(StoreError, match="missing"):
+        await database.open()
