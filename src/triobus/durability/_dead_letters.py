@@ -35,6 +35,7 @@ from ..mailbox import (
     DeadLetterFilter,
     DeadLetterReason,
     DeadLetterSelection,
+    checked_limit,
     exception_type_name,
     resolve_selection,
 )
@@ -157,10 +158,7 @@ class SqliteDeadLetters:
             StoreError: the endpoint has stopped.
         """
         chosen = DeadLetterFilter.of(filter, criteria)
-        if limit is not None and (
-            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
-        ):
-            raise ValueError(f"limit= takes a whole number >= 0 (or None), got {limit!r}")
+        limit = checked_limit(limit)
         stored = await self._select(chosen, limit)
         return [self._letter(letter) for letter in stored]
 

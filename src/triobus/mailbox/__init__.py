@@ -8,6 +8,7 @@ from ._dead_letter_store import DeadLetterCriteria as DeadLetterCriteria
 from ._dead_letter_store import DeadLetterFilter as DeadLetterFilter
 from ._dead_letter_store import DeadLetterSelection as DeadLetterSelection
 from ._dead_letter_store import DeadLetterStore as DeadLetterStore
+from ._dead_letter_store import checked_limit as checked_limit
 from ._dead_letter_store import resolve_selection as resolve_selection
 from ._dead_letters import (
     DEFAULT_DEAD_LETTER_CAPACITY as DEFAULT_DEAD_LETTER_CAPACITY,
@@ -39,5 +40,6 @@ __all__ = [
     "Replay",
     "exception_type_name",
     "new_letter_id",
+    "checked_limit",
     "resolve_selection",
 ]

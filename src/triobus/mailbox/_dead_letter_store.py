@@ -178,6 +178,17 @@ class DeadLetterFilter:
 DeadLetterSelection = str | Iterable[str] | DeadLetterFilter
 
 
+def checked_limit(limit: object) -> int | None:
+    """``limit`` when it is ``None`` or a whole number >= 0 (what ``list(limit=)`` takes).
+
+    Raises:
+        ValueError: anything else, named.
+    """
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise ValueError(f"limit= takes a whole number >= 0 (or None), got {limit!r}")
+    return limit
+
+
 def resolve_selection(
     selection: DeadLetterSelection | None, criteria: Mapping[str, Any], verb: str
 ) -> tuple[str, ...] | DeadLetterFilter:

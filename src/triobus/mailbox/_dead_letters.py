@@ -36,6 +36,7 @@ from ._dead_letter_store import (
     DeadLetterCriteria,
     DeadLetterFilter,
     DeadLetterSelection,
+    checked_limit,
     resolve_selection,
 )
 
@@ -281,10 +282,7 @@ class DeadLetters:
         """
         await trio.lowlevel.checkpoint()
         chosen = DeadLetterFilter.of(filter, criteria)
-        if limit is not None and (
-            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
-        ):
-            raise ValueError(f"limit= takes a whole number >= 0 (or None), got {limit!r}")
+        limit = checked_limit(limit)
         now = self._clock()
         found: builtins.list[DeadLetter] = []
         if limit == 0:
