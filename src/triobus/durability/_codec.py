@@ -65,7 +65,7 @@ def _positive_int(instance: object, attribute: attrs.Attribute[int], value: obje
 class Limits:
     """What a codec accepts, checked on decode and on encode alike.
 
-    The two first defaults are Wolverine's (4 MiB envelopes, 128 headers).
+    The two first defaults are 4 MiB envelopes and 128 headers.
     Lengths of names, ids and headers count characters.
     """
 

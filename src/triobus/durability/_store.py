@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION: Final = 1
 
-#: How long handled message ids are kept in the inbox, in seconds (as Wolverine does).
+#: How long handled message ids are kept in the inbox, in seconds (5 minutes).
 DEFAULT_INBOX_RETENTION: Final = 300.0
 
 _SCHEMA = """
