@@ -176,11 +176,16 @@ async def unit_of_work(connection: sqlite3.Connection) -> AsyncIterator[UnitOfWo
         try:
             with enlisting(uow):
                 yield uow
+            # Inside the rollback's reach: an outbox row that cannot be encoded, a
+            # failed COMMIT or a cancellation at the lock must not leave the
+            # transaction open (holding SQLite's write lock), nor let an
+            # autocommit connection commit the writes without their rows.
+            committed = await uow._commit()
         except BaseException:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + 30):
-                await trio.to_thread.run_sync(_rollback, connection)
+                async with uow._lock:  # after a statement still running on its thread
+                    await trio.to_thread.run_sync(_rollback, connection)
             raise
-        committed = await uow._commit()
     finally:
         connection.isolation_level = level
     if committed:

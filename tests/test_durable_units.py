@@ -1,0 +1,115 @@
+"""Units of work on failure paths: no transaction left open, nothing sent twice.
+
+Each test opens a bus with a durable queue on a file in ``tmp_path`` and
+checks the file through a connection of its own, as another process would.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from triobus import Command, EnvelopeError, Module, open_bus, route
+from triobus.durability import durable_queue, unit_of_work
+
+
+@attrs.frozen
+class Job(Command):
+    message_name = "units.job"
+    n: int
+
+
+def job_bus(path: Path, seen: list[int]) -> Any:
+    async def handle(job: Job) -> None:
+        seen.append(job.n)
+
+    return open_bus(
+        Module("units").bind_request(Job, handle),
+        endpoints=[durable_queue("jobs", path=path)],
+        routing=[route(Job).to("jobs")],
+    )
+
+
+def orders_connection(path: Path, **options: Any) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, check_same_thread=False, **options)
+    connection.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER)")
+    if connection.in_transaction:
+        connection.commit()
+    return connection
+
+
+def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    connection = sqlite3.connect(path, timeout=30)
+    try:
+        return connection.execute(sql).fetchall()
+    finally:
+        connection.close()
+
+
+def write_lock_wait(path: Path) -> float:
+    """Take SQLite's write lock from another connection; seconds it took (at most 1)."""
+    connection = sqlite3.connect(path, timeout=1, isolation_level=None)
+    try:
+        started = time.monotonic()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return time.monotonic() - started
+        connection.execute("ROLLBACK")
+        return time.monotonic() - started
+    finally:
+        connection.close()
+
+
+TOO_BIG_FOR_JSON = 2**70  # an int orjson refuses: the envelope cannot be encoded
+
+
+@pytest.mark.parametrize("isolation_level", ["", None])
+async def test_a_unit_of_work_whose_commit_fails_rolls_back_and_leaves_no_transaction_open(
+    tmp_path: Path, isolation_level: str | None
+) -> None:
+    path = tmp_path / "q.db"
+    connection = orders_connection(path, isolation_level=isolation_level)
+    seen: list[int] = []
+    async with job_bus(path, seen) as bus:
+        with pytest.raises(EnvelopeError):
+            async with unit_of_work(connection) as uow:
+                await uow.execute("INSERT INTO orders (id) VALUES (1)")
+                await bus.send(Job(TOO_BIG_FOR_JSON))  # refused at commit
+        assert not connection.in_transaction
+        assert connection.isolation_level == isolation_level
+        assert write_lock_wait(path) < 0.5  # nobody holds the write lock
+        async with unit_of_work(connection) as uow:  # the connection is usable again
+            await uow.execute("INSERT INTO orders (id) VALUES (2)")
+            await bus.send(Job(2))
+        await bus.wait_quiet()
+    assert seen == [2]
+    assert rows(path, "SELECT id FROM orders") == [(2,)]  # the failed unit's write is gone
+    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+    connection.close()
+
+
+async def test_a_unit_of_work_cancelled_at_its_commit_rolls_back(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    connection = orders_connection(path)
+    seen: list[int] = []
+    async with job_bus(path, seen) as bus:
+        with trio.CancelScope() as scope:
+            async with unit_of_work(connection) as uow:
+                await uow.execute("INSERT INTO orders (id) VALUES (1)")
+                await bus.send(Job(1))
+                scope.cancel()  # the block ends normally; the commit meets the cancellation
+        assert scope.cancelled_caught
+        assert not connection.in_transaction
+        assert write_lock_wait(path) < 0.5
+        await bus.wait_quiet()
+    assert seen == []
+    assert rows(path, "SELECT COUNT(*) FROM orders") == [(0,)]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+    connection.close()
