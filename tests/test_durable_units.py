@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from triobus import Command, EnvelopeError, Module, open_bus, route
 from triobus.durability import durable_queue, unit_of_work
@@ -113,3 +114,31 @@ async def test_a_unit_of_work_cancelled_at_its_commit_rolls_back(tmp_path: Path)
     assert rows(path, "SELECT COUNT(*) FROM orders") == [(0,)]
     assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
     connection.close()
+
+
+async def test_a_sqlite_error_in_the_feeder_is_logged_and_retried_not_a_crash_of_the_bus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    from triobus.durability._store import SqliteStore
+
+    failing = {"outbox", "claim"}  # the first call of each fails as a full disk would
+
+    def failing_once(name: str) -> Any:
+        real = getattr(SqliteStore, name)
+
+        async def call(self: SqliteStore, *args: Any, **kwargs: Any) -> Any:
+            if name in failing:
+                failing.discard(name)
+                raise sqlite3.OperationalError("database or disk is full")
+            return await real(self, *args, **kwargs)
+
+        return call
+
+    for name in sorted(failing):
+        monkeypatch.setattr(SqliteStore, name, failing_once(name))
+    seen: list[int] = []
+    async with job_bus(tmp_path / "q.db", seen) as bus:
+        await bus.send(Job(1))
+        await bus.wait_quiet()
+        assert seen == [1]
+    assert failing == set()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sqlite3
 import traceback
 from collections.abc import Awaitable
 from typing import Any, Final, final
@@ -366,13 +367,18 @@ class DurableQueue:
             self._tasks_done.set()
 
     async def _feed(self) -> None:
-        await self._relay_outbox()
+        relayed = False
         while self._host is not None:  # None once stopped (a stop waits for this task)
             # Store calls are not cancellation points: look for the stop here.
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
+                if not relayed:
+                    await self._relay_outbox()
+                    relayed = True
                 await self._feed_once()
-            except (StoreError, OSError) as exc:
+            except (StoreError, OSError, sqlite3.Error) as exc:
+                # An ordinary store failure (a full disk, a lock held too long):
+                # never a crash of the bus's nursery.
                 logger.error("%s: the store failed (%r); trying again in 1 s", self._uri, exc)
                 await trio.sleep(1.0)
 
