@@ -226,6 +226,10 @@ class Database:
 
         Raises what the job raised (the rest of its batch is committed
         without it), or :class:`StoreError` when the database is closed.
+        Like :meth:`read`, it cannot be cancelled once queued: a write that
+        is queued is committed, so a caller that sees ``Cancelled`` knows it
+        did not happen (a cancellation arrives at the caller's next
+        checkpoint instead).
         """
         if self._thread is None:
             raise StoreError(f"the SQLite database {self.path!r} is not open")
@@ -233,8 +237,13 @@ class Database:
         if not self._pending:
             self._oldest = trio.current_time()
         self._pending.append(write)
-        while write.result is None:
-            await self._flush_or_wait()
+        # No deadline: the wait is for the batches queued before this one and
+        # its own, each a job on the connection thread that cannot be abandoned
+        # (bounded by SQLite's busy timeout); a deadline on an autojumping
+        # MockClock would fire while the thread commits.
+        with trio.CancelScope(shield=True):
+            while write.result is None:
+                await self._flush_or_wait()
         return write.result.unwrap()  # type: ignore[no-any-return]
 
     def write_soon(self, job: Job) -> None:
