@@ -244,6 +244,7 @@ class Database:
         with trio.CancelScope(shield=True):
             while write.result is None:
                 await self._flush_or_wait()
+        assert write.result is not None
         return write.result.unwrap()  # type: ignore[no-any-return]
 
     def write_soon(self, job: Job) -> None:
