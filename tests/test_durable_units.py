@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from triobus import Command, EnvelopeError, Module, open_bus, route
@@ -142,3 +143,53 @@ async def test_a_sqlite_error_in_the_feeder_is_logged_and_retried_not_a_crash_of
         await bus.wait_quiet()
         assert seen == [1]
     assert failing == set()
+
+
+@attrs.frozen
+class Note(Command):
+    message_name = "units.note"
+    n: int
+
+
+async def test_a_units_rows_are_relayed_by_the_unit_alone_not_again_by_the_queue(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    from triobus import local_queue
+
+    path = tmp_path / "q.db"
+    connection = orders_connection(path)
+    notes: list[int] = []
+    gate = trio.Event()
+
+    async def take_note(note: Note) -> None:
+        notes.append(note.n)
+        if note.n == 0:
+            await gate.wait()
+
+    async def handle(job: Job) -> None:
+        pass
+
+    module = Module("units").bind_request(Job, handle).bind_request(Note, take_note)
+    async with open_bus(
+        module,
+        endpoints=[durable_queue("jobs", path=path), local_queue("notes", capacity=1)],
+        routing=[route(Job).to("jobs"), route(Note).to("notes")],
+    ) as bus:
+        await bus.send(Note(0))  # its handler waits at the gate
+        await trio.testing.wait_all_tasks_blocked()
+        await bus.send(Note(1))  # the mailbox is full now
+
+        async def unit() -> None:
+            async with unit_of_work(connection):
+                await bus.send(Note(2))  # relayed after commit: waits for room
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(unit)
+            while rows(path, "SELECT COUNT(*) FROM triobus_outbox") != [(1,)]:
+                await trio.lowlevel.checkpoint()  # (the clock stays still meanwhile)
+            await trio.sleep(10)  # committed, relaying: the queue's idle passes look too
+            gate.set()
+        await bus.wait_quiet()
+    assert sorted(notes) == [0, 1, 2]  # the unit's note once
+    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+    connection.close()

@@ -664,12 +664,13 @@ class DurableQueue:
         Rows bound for this queue are relayed here; so are rows bound for
         endpoints that are not durable queues, by the first queue on this
         database. An endpoint that refuses (not running) keeps its rows for
-        the next pass.
+        the next pass. Rows of this run's units of work are theirs to relay
+        (those written after the store opened).
         """
         store, host, codec = self._store, self._host, self._codec
         if store is None or host is None or codec is None:
             return  # stopped meanwhile
-        rows = await store.outbox(None, limit=500)
+        rows = await store.outbox(None, limit=500, through=store.outbox_horizon)
         done: list[int] = []
         try:
             for row in rows:
