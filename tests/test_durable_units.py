@@ -17,7 +17,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from triobus import Command, EnvelopeError, Module, open_bus, route
+from triobus import Backoff, Command, EnvelopeError, ErrorPolicy, Event, Module, open_bus, route
 from triobus.durability import durable_queue, unit_of_work
 
 
@@ -192,4 +192,50 @@ async def test_a_units_rows_are_relayed_by_the_unit_alone_not_again_by_the_queue
         await bus.wait_quiet()
     assert sorted(notes) == [0, 1, 2]  # the unit's note once
     assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+    connection.close()
+
+
+@attrs.frozen
+class Placed(Event):
+    message_name = "units.placed"
+    n: int
+
+
+async def test_a_subscribers_unit_of_work_does_not_settle_the_subscribers_after_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The first subscriber's unit of work marks its own handler done with its
+    # writes; the second subscriber still fails, is retried and runs again,
+    # and the first one's writes are not applied twice.
+    path = tmp_path / "q.db"
+    connection = orders_connection(path)
+    calls: list[str] = []
+    retried = trio.Event()
+
+    async def record(event: Placed) -> None:
+        async with unit_of_work(connection) as uow:
+            await uow.execute("INSERT INTO orders (id) VALUES (?)", (event.n,))
+        calls.append("record")
+
+    async def notify(event: Placed) -> None:
+        calls.append("notify")
+        if calls.count("notify") == 1:
+            raise RuntimeError("once")
+        retried.set()
+
+    policy = ErrorPolicy().otherwise().retry_with_backoff(Backoff(initial=5, jitter=0))
+    async with open_bus(
+        Module("units").bind_event(Placed, [record, notify]),
+        endpoints=[durable_queue("jobs", path=path, errors=policy)],
+        routing=[route(Placed).to("jobs")],
+    ) as bus:
+        await bus.publish(Placed(7))
+        await bus.wait_quiet()  # the first delivery is settled: the retry waits in the store
+        assert rows(path, "SELECT progress FROM triobus_queue") == [(1,)]  # after `record`
+        await retried.wait()
+        await bus.wait_quiet()
+    assert calls == ["record", "notify", "notify"]
+    assert rows(path, "SELECT id FROM orders") == [(7,)]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_queue") == [(0,)]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_dead_letters") == [(0,)]
     connection.close()

@@ -76,7 +76,7 @@ def _release_store(store: SqliteStore) -> None:
 class Receipt:
     """What a durable queue needs to settle one delivery: its stored row."""
 
-    __slots__ = ("acked", "counted", "row")
+    __slots__ = ("acked", "counted", "done", "row")
 
     def __init__(self, row: StoredRow, counted: bool) -> None:
         self.row = row
@@ -84,6 +84,9 @@ class Receipt:
         self.counted = counted
         #: Acknowledged by the handler's unit of work, with its writes.
         self.acked = False
+        #: Handlers of an event marked done in the store by their units of work
+        #: (the row's progress): a redelivery starts after them.
+        self.done = 0
 
 
 @final
@@ -526,7 +529,7 @@ class DurableQueue:
                 row.seq,
                 due,
                 delivery.attempt - 1,
-                delivery.progress,
+                max(delivery.progress, receipt.done),
                 to_tail=settlement is Settlement.REQUEUE,
                 counted=again_now,
             )
@@ -538,7 +541,8 @@ class DurableQueue:
                 self._settled_soon.set()  # committed soon, not settled
                 return
         else:  # left for redelivery: the attempt it was counted did not run
-            store.release_soon(row.seq, 1 if receipt.counted else 0, delivery.progress)
+            progress = max(delivery.progress, receipt.done)
+            store.release_soon(row.seq, 1 if receipt.counted else 0, progress)
         self._outstanding -= 1
         if not self._outstanding:
             self._idle.set()

@@ -587,6 +587,19 @@ def ack(
     return cursor.rowcount
 
 
+def advance(connection: sqlite3.Connection, seq: int, done: int) -> int:
+    """Mark the first ``done`` handlers of row ``seq``'s event done; rows updated.
+
+    0 when the row is gone or already past them (a redelivery of a handler
+    whose unit of work committed).
+    """
+    cursor = connection.execute(
+        "UPDATE triobus_queue SET progress = ? WHERE seq = ? AND progress < ?",
+        (done, seq, done),
+    )
+    return cursor.rowcount
+
+
 def outbox_insert(
     connection: sqlite3.Connection,
     endpoint: str,
