@@ -239,3 +239,32 @@ async def test_a_subscribers_unit_of_work_does_not_settle_the_subscribers_after_
     assert rows(path, "SELECT COUNT(*) FROM triobus_queue") == [(0,)]
     assert rows(path, "SELECT COUNT(*) FROM triobus_dead_letters") == [(0,)]
     connection.close()
+
+
+async def test_a_handler_failing_after_its_unit_committed_is_no_dead_letter_to_replay(
+    tmp_path: Path,
+) -> None:
+    # Its writes and "handled" are one commit: a stored dead letter would be
+    # replayed (its inbox mark cleared) and apply the writes a second time.
+    path = tmp_path / "q.db"
+    connection = orders_connection(path)
+
+    async def write_then_fail(job: Job) -> None:
+        async with unit_of_work(connection) as uow:
+            await uow.execute("INSERT INTO orders (id) VALUES (?)", (job.n,))
+        raise RuntimeError("after the commit")
+
+    queue = durable_queue("jobs", path=path, retries=0)
+    async with open_bus(
+        Module("units").bind_request(Job, write_then_fail),
+        endpoints=[queue],
+        routing=[route(Job).to("jobs")],
+    ) as bus:
+        await bus.send(Job(1))
+        await bus.wait_quiet()
+        assert await queue.dead_letters.replay(reason="failed") == 0
+        await bus.wait_quiet()
+    assert rows(path, "SELECT id FROM orders") == [(1,)]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_dead_letters") == [(0,)]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_queue") == [(0,)]
+    connection.close()

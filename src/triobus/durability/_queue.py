@@ -31,6 +31,7 @@ from ..bus import (
     EndpointHost,
     ErrorPolicy,
     Settlement,
+    Step,
     hand_over,
 )
 from ..mailbox import DeadLetterReason, DeadLetters, MailboxSpec, exception_type_name, new_letter_id
@@ -515,6 +516,8 @@ class DurableQueue:
         row = receipt.row
         now = host.wall_clock()
         for step, error, attempts in delivery.failures or ():
+            if _committed(delivery, receipt, step):
+                continue  # failed after its unit of work committed: handled (and logged)
             store.dead_letter_soon(self._failed_letter(delivery, step.label, error, attempts), None)
         delivery.failures = None
         if receipt.acked:
@@ -716,6 +719,17 @@ class DurableQueue:
 
     def __repr__(self) -> str:
         return f"<DurableQueue {self._uri!r} path={self.path!r}>"
+
+
+def _committed(delivery: Delivery, receipt: Receipt, step: Step) -> bool:
+    """Whether ``step``'s unit of work marked it handled in the store, with its writes.
+
+    Such a handler's later failure is no dead letter: a replay would apply
+    its writes again.
+    """
+    steps = delivery.plan.steps
+    index = steps.index(step)
+    return index < receipt.done or (receipt.acked and index == len(steps) - 1)
 
 
 def durable_queue(
