@@ -268,3 +268,68 @@ async def test_a_handler_failing_after_its_unit_committed_is_no_dead_letter_to_r
     assert rows(path, "SELECT COUNT(*) FROM triobus_dead_letters") == [(0,)]
     assert rows(path, "SELECT COUNT(*) FROM triobus_queue") == [(0,)]
     connection.close()
+
+
+async def left_claimed(path: Path, message_id: str, n: int) -> None:
+    """Store a Job and claim it, as a process that died while handling it left it."""
+    from triobus import Envelope
+    from triobus.durability import Codec, MessageTypes
+    from triobus.durability._store import SqliteStore
+
+    data = Codec(MessageTypes().register(Job)).encode(
+        Envelope(
+            message_id=message_id,
+            message_name="units.job",
+            message_version=1,
+            correlation_id=message_id,
+            causation_id=None,
+            headers={},
+            reply_to=None,
+            created_at=time.time(),
+            message=Job(n),
+        )
+    )
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        await store.enqueue("jobs", message_id, "units.job", "", time.time(), data)
+        taken, _ = await store.claim("jobs", time.time(), 10)
+        assert [row.message_id for row in taken] == [message_id]
+    finally:
+        await store.close()
+
+
+async def test_a_suspect_row_whose_attempt_cannot_be_stored_is_not_counted_in_flight_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from triobus.durability._store import SqliteStore
+
+    path = tmp_path / "q.db"
+    await left_claimed(path, "left-1", 1)
+    real_started = SqliteStore.started
+    failures = [sqlite3.OperationalError("database or disk is full")]
+
+    async def started(self: SqliteStore, seq: int) -> None:
+        if failures:
+            raise failures.pop()
+        await real_started(self, seq)
+
+    monkeypatch.setattr(SqliteStore, "started", started)
+    seen: list[int] = []
+    handled = trio.Event()
+
+    async def handle(job: Job) -> None:
+        seen.append(job.n)
+        handled.set()
+
+    async with open_bus(
+        Module("units").bind_request(Job, handle),
+        endpoints=[durable_queue("jobs", path=path)],
+        routing=[route(Job).to("jobs")],
+    ) as bus:
+        with trio.fail_after(10):  # the feeder tries again after 1 s
+            await handled.wait()
+            await bus.wait_quiet()
+        assert bus.in_flight == 0
+    assert seen == [1]
+    assert failures == []

@@ -477,8 +477,13 @@ class DurableQueue:
         if row.suspect:
             # In hand when the process died: alone, after everything before it
             # is settled, with its attempt committed before its handler runs.
-            await self._settled_and_flushed(store)
-            await store.started(row.seq)
+            try:
+                await self._settled_and_flushed(store)
+                await store.started(row.seq)
+            except BaseException:
+                if not row.counted_here:
+                    host.settled()  # not handed over: its next claim counts it again
+                raise
         delivery = Delivery.of(envelope, plan)
         delivery.attempt = attempts
         delivery.progress = row.progress
