@@ -333,3 +333,65 @@ async def test_a_suspect_row_whose_attempt_cannot_be_stored_is_not_counted_in_fl
         assert bus.in_flight == 0
     assert seen == [1]
     assert failures == []
+
+
+async def left_in_outbox(path: Path, endpoint: str, message: Any, name: str) -> None:
+    """An outbox row as a unit of work writes it, left by a process that died before relaying."""
+    from triobus import Envelope
+    from triobus.durability import Codec, MessageTypes
+    from triobus.durability._store import SqliteStore, outbox_insert
+
+    data = Codec(MessageTypes().register(type(message))).encode(
+        Envelope(
+            message_id="left-1",
+            message_name=name,
+            message_version=1,
+            correlation_id="left-1",
+            causation_id=None,
+            headers={},
+            reply_to=None,
+            created_at=time.time(),
+            message=message,
+        )
+    )
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()  # the tables exist now
+    connection = sqlite3.connect(path)
+    with connection:
+        outbox_insert(connection, endpoint, "left-1", name, "", None, data)
+    connection.close()
+
+
+async def test_a_relayed_row_its_in_memory_endpoint_refuses_is_a_dead_letter_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    from triobus import DeadLetterReason, local_queue
+
+    path = tmp_path / "q.db"
+    await left_in_outbox(path, "notes", Note(0), "units.note")
+    notes: list[int] = []
+
+    async def take_note(note: Note) -> None:
+        notes.append(note.n)
+
+    async def handle(job: Job) -> None:
+        pass
+
+    module = Module("units").bind_request(Job, handle).bind_request(Note, take_note)
+    notes_queue = local_queue("notes", max_concurrency=2, partition_by=lambda note: 1 // note.n)
+    async with open_bus(
+        module,
+        endpoints=[durable_queue("jobs", path=path), notes_queue],
+        routing=[route(Job).to("jobs"), route(Note).to("notes")],
+    ) as bus:
+        lettered = trio.Event()
+        bus.dead_letters.subscribe(lambda letter: lettered.set())
+        with trio.fail_after(10):
+            await lettered.wait()  # the relay at start met the refusal
+        await bus.send(Note(1))  # the bus runs on
+        await bus.wait_quiet()
+        assert [letter.reason for letter in bus.dead_letters] == [DeadLetterReason.UNDELIVERABLE]
+        assert bus.in_flight == 0
+    assert notes == [1]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]

@@ -22,7 +22,7 @@ from typing import Any, Final, final
 
 import trio
 
-from .._errors import ActorStopped, EnvelopeError, StoreError
+from .._errors import ActorStopped, EnvelopeError, MailboxFull, PartitionKeyError, StoreError
 from ..actors import ActorRef
 from ..bus import (
     TRIED_AGAIN,
@@ -709,10 +709,25 @@ class DurableQueue:
                     await hand_over(target, delivery)
                 except ActorStopped:
                     continue
+                except (MailboxFull, PartitionKeyError) as exc:
+                    if isinstance(target, DurableQueue):
+                        raise  # not refusals of this queue: the feeder logs and tries again
+                    self._refused_relay(host, target.uri, delivery, exc)
                 done.append(row.seq)
         finally:
             if done:
                 await store.relayed(done)
+
+    @staticmethod
+    def _refused_relay(host: EndpointHost, uri: str, delivery: Delivery, error: Exception) -> None:
+        """An in-memory endpoint refused a relayed row: a dead letter there (no caller to tell)."""
+        reason = (
+            DeadLetterReason.MAILBOX_FULL
+            if isinstance(error, MailboxFull)
+            else DeadLetterReason.UNDELIVERABLE
+        )
+        host.accepted()  # the letter settles it through its endpoint
+        host.dead_letters.record(delivery, uri, reason, error)
 
     # ------------------------------------------------------------ introspection
 
