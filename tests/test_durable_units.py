@@ -335,31 +335,34 @@ async def test_a_suspect_row_whose_attempt_cannot_be_stored_is_not_counted_in_fl
     assert failures == []
 
 
-async def left_in_outbox(path: Path, endpoint: str, message: Any, name: str) -> None:
-    """An outbox row as a unit of work writes it, left by a process that died before relaying."""
+async def leave_in_outbox(path: Path, *rows_left: tuple[str, Any, str, str]) -> None:
+    """Outbox rows as units of work write them (``(endpoint, message, name, id)`` each),
+    left by a process that died before relaying them.
+    """
     from triobus import Envelope
     from triobus.durability import Codec, MessageTypes
     from triobus.durability._store import SqliteStore, outbox_insert
 
-    data = Codec(MessageTypes().register(type(message))).encode(
-        Envelope(
-            message_id="left-1",
-            message_name=name,
-            message_version=1,
-            correlation_id="left-1",
-            causation_id=None,
-            headers={},
-            reply_to=None,
-            created_at=time.time(),
-            message=message,
-        )
-    )
     store = SqliteStore(path)
     await store.open()
     await store.close()  # the tables exist now
     connection = sqlite3.connect(path)
     with connection:
-        outbox_insert(connection, endpoint, "left-1", name, "", None, data)
+        for endpoint, message, name, message_id in rows_left:
+            data = Codec(MessageTypes().register(type(message))).encode(
+                Envelope(
+                    message_id=message_id,
+                    message_name=name,
+                    message_version=1,
+                    correlation_id=message_id,
+                    causation_id=None,
+                    headers={},
+                    reply_to=None,
+                    created_at=time.time(),
+                    message=message,
+                )
+            )
+            outbox_insert(connection, endpoint, message_id, name, "", None, data)
     connection.close()
 
 
@@ -369,7 +372,7 @@ async def test_a_relayed_row_its_in_memory_endpoint_refuses_is_a_dead_letter_not
     from triobus import DeadLetterReason, local_queue
 
     path = tmp_path / "q.db"
-    await left_in_outbox(path, "notes", Note(0), "units.note")
+    await leave_in_outbox(path, ("notes", Note(0), "units.note", "left-1"))
     notes: list[int] = []
 
     async def take_note(note: Note) -> None:
@@ -395,3 +398,29 @@ async def test_a_relayed_row_its_in_memory_endpoint_refuses_is_a_dead_letter_not
         assert bus.in_flight == 0
     assert notes == [1]
     assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+
+
+async def test_rows_left_for_an_endpoint_not_run_here_do_not_hide_the_rows_after_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    elsewhere = [("elsewhere", Job(n), "units.job", f"other-{n}") for n in range(501)]
+    # More than one page of the relay bound elsewhere, then one row for this queue.
+    await leave_in_outbox(path, *elsewhere, ("jobs", Job(7), "units.job", "mine"))
+    seen: list[int] = []
+    handled = trio.Event()
+
+    async def handle(job: Job) -> None:
+        seen.append(job.n)
+        handled.set()
+
+    async with open_bus(
+        Module("units").bind_request(Job, handle),
+        endpoints=[durable_queue("jobs", path=path)],
+        routing=[route(Job).to("jobs")],
+    ) as bus:
+        with trio.fail_after(10):
+            await handled.wait()
+        await bus.wait_quiet()
+    assert seen == [7]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(501,)]  # theirs stay

@@ -37,7 +37,14 @@ from ..bus import (
 from ..mailbox import DeadLetterReason, DeadLetters, MailboxSpec, exception_type_name, new_letter_id
 from ._codec import Codec, MessageTypes
 from ._dead_letters import SqliteDeadLetters
-from ._store import DEFAULT_INBOX_RETENTION, Counts, SqliteStore, StoredLetter, StoredRow
+from ._store import (
+    DEFAULT_INBOX_RETENTION,
+    Counts,
+    OutboxRow,
+    SqliteStore,
+    StoredLetter,
+    StoredRow,
+)
 
 logger = logging.getLogger("triobus.durability")
 
@@ -679,10 +686,20 @@ class DurableQueue:
         the next pass. Rows of this run's units of work are theirs to relay
         (those written after the store opened).
         """
-        store, host, codec = self._store, self._host, self._codec
-        if store is None or host is None or codec is None:
-            return  # stopped meanwhile
-        rows = await store.outbox(None, limit=500, through=store.outbox_horizon)
+        after = 0
+        while True:  # page by page: rows skipped here must not hide the ones after them
+            store, host, codec = self._store, self._host, self._codec
+            if store is None or host is None or codec is None:
+                return  # stopped meanwhile
+            rows = await store.outbox(None, limit=500, through=store.outbox_horizon, after=after)
+            if not rows:
+                return
+            after = rows[-1].seq
+            await self._relay_rows(rows, store, host, codec)
+
+    async def _relay_rows(
+        self, rows: list[OutboxRow], store: SqliteStore, host: EndpointHost, codec: Codec
+    ) -> None:
         done: list[int] = []
         try:
             for row in rows:

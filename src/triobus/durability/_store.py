@@ -503,21 +503,27 @@ class SqliteStore:
     # ------------------------------------------------------------ outbox
 
     async def outbox(
-        self, endpoints: Iterable[str] | None, limit: int, through: int | None = None
+        self,
+        endpoints: Iterable[str] | None,
+        limit: int,
+        through: int | None = None,
+        after: int = 0,
     ) -> list[OutboxRow]:
-        """Outbox rows (bound for ``endpoints``, or all; up to seq ``through``), oldest first."""
+        """Outbox rows (bound for ``endpoints``, or all; seq above ``after`` and up to
+        ``through``), oldest first.
+        """
         uris = None if endpoints is None else list(endpoints)
 
         def job(connection: sqlite3.Connection) -> list[OutboxRow]:
-            clauses = []
-            params: list[Any] = []
+            clauses = ["seq > ?"]
+            params: list[Any] = [after]
             if uris is not None:
                 clauses.append(f"endpoint IN ({', '.join('?' for _ in uris)})")
                 params += uris
             if through is not None:
                 clauses.append("seq <= ?")
                 params.append(through)
-            query = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+            query = f"WHERE {' AND '.join(clauses)}"
             rows = connection.execute(
                 "SELECT seq, endpoint, message_id, step, due, body FROM triobus_outbox "
                 f"{query} ORDER BY seq LIMIT ?",
