@@ -80,3 +80,35 @@ async def test_a_write_cancelled_while_it_waits_for_a_batch_is_committed_and_ret
         await database.close()
     assert ran == ["w"]
     assert returned == ran
+
+
+async def test_a_batch_whose_commit_job_fails_fails_each_of_its_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (A ROLLBACK that fails after a failed COMMIT escapes the batch's job.)
+    from triobus.durability import _sqlite
+
+    def broken(connection: sqlite3.Connection, writes: list[object]) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    database = Database(tmp_path / "db.sqlite", max_delay=0.05)  # the two writes batch
+    await database.open()
+    failed: list[BaseException] = []
+    try:
+        monkeypatch.setattr(_sqlite, "_commit_batch", broken)
+
+        async def write() -> None:
+            try:
+                await database.write(lambda c: None)
+            except StoreError as exc:
+                failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            nursery.start_soon(write)
+        monkeypatch.undo()
+        assert await database.write(lambda c: "later") == "later"
+    finally:
+        await database.close()
+    assert len(failed) == 2
+    assert all("disk I/O error" in str(exc) for exc in failed)

@@ -283,7 +283,16 @@ class Database:
             del self._pending[: self.batch_size]
             if self._pending:
                 self._oldest = trio.current_time()
-            await self.read(lambda connection: _commit_batch(connection, batch))
+            try:
+                await self.read(lambda connection: _commit_batch(connection, batch))
+            except Exception as exc:
+                # The batch's job itself failed: each of its writes fails (its
+                # waiter would otherwise find nothing to flush and spin).
+                for write in batch:
+                    if write.result is None:
+                        error = StoreError(f"a batch of writes to {self.path!r} failed: {exc!r}")
+                        error.__cause__ = exc
+                        write.result = outcome.Error(error)
             for write in batch:
                 if write.unwatched and isinstance(write.result, outcome.Error):
                     logger.error(
