@@ -296,6 +296,7 @@ class EndpointActor(Actor):
         index = delivery.progress
         try:
             for step in steps[index:] if index else steps:
+                delivery.progress = index  # the handlers done (a unit of work reads it)
                 try:
                     await self._attempt(delivery, step)
                 except Exception as exc:

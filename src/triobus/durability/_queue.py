@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sqlite3
 import traceback
 from collections.abc import Awaitable
 from typing import Any, Final, final
 
 import trio
 
-from .._errors import ActorStopped, EnvelopeError, StoreError
+from .._errors import ActorStopped, EnvelopeError, MailboxFull, PartitionKeyError, StoreError
 from ..actors import ActorRef
 from ..bus import (
     TRIED_AGAIN,
@@ -30,12 +31,20 @@ from ..bus import (
     EndpointHost,
     ErrorPolicy,
     Settlement,
+    Step,
     hand_over,
 )
 from ..mailbox import DeadLetterReason, DeadLetters, MailboxSpec, exception_type_name, new_letter_id
 from ._codec import Codec, MessageTypes
 from ._dead_letters import SqliteDeadLetters
-from ._store import DEFAULT_INBOX_RETENTION, Counts, SqliteStore, StoredLetter, StoredRow
+from ._store import (
+    DEFAULT_INBOX_RETENTION,
+    Counts,
+    OutboxRow,
+    SqliteStore,
+    StoredLetter,
+    StoredRow,
+)
 
 logger = logging.getLogger("triobus.durability")
 
@@ -75,7 +84,7 @@ def _release_store(store: SqliteStore) -> None:
 class Receipt:
     """What a durable queue needs to settle one delivery: its stored row."""
 
-    __slots__ = ("acked", "counted", "row")
+    __slots__ = ("acked", "counted", "done", "row")
 
     def __init__(self, row: StoredRow, counted: bool) -> None:
         self.row = row
@@ -83,6 +92,9 @@ class Receipt:
         self.counted = counted
         #: Acknowledged by the handler's unit of work, with its writes.
         self.acked = False
+        #: Handlers of an event marked done in the store by their units of work
+        #: (the row's progress): a redelivery starts after them.
+        self.done = 0
 
 
 @final
@@ -366,13 +378,18 @@ class DurableQueue:
             self._tasks_done.set()
 
     async def _feed(self) -> None:
-        await self._relay_outbox()
+        relayed = False
         while self._host is not None:  # None once stopped (a stop waits for this task)
             # Store calls are not cancellation points: look for the stop here.
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
+                if not relayed:
+                    await self._relay_outbox()
+                    relayed = True
                 await self._feed_once()
-            except (StoreError, OSError) as exc:
+            except (StoreError, OSError, sqlite3.Error) as exc:
+                # An ordinary store failure (a full disk, a lock held too long):
+                # never a crash of the bus's nursery.
                 logger.error("%s: the store failed (%r); trying again in 1 s", self._uri, exc)
                 await trio.sleep(1.0)
 
@@ -467,8 +484,13 @@ class DurableQueue:
         if row.suspect:
             # In hand when the process died: alone, after everything before it
             # is settled, with its attempt committed before its handler runs.
-            await self._settled_and_flushed(store)
-            await store.started(row.seq)
+            try:
+                await self._settled_and_flushed(store)
+                await store.started(row.seq)
+            except BaseException:
+                if not row.counted_here:
+                    host.settled()  # not handed over: its next claim counts it again
+                raise
         delivery = Delivery.of(envelope, plan)
         delivery.attempt = attempts
         delivery.progress = row.progress
@@ -506,6 +528,8 @@ class DurableQueue:
         row = receipt.row
         now = host.wall_clock()
         for step, error, attempts in delivery.failures or ():
+            if _committed(delivery, receipt, step):
+                continue  # failed after its unit of work committed: handled (and logged)
             store.dead_letter_soon(self._failed_letter(delivery, step.label, error, attempts), None)
         delivery.failures = None
         if receipt.acked:
@@ -520,7 +544,7 @@ class DurableQueue:
                 row.seq,
                 due,
                 delivery.attempt - 1,
-                delivery.progress,
+                max(delivery.progress, receipt.done),
                 to_tail=settlement is Settlement.REQUEUE,
                 counted=again_now,
             )
@@ -532,7 +556,8 @@ class DurableQueue:
                 self._settled_soon.set()  # committed soon, not settled
                 return
         else:  # left for redelivery: the attempt it was counted did not run
-            store.release_soon(row.seq, 1 if receipt.counted else 0, delivery.progress)
+            progress = max(delivery.progress, receipt.done)
+            store.release_soon(row.seq, 1 if receipt.counted else 0, progress)
         self._outstanding -= 1
         if not self._outstanding:
             self._idle.set()
@@ -658,12 +683,23 @@ class DurableQueue:
         Rows bound for this queue are relayed here; so are rows bound for
         endpoints that are not durable queues, by the first queue on this
         database. An endpoint that refuses (not running) keeps its rows for
-        the next pass.
+        the next pass. Rows of this run's units of work are theirs to relay
+        (those written after the store opened).
         """
-        store, host, codec = self._store, self._host, self._codec
-        if store is None or host is None or codec is None:
-            return  # stopped meanwhile
-        rows = await store.outbox(None, limit=500)
+        after = 0
+        while True:  # page by page: rows skipped here must not hide the ones after them
+            store, host, codec = self._store, self._host, self._codec
+            if store is None or host is None or codec is None:
+                return  # stopped meanwhile
+            rows = await store.outbox(None, limit=500, through=store.outbox_horizon, after=after)
+            if not rows:
+                return
+            after = rows[-1].seq
+            await self._relay_rows(rows, store, host, codec)
+
+    async def _relay_rows(
+        self, rows: list[OutboxRow], store: SqliteStore, host: EndpointHost, codec: Codec
+    ) -> None:
         done: list[int] = []
         try:
             for row in rows:
@@ -690,10 +726,25 @@ class DurableQueue:
                     await hand_over(target, delivery)
                 except ActorStopped:
                     continue
+                except (MailboxFull, PartitionKeyError) as exc:
+                    if isinstance(target, DurableQueue):
+                        raise  # not refusals of this queue: the feeder logs and tries again
+                    self._refused_relay(host, target.uri, delivery, exc)
                 done.append(row.seq)
         finally:
             if done:
                 await store.relayed(done)
+
+    @staticmethod
+    def _refused_relay(host: EndpointHost, uri: str, delivery: Delivery, error: Exception) -> None:
+        """An in-memory endpoint refused a relayed row: a dead letter there (no caller to tell)."""
+        reason = (
+            DeadLetterReason.MAILBOX_FULL
+            if isinstance(error, MailboxFull)
+            else DeadLetterReason.UNDELIVERABLE
+        )
+        host.accepted()  # the letter settles it through its endpoint
+        host.dead_letters.record(delivery, uri, reason, error)
 
     # ------------------------------------------------------------ introspection
 
@@ -705,6 +756,17 @@ class DurableQueue:
 
     def __repr__(self) -> str:
         return f"<DurableQueue {self._uri!r} path={self.path!r}>"
+
+
+def _committed(delivery: Delivery, receipt: Receipt, step: Step) -> bool:
+    """Whether ``step``'s unit of work marked it handled in the store, with its writes.
+
+    Such a handler's later failure is no dead letter: a replay would apply
+    its writes again.
+    """
+    steps = delivery.plan.steps
+    index = steps.index(step)
+    return index < receipt.done or (receipt.acked and index == len(steps) - 1)
 
 
 def durable_queue(

@@ -226,6 +226,10 @@ class Database:
 
         Raises what the job raised (the rest of its batch is committed
         without it), or :class:`StoreError` when the database is closed.
+        Like :meth:`read`, it cannot be cancelled once queued: a write that
+        is queued is committed, so a caller that sees ``Cancelled`` knows it
+        did not happen (a cancellation arrives at the caller's next
+        checkpoint instead).
         """
         if self._thread is None:
             raise StoreError(f"the SQLite database {self.path!r} is not open")
@@ -233,8 +237,14 @@ class Database:
         if not self._pending:
             self._oldest = trio.current_time()
         self._pending.append(write)
-        while write.result is None:
-            await self._flush_or_wait()
+        # No deadline: the wait is for the batches queued before this one and
+        # its own, each a job on the connection thread that cannot be abandoned
+        # (bounded by SQLite's busy timeout); a deadline on an autojumping
+        # MockClock would fire while the thread commits.
+        with trio.CancelScope(shield=True):
+            while write.result is None:
+                await self._flush_or_wait()
+        assert write.result is not None
         return write.result.unwrap()  # type: ignore[no-any-return]
 
     def write_soon(self, job: Job) -> None:
@@ -273,7 +283,16 @@ class Database:
             del self._pending[: self.batch_size]
             if self._pending:
                 self._oldest = trio.current_time()
-            await self.read(lambda connection: _commit_batch(connection, batch))
+            try:
+                await self.read(lambda connection: _commit_batch(connection, batch))
+            except Exception as exc:
+                # The batch's job itself failed: each of its writes fails (its
+                # waiter would otherwise find nothing to flush and spin).
+                for write in batch:
+                    if write.result is None:
+                        error = StoreError(f"a batch of writes to {self.path!r} failed: {exc!r}")
+                        error.__cause__ = exc
+                        write.result = outcome.Error(error)
             for write in batch:
                 if write.unwatched and isinstance(write.result, outcome.Error):
                     logger.error(

@@ -160,6 +160,11 @@ class Counts:
     outbox: int
 
 
+def _last_outbox_seq(connection: sqlite3.Connection) -> int:
+    (seq,) = connection.execute("SELECT COALESCE(MAX(seq), 0) FROM triobus_outbox").fetchone()
+    return int(seq)
+
+
 def _create_schema(connection: sqlite3.Connection) -> None:
     connection.executescript(_SCHEMA)
     row = connection.execute("SELECT version FROM triobus_schema").fetchone()
@@ -194,6 +199,10 @@ class SqliteStore:
         self.codec: Codec | None = None
         #: The queue that relays outbox rows bound for non-durable endpoints.
         self.relayer: object | None = None
+        #: Outbox rows up to this seq were left by an earlier run (read at open):
+        #: the durable queues relay them. Later rows are this run's units', which
+        #: relay their own (relaying them here too would deliver them twice).
+        self.outbox_horizon = 0
 
     @property
     def path(self) -> str:
@@ -204,6 +213,7 @@ class SqliteStore:
         await self.database.open()
         if first:
             await self.database.read(_create_schema)  # executescript commits as it goes
+            self.outbox_horizon = await self.database.read(_last_outbox_seq)
 
     async def close(self) -> None:
         await self.database.close()
@@ -492,16 +502,28 @@ class SqliteStore:
 
     # ------------------------------------------------------------ outbox
 
-    async def outbox(self, endpoints: Iterable[str] | None, limit: int) -> list[OutboxRow]:
-        """Outbox rows (bound for ``endpoints``, or all), oldest first."""
+    async def outbox(
+        self,
+        endpoints: Iterable[str] | None,
+        limit: int,
+        through: int | None = None,
+        after: int = 0,
+    ) -> list[OutboxRow]:
+        """Outbox rows (bound for ``endpoints``, or all; seq above ``after`` and up to
+        ``through``), oldest first.
+        """
         uris = None if endpoints is None else list(endpoints)
 
         def job(connection: sqlite3.Connection) -> list[OutboxRow]:
-            query = ""
-            params: tuple[str, ...] = ()
+            clauses = ["seq > ?"]
+            params: list[Any] = [after]
             if uris is not None:
-                query = f"WHERE endpoint IN ({', '.join('?' for _ in uris)})"
-                params = tuple(uris)
+                clauses.append(f"endpoint IN ({', '.join('?' for _ in uris)})")
+                params += uris
+            if through is not None:
+                clauses.append("seq <= ?")
+                params.append(through)
+            query = f"WHERE {' AND '.join(clauses)}"
             rows = connection.execute(
                 "SELECT seq, endpoint, message_id, step, due, body FROM triobus_outbox "
                 f"{query} ORDER BY seq LIMIT ?",
@@ -567,6 +589,19 @@ def ack(
         "INSERT OR REPLACE INTO triobus_inbox (endpoint, message_id, step, handled_at) "
         "VALUES (?, ?, ?, ?)",
         (endpoint, message_id, step, now),
+    )
+    return cursor.rowcount
+
+
+def advance(connection: sqlite3.Connection, seq: int, done: int) -> int:
+    """Mark the first ``done`` handlers of row ``seq``'s event done; rows updated.
+
+    0 when the row is gone or already past them (a redelivery of a handler
+    whose unit of work committed).
+    """
+    cursor = connection.execute(
+        "UPDATE triobus_queue SET progress = ? WHERE seq = ? AND progress < ?",
+        (done, seq, done),
     )
     return cursor.rowcount
 

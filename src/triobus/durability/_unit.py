@@ -37,7 +37,7 @@ import trio
 from .._errors import ActorStopped, StoreError
 from ..bus import Delivery, Endpoint, delivery_in_hand, enlisting, hand_over
 from ._queue import DurableQueue, Receipt, store_for
-from ._store import SqliteStore, ack, outbox_insert
+from ._store import SqliteStore, ack, advance, outbox_insert
 
 
 def _database_file(connection: sqlite3.Connection) -> str:
@@ -88,8 +88,12 @@ class UnitOfWork:
         def commit() -> tuple[bool, list[int]]:
             connection = self.connection
             if handled is not None:
-                uri, row, now = handled
-                if not ack(connection, uri, row.seq, row.message_id, row.step, now):
+                uri, row, now, through = handled
+                if through is None:
+                    marked = ack(connection, uri, row.seq, row.message_id, row.step, now)
+                else:
+                    marked = advance(connection, row.seq, through)
+                if not marked:
                     connection.execute("ROLLBACK")
                     return False, []
             seqs = []
@@ -104,7 +108,11 @@ class UnitOfWork:
         if committed and handled is not None:
             delivery = delivery_in_hand()
             assert delivery is not None and isinstance(delivery.receipt, Receipt)
-            delivery.receipt.acked = True
+            through = handled[3]
+            if through is None:
+                delivery.receipt.acked = True
+            else:
+                delivery.receipt.done = through
         self._seqs = seqs
         return committed
 
@@ -138,17 +146,28 @@ class UnitOfWork:
                     await self._store.relayed(done)
 
 
-def _handled_here(store: SqliteStore) -> tuple[str, Any, float] | None:
-    """The queue row of the durable delivery in hand, when it is stored in ``store``."""
+def _handled_here(store: SqliteStore) -> tuple[str, Any, float, int | None] | None:
+    """The queue row of the durable delivery in hand, when it is stored in ``store``,
+    and what the commit marks: the whole message (``None``: acknowledged), or,
+    for a handler of an event that is not the last, the handlers done through it
+    (the row's progress): the handlers after it still run, and retry, on their own.
+    """
     delivery = delivery_in_hand()
     if delivery is None or not isinstance(delivery.receipt, Receipt):
         return None
     endpoint = delivery.plan.endpoint
     if not isinstance(endpoint, DurableQueue) or endpoint.store is not store:
         return None
-    if delivery.receipt.acked:
+    receipt = delivery.receipt
+    if receipt.acked:
         return None
-    return endpoint.uri, delivery.receipt.row, endpoint.wall_clock()
+    through: int | None = None
+    index = delivery.progress  # the handler running (each_step keeps it)
+    if index < len(delivery.plan.steps) - 1:
+        if receipt.done > index:
+            return None  # this handler's mark is committed already
+        through = index + 1
+    return endpoint.uri, receipt.row, endpoint.wall_clock(), through
 
 
 @asynccontextmanager
@@ -176,11 +195,16 @@ async def unit_of_work(connection: sqlite3.Connection) -> AsyncIterator[UnitOfWo
         try:
             with enlisting(uow):
                 yield uow
+            # Inside the rollback's reach: an outbox row that cannot be encoded, a
+            # failed COMMIT or a cancellation at the lock must not leave the
+            # transaction open (holding SQLite's write lock), nor let an
+            # autocommit connection commit the writes without their rows.
+            committed = await uow._commit()
         except BaseException:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + 30):
-                await trio.to_thread.run_sync(_rollback, connection)
+                async with uow._lock:  # after a statement still running on its thread
+                    await trio.to_thread.run_sync(_rollback, connection)
             raise
-        committed = await uow._commit()
     finally:
         connection.isolation_level = level
     if committed:

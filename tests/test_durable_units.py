@@ -1,0 +1,426 @@
+"""Units of work on failure paths: no transaction left open, nothing sent twice.
+
+Each test opens a bus with a durable queue on a file in ``tmp_path`` and
+checks the file through a connection of its own, as another process would.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+from triobus import Backoff, Command, EnvelopeError, ErrorPolicy, Event, Module, open_bus, route
+from triobus.durability import durable_queue, unit_of_work
+
+
+@attrs.frozen
+class Job(Command):
+    message_name = "units.job"
+    n: int
+
+
+def job_bus(path: Path, seen: list[int]) -> Any:
+    async def handle(job: Job) -> None:
+        seen.append(job.n)
+
+    return open_bus(
+        Module("units").bind_request(Job, handle),
+        endpoints=[durable_queue("jobs", path=path)],
+        routing=[route(Job).to("jobs")],
+    )
+
+
+def orders_connection(path: Path, **options: Any) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, check_same_thread=False, **options)
+    connection.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER)")
+    if connection.in_transaction:
+        connection.commit()
+    return connection
+
+
+def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    connection = sqlite3.connect(path, timeout=30)
+    try:
+        return connection.execute(sql).fetchall()
+    finally:
+        connection.close()
+
+
+def write_lock_wait(path: Path) -> float:
+    """Take SQLite's write lock from another connection; seconds it took (at most 1)."""
+    connection = sqlite3.connect(path, timeout=1, isolation_level=None)
+    try:
+        started = time.monotonic()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return time.monotonic() - started
+        connection.execute("ROLLBACK")
+        return time.monotonic() - started
+    finally:
+        connection.close()
+
+
+TOO_BIG_FOR_JSON = 2**70  # an int orjson refuses: the envelope cannot be encoded
+
+
+@pytest.mark.parametrize("isolation_level", ["", None])
+async def test_a_unit_of_work_whose_commit_fails_rolls_back_and_leaves_no_transaction_open(
+    tmp_path: Path, isolation_level: str | None
+) -> None:
+    path = tmp_path / "q.db"
+    connection = orders_connection(path, isolation_level=isolation_level)
+    seen: list[int] = []
+    async with job_bus(path, seen) as bus:
+        with pytest.raises(EnvelopeError):
+            async with unit_of_work(connection) as uow:
+                await uow.execute("INSERT INTO orders (id) VALUES (1)")
+                await bus.send(Job(TOO_BIG_FOR_JSON))  # refused at commit
+        assert not connection.in_transaction
+        assert connection.isolation_level == isolation_level
+        assert write_lock_wait(path) < 0.5  # nobody holds the write lock
+        async with unit_of_work(connection) as uow:  # the connection is usable again
+            await uow.execute("INSERT INTO orders (id) VALUES (2)")
+            await bus.send(Job(2))
+        await bus.wait_quiet()
+    assert seen == [2]
+    assert rows(path, "SELECT id FROM orders") == [(2,)]  # the failed unit's write is gone
+    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+    connection.close()
+
+
+async def test_a_unit_of_work_cancelled_at_its_commit_rolls_back(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    connection = orders_connection(path)
+    seen: list[int] = []
+    async with job_bus(path, seen) as bus:
+        with trio.CancelScope() as scope:
+            async with unit_of_work(connection) as uow:
+                await uow.execute("INSERT INTO orders (id) VALUES (1)")
+                await bus.send(Job(1))
+                scope.cancel()  # the block ends normally; the commit meets the cancellation
+        assert scope.cancelled_caught
+        assert not connection.in_transaction
+        assert write_lock_wait(path) < 0.5
+        await bus.wait_quiet()
+    assert seen == []
+    assert rows(path, "SELECT COUNT(*) FROM orders") == [(0,)]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+    connection.close()
+
+
+async def test_a_sqlite_error_in_the_feeder_is_logged_and_retried_not_a_crash_of_the_bus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    from triobus.durability._store import SqliteStore
+
+    failing = {"outbox", "claim"}  # the first call of each fails as a full disk would
+
+    def failing_once(name: str) -> Any:
+        real = getattr(SqliteStore, name)
+
+        async def call(self: SqliteStore, *args: Any, **kwargs: Any) -> Any:
+            if name in failing:
+                failing.discard(name)
+                raise sqlite3.OperationalError("database or disk is full")
+            return await real(self, *args, **kwargs)
+
+        return call
+
+    for name in sorted(failing):
+        monkeypatch.setattr(SqliteStore, name, failing_once(name))
+    seen: list[int] = []
+    async with job_bus(tmp_path / "q.db", seen) as bus:
+        await bus.send(Job(1))
+        await bus.wait_quiet()
+        assert seen == [1]
+    assert failing == set()
+
+
+@attrs.frozen
+class Note(Command):
+    message_name = "units.note"
+    n: int
+
+
+async def test_a_units_rows_are_relayed_by_the_unit_alone_not_again_by_the_queue(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    from triobus import local_queue
+
+    path = tmp_path / "q.db"
+    connection = orders_connection(path)
+    notes: list[int] = []
+    gate = trio.Event()
+
+    async def take_note(note: Note) -> None:
+        notes.append(note.n)
+        if note.n == 0:
+            await gate.wait()
+
+    async def handle(job: Job) -> None:
+        pass
+
+    module = Module("units").bind_request(Job, handle).bind_request(Note, take_note)
+    async with open_bus(
+        module,
+        endpoints=[durable_queue("jobs", path=path), local_queue("notes", capacity=1)],
+        routing=[route(Job).to("jobs"), route(Note).to("notes")],
+    ) as bus:
+        await bus.send(Note(0))  # its handler waits at the gate
+        await trio.testing.wait_all_tasks_blocked()
+        await bus.send(Note(1))  # the mailbox is full now
+
+        async def unit() -> None:
+            async with unit_of_work(connection):
+                await bus.send(Note(2))  # relayed after commit: waits for room
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(unit)
+            while rows(path, "SELECT COUNT(*) FROM triobus_outbox") != [(1,)]:
+                await trio.lowlevel.checkpoint()  # (the clock stays still meanwhile)
+            await trio.sleep(10)  # committed, relaying: the queue's idle passes look too
+            gate.set()
+        await bus.wait_quiet()
+    assert sorted(notes) == [0, 1, 2]  # the unit's note once
+    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+    connection.close()
+
+
+@attrs.frozen
+class Placed(Event):
+    message_name = "units.placed"
+    n: int
+
+
+async def test_a_subscribers_unit_of_work_does_not_settle_the_subscribers_after_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The first subscriber's unit of work marks its own handler done with its
+    # writes; the second subscriber still fails, is retried and runs again,
+    # and the first one's writes are not applied twice.
+    path = tmp_path / "q.db"
+    connection = orders_connection(path)
+    calls: list[str] = []
+    retried = trio.Event()
+
+    async def record(event: Placed) -> None:
+        async with unit_of_work(connection) as uow:
+            await uow.execute("INSERT INTO orders (id) VALUES (?)", (event.n,))
+        calls.append("record")
+
+    async def notify(event: Placed) -> None:
+        calls.append("notify")
+        if calls.count("notify") == 1:
+            raise RuntimeError("once")
+        retried.set()
+
+    policy = ErrorPolicy().otherwise().retry_with_backoff(Backoff(initial=5, jitter=0))
+    async with open_bus(
+        Module("units").bind_event(Placed, [record, notify]),
+        endpoints=[durable_queue("jobs", path=path, errors=policy)],
+        routing=[route(Placed).to("jobs")],
+    ) as bus:
+        await bus.publish(Placed(7))
+        await bus.wait_quiet()  # the first delivery is settled: the retry waits in the store
+        assert rows(path, "SELECT progress FROM triobus_queue") == [(1,)]  # after `record`
+        await retried.wait()
+        await bus.wait_quiet()
+    assert calls == ["record", "notify", "notify"]
+    assert rows(path, "SELECT id FROM orders") == [(7,)]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_queue") == [(0,)]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_dead_letters") == [(0,)]
+    connection.close()
+
+
+async def test_a_handler_failing_after_its_unit_committed_is_no_dead_letter_to_replay(
+    tmp_path: Path,
+) -> None:
+    # Its writes and "handled" are one commit: a stored dead letter would be
+    # replayed (its inbox mark cleared) and apply the writes a second time.
+    path = tmp_path / "q.db"
+    connection = orders_connection(path)
+
+    async def write_then_fail(job: Job) -> None:
+        async with unit_of_work(connection) as uow:
+            await uow.execute("INSERT INTO orders (id) VALUES (?)", (job.n,))
+        raise RuntimeError("after the commit")
+
+    queue = durable_queue("jobs", path=path, retries=0)
+    async with open_bus(
+        Module("units").bind_request(Job, write_then_fail),
+        endpoints=[queue],
+        routing=[route(Job).to("jobs")],
+    ) as bus:
+        await bus.send(Job(1))
+        await bus.wait_quiet()
+        assert await queue.dead_letters.replay(reason="failed") == 0
+        await bus.wait_quiet()
+    assert rows(path, "SELECT id FROM orders") == [(1,)]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_dead_letters") == [(0,)]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_queue") == [(0,)]
+    connection.close()
+
+
+async def left_claimed(path: Path, message_id: str, n: int) -> None:
+    """Store a Job and claim it, as a process that died while handling it left it."""
+    from triobus import Envelope
+    from triobus.durability import Codec, MessageTypes
+    from triobus.durability._store import SqliteStore
+
+    data = Codec(MessageTypes().register(Job)).encode(
+        Envelope(
+            message_id=message_id,
+            message_name="units.job",
+            message_version=1,
+            correlation_id=message_id,
+            causation_id=None,
+            headers={},
+            reply_to=None,
+            created_at=time.time(),
+            message=Job(n),
+        )
+    )
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        await store.enqueue("jobs", message_id, "units.job", "", time.time(), data)
+        taken, _ = await store.claim("jobs", time.time(), 10)
+        assert [row.message_id for row in taken] == [message_id]
+    finally:
+        await store.close()
+
+
+async def test_a_suspect_row_whose_attempt_cannot_be_stored_is_not_counted_in_flight_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from triobus.durability._store import SqliteStore
+
+    path = tmp_path / "q.db"
+    await left_claimed(path, "left-1", 1)
+    real_started = SqliteStore.started
+    failures = [sqlite3.OperationalError("database or disk is full")]
+
+    async def started(self: SqliteStore, seq: int) -> None:
+        if failures:
+            raise failures.pop()
+        await real_started(self, seq)
+
+    monkeypatch.setattr(SqliteStore, "started", started)
+    seen: list[int] = []
+    handled = trio.Event()
+
+    async def handle(job: Job) -> None:
+        seen.append(job.n)
+        handled.set()
+
+    async with open_bus(
+        Module("units").bind_request(Job, handle),
+        endpoints=[durable_queue("jobs", path=path)],
+        routing=[route(Job).to("jobs")],
+    ) as bus:
+        with trio.fail_after(10):  # the feeder tries again after 1 s
+            await handled.wait()
+            await bus.wait_quiet()
+        assert bus.in_flight == 0
+    assert seen == [1]
+    assert failures == []
+
+
+async def leave_in_outbox(path: Path, *rows_left: tuple[str, Any, str, str]) -> None:
+    """Outbox rows as units of work write them (``(endpoint, message, name, id)`` each),
+    left by a process that died before relaying them.
+    """
+    from triobus import Envelope
+    from triobus.durability import Codec, MessageTypes
+    from triobus.durability._store import SqliteStore, outbox_insert
+
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()  # the tables exist now
+    connection = sqlite3.connect(path)
+    with connection:
+        for endpoint, message, name, message_id in rows_left:
+            data = Codec(MessageTypes().register(type(message))).encode(
+                Envelope(
+                    message_id=message_id,
+                    message_name=name,
+                    message_version=1,
+                    correlation_id=message_id,
+                    causation_id=None,
+                    headers={},
+                    reply_to=None,
+                    created_at=time.time(),
+                    message=message,
+                )
+            )
+            outbox_insert(connection, endpoint, message_id, name, "", None, data)
+    connection.close()
+
+
+async def test_a_relayed_row_its_in_memory_endpoint_refuses_is_a_dead_letter_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    from triobus import DeadLetterReason, local_queue
+
+    path = tmp_path / "q.db"
+    await leave_in_outbox(path, ("notes", Note(0), "units.note", "left-1"))
+    notes: list[int] = []
+
+    async def take_note(note: Note) -> None:
+        notes.append(note.n)
+
+    async def handle(job: Job) -> None:
+        pass
+
+    module = Module("units").bind_request(Job, handle).bind_request(Note, take_note)
+    notes_queue = local_queue("notes", max_concurrency=2, partition_by=lambda note: 1 // note.n)
+    async with open_bus(
+        module,
+        endpoints=[durable_queue("jobs", path=path), notes_queue],
+        routing=[route(Job).to("jobs"), route(Note).to("notes")],
+    ) as bus:
+        lettered = trio.Event()
+        bus.dead_letters.subscribe(lambda letter: lettered.set())
+        with trio.fail_after(10):
+            await lettered.wait()  # the relay at start met the refusal
+        await bus.send(Note(1))  # the bus runs on
+        await bus.wait_quiet()
+        assert [letter.reason for letter in bus.dead_letters] == [DeadLetterReason.UNDELIVERABLE]
+        assert bus.in_flight == 0
+    assert notes == [1]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+
+
+async def test_rows_left_for_an_endpoint_not_run_here_do_not_hide_the_rows_after_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    elsewhere = [("elsewhere", Job(n), "units.job", f"other-{n}") for n in range(501)]
+    # More than one page of the relay bound elsewhere, then one row for this queue.
+    await leave_in_outbox(path, *elsewhere, ("jobs", Job(7), "units.job", "mine"))
+    seen: list[int] = []
+    handled = trio.Event()
+
+    async def handle(job: Job) -> None:
+        seen.append(job.n)
+        handled.set()
+
+    async with open_bus(
+        Module("units").bind_request(Job, handle),
+        endpoints=[durable_queue("jobs", path=path)],
+        routing=[route(Job).to("jobs")],
+    ) as bus:
+        with trio.fail_after(10):
+            await handled.wait()
+        await bus.wait_quiet()
+    assert seen == [7]
+    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(501,)]  # theirs stay
