@@ -47,3 +47,33 @@ async def test_a_message_sent_to_a_stopped_durable_queue_is_a_dead_letter(
     assert handled == []
     assert [letter.message for letter in letters] == [Stored(7)]
     assert letters[0].endpoint == "stored"
+
+
+async def test_a_feeder_whose_handler_actor_is_gone_keeps_the_message_stored(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    handled: list[int] = []
+
+    async def store(command: Stored) -> None:
+        handled.append(command.n)
+
+    module = Module("m").bind_request(Stored, store)
+    queue = durable_queue("stored", path=path, poll_interval=0.05)
+    async with open_bus(module, endpoints=[queue], routing=[route(Stored).to("stored")]) as bus:
+        ref = queue._ref  # the handler actor, stopped under the running queue
+        assert ref is not None
+        await ref.stop()
+        await bus.send(Stored(1))  # stored; the feeder meets the stopped actor
+        await trio.sleep(0.2)
+        assert handled == []
+    # Nothing crashed, nothing was dropped: the row waits for the next start.
+    async with open_bus(
+        module,
+        endpoints=[durable_queue("stored", path=path)],
+        routing=[route(Stored).to("stored")],
+    ) as bus:
+        while not handled:
+            await trio.sleep(0.01)
+        await bus.wait_quiet()
+    assert handled == [1]

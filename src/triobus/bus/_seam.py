@@ -377,8 +377,14 @@ class Delivery(Carrier):
         return host.replayer(self, self.plan)
 
     def dead_lettered(self, reason: DeadLetterReason) -> None:
-        if not self.asked:
-            self.plan.endpoint.settle(self, Settlement.DEAD_LETTERED)
+        if self.asked:
+            return
+        endpoint = self.plan.endpoint
+        if reason is DeadLetterReason.STOPPED and endpoint.keep(self):
+            # It reached a stopped actor: an endpoint that stores it keeps it.
+            endpoint.settle(self, Settlement.LEFT_FOR_REDELIVERY)
+            return
+        endpoint.settle(self, Settlement.DEAD_LETTERED)
 
     def left_over(self) -> bool:
         if self.asked:

@@ -392,6 +392,10 @@ class DurableQueue:
                 # never a crash of the bus's nursery.
                 logger.error("%s: the store failed (%r); trying again in 1 s", self._uri, exc)
                 await trio.sleep(1.0)
+            except ActorStopped:
+                # The handler actor stopped for good (a firm stop, a supervisor that
+                # gave up): nothing to feed; what is stored stays for the next start.
+                return
 
     async def _flush_settled(self) -> None:
         """Commit settlements (acks, retries, dead letters) as they come, in batches."""
@@ -401,8 +405,11 @@ class DurableQueue:
             store, host = self._store, self._host
             if store is None or host is None:
                 continue
-            count, self._unflushed = self._unflushed, 0
+            count = self._unflushed
             await store.database.flush()
+            # Counted only once committed (a stop that cuts the flush off settles
+            # what is left after it closed the store).
+            self._unflushed -= count
             for _ in range(count):
                 host.settled()  # in flight until its settlement is committed
 
@@ -437,7 +444,14 @@ class DurableQueue:
                 if delivery is None:
                     continue
                 self._outstanding += 1
-                await ref.tell(delivery)
+                try:
+                    await ref.tell(delivery)
+                except ActorStopped:
+                    # The handler actor is gone (the bus is going down): the delivery
+                    # was kept for redelivery by its dead letter's settlement.
+                    delivery = None
+                    index += 1
+                    raise
                 delivery = None
         except BaseException:
             # Stopped (or failed) with claimed rows not handed over: unclaim them.
