@@ -54,9 +54,11 @@ async def test_a_feeder_whose_handler_actor_is_gone_keeps_the_message_stored(
 ) -> None:
     path = tmp_path / "q.db"
     handled: list[int] = []
+    done = trio.Event()
 
     async def store(command: Stored) -> None:
         handled.append(command.n)
+        done.set()
 
     module = Module("m").bind_request(Stored, store)
     queue = durable_queue("stored", path=path, poll_interval=0.05)
@@ -73,7 +75,6 @@ async def test_a_feeder_whose_handler_actor_is_gone_keeps_the_message_stored(
         endpoints=[durable_queue("stored", path=path)],
         routing=[route(Stored).to("stored")],
     ) as bus:
-        while not handled:
-            await trio.sleep(0.01)
+        await done.wait()
         await bus.wait_quiet()
     assert handled == [1]

@@ -439,7 +439,7 @@ class DurableQueue:
         index = 0
         delivery: Delivery | None = None
         try:
-            for index, row in enumerate(rows):  # noqa: B007 - read after the loop is cut off
+            for index, row in enumerate(rows):
                 delivery = await self._delivery(row, store, host)
                 if delivery is None:
                     continue
