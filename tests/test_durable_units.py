@@ -17,7 +17,17 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from triobus import Backoff, Command, EnvelopeError, ErrorPolicy, Event, Module, open_bus, route
+from triobus import (
+    Backoff,
+    Command,
+    EnvelopeError,
+    ErrorPolicy,
+    Event,
+    Module,
+    local_queue,
+    open_bus,
+    route,
+)
 from triobus.durability import durable_queue, unit_of_work
 
 
@@ -424,3 +434,51 @@ async def test_rows_left_for_an_endpoint_not_run_here_do_not_hide_the_rows_after
         await bus.wait_quiet()
     assert seen == [7]
     assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(501,)]  # theirs stay
+
+
+@attrs.frozen
+class Refused(Command):
+    message_name = "units.refused"
+    n: int
+
+
+@attrs.frozen
+class Stored(Command):
+    message_name = "units.stored"
+
+
+async def test_a_refusal_after_the_units_commit_does_not_fail_the_unit_and_the_row_stays(
+    tmp_path: Path,
+) -> None:
+    release = trio.Event()
+    started = trio.Event()
+
+    async def refused(command: Refused) -> None:
+        started.set()
+        await release.wait()
+
+    async def stored(command: Stored) -> None:
+        pass
+
+    path = tmp_path / "q.db"
+    connection = sqlite3.connect(path, check_same_thread=False)
+    async with open_bus(
+        Module("m").bind_request(Refused, refused).bind_request(Stored, stored),
+        endpoints=[
+            local_queue("full", capacity=1, overflow="fail"),
+            durable_queue("stored", path=path),
+        ],
+        routing=[route(Refused).to("full"), route(Stored).to("stored")],
+    ) as bus:
+        await bus.send(Refused(1))
+        await started.wait()  # in hand
+        await bus.send(Refused(2))  # queued: the queue is full now
+        async with unit_of_work(connection) as uow:
+            await uow.execute("CREATE TABLE t (n INTEGER)")
+            await bus.send(Refused(3))  # refused at the hand-over, after the commit
+        # No exception reached the caller; the message waits in the outbox.
+        look = sqlite3.connect(path)
+        assert look.execute("SELECT COUNT(*) FROM triobus_outbox").fetchone() == (1,)
+        look.close()
+        release.set()
+    connection.close()

@@ -26,6 +26,7 @@ connection; open the connection with ``check_same_thread=False``.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
@@ -34,10 +35,12 @@ from typing import Any, final
 
 import trio
 
-from .._errors import ActorStopped, StoreError
+from .._errors import ActorStopped, MailboxFull, PartitionKeyError, StoreError
 from ..bus import Delivery, Endpoint, delivery_in_hand, enlisting, hand_over
 from ._queue import DurableQueue, Receipt, store_for
 from ._store import SqliteStore, ack, advance, outbox_insert
+
+logger = logging.getLogger("triobus.durability")
 
 
 def _database_file(connection: sqlite3.Connection) -> str:
@@ -139,6 +142,18 @@ class UnitOfWork:
                     await hand_over(endpoint, delivery)
                 except ActorStopped:
                     continue  # left in the outbox: relayed at the next start
+                except (MailboxFull, PartitionKeyError) as exc:
+                    # The unit committed: its caller is not told it failed. The
+                    # row stays in the outbox and is relayed at the next start.
+                    logger.warning(
+                        "%s refused %s id=%s after its unit of work committed (%r); it "
+                        "stays in the outbox and is relayed at the next start",
+                        endpoint.uri,
+                        delivery.plan.name,
+                        delivery.message_id,
+                        exc,
+                    )
+                    continue
                 done.append(seq)
         finally:
             if done:
