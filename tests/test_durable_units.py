@@ -24,6 +24,7 @@ from triobus import (
     ErrorPolicy,
     Event,
     Module,
+    StoreError,
     local_queue,
     open_bus,
     route,
@@ -481,4 +482,41 @@ async def test_a_refusal_after_the_units_commit_does_not_fail_the_unit_and_the_r
         assert look.execute("SELECT COUNT(*) FROM triobus_outbox").fetchone() == (1,)
         look.close()
         release.set()
+    connection.close()
+
+
+async def test_a_second_unit_of_work_on_an_open_units_connection_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    connection = sqlite3.connect(path, check_same_thread=False)
+    seen: list[int] = []
+    inside = trio.Event()
+    leave = trio.Event()
+    refused: list[BaseException] = []
+
+    async def first() -> None:
+        async with unit_of_work(connection) as uow:
+            await uow.execute("CREATE TABLE t (n INTEGER)")
+            inside.set()
+            await leave.wait()
+            await uow.execute("INSERT INTO t VALUES (1)")
+
+    async def second() -> None:
+        await inside.wait()
+        try:
+            async with unit_of_work(connection):
+                pass
+        except StoreError as exc:
+            refused.append(exc)
+        leave.set()
+
+    async with job_bus(path, seen), trio.open_nursery() as nursery:
+        nursery.start_soon(first)
+        nursery.start_soon(second)
+    assert len(refused) == 1 and "open on this connection already" in str(refused[0])
+    # The first unit was not disturbed: its writes committed.
+    look = sqlite3.connect(path)
+    assert look.execute("SELECT n FROM t").fetchall() == [(1,)]
+    look.close()
     connection.close()

@@ -194,6 +194,27 @@ async def unit_of_work(connection: sqlite3.Connection) -> AsyncIterator[UnitOfWo
             with ``check_same_thread=False``, or its database is not the file of
             a running durable queue (the outbox relays through one).
     """
+    key = id(connection)
+    if key in _open_units:
+        raise StoreError(
+            "a unit of work is open on this connection already: a connection runs one "
+            "transaction at a time; finish that unit first, or open another connection"
+        )
+    _open_units.add(key)  # before the first await: two tasks cannot both pass
+    try:
+        async with _unit_on(connection) as uow:
+            yield uow
+    finally:
+        _open_units.discard(key)
+
+
+#: The connections (by id: sqlite3 connections take no weak references) with a
+#: unit of work open; the unit holds its connection, so an id is not reused meanwhile.
+_open_units: set[int] = set()
+
+
+@asynccontextmanager
+async def _unit_on(connection: sqlite3.Connection) -> AsyncIterator[UnitOfWork]:
     path = await trio.to_thread.run_sync(_checked_file, connection)
     store = store_for(path)
     if store is None:
