@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import attrs
@@ -9,6 +10,7 @@ import trio
 
 from triobus import Command, DeadLetterReason, Module, current_bus, local_queue, open_bus, route
 from triobus.durability import durable_queue
+from triobus.testing import FaultInjector, tracked
 
 
 @attrs.frozen
@@ -78,3 +80,38 @@ async def test_a_feeder_whose_handler_actor_is_gone_keeps_the_message_stored(
         await done.wait()
         await bus.wait_quiet()
     assert handled == [1]
+
+
+class Always(random.Random):
+    """A fault coin that always lands on "fault"."""
+
+    def random(self) -> float:
+        return 0.0
+
+
+async def test_a_message_whose_actor_crashes_with_it_stays_stored_until_its_attempts_end(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    queue = durable_queue("stored", path=path)
+    async with open_bus(
+        Module("m").bind_request(Stored, lambda_store),
+        endpoints=[queue],
+        routing=[route(Stored).to("stored")],
+    ) as bus:
+        faults = FaultInjector(Always()).crash_actor(Stored)
+        async with tracked(bus, faults=faults):
+            await bus.send(Stored(1))
+            for _ in range(2000):  # at most 20 s: without the fix no durable letter comes
+                if (await queue.counts()).dead_letters:
+                    break
+                await trio.sleep(0.01)
+            letters = await queue.dead_letters.list()
+    # Each crash was an interrupted attempt, counted in the store; the attempt
+    # limit (3) ended it as a durable letter, not an in-memory one only.
+    assert [letter.reason for letter in letters] == [DeadLetterReason.INTERRUPTED]
+    assert letters[0].attempts == 3
+
+
+async def lambda_store(command: Stored) -> None:
+    pass

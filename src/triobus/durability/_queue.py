@@ -541,6 +541,7 @@ class DurableQueue:
             return
         row = receipt.row
         now = host.wall_clock()
+        failed = delivery.failures is not None
         for step, error, attempts in delivery.failures or ():
             if _committed(delivery, receipt, step):
                 continue  # failed after its unit of work committed: handled (and logged)
@@ -548,8 +549,15 @@ class DurableQueue:
         delivery.failures = None
         if receipt.acked:
             pass  # acknowledged by the handler's unit of work, with its writes: handled
-        elif settlement is Settlement.HANDLED or settlement is Settlement.DEAD_LETTERED:
+        elif settlement is Settlement.HANDLED or (
+            settlement is Settlement.DEAD_LETTERED and failed
+        ):
             store.ack_soon(self._uri, row.seq, row.message_id, row.step, now)
+        elif settlement is Settlement.DEAD_LETTERED:
+            # Dead-lettered in memory without a handler failure (its actor crashed
+            # with it in hand): an interrupted attempt. It stays stored, its attempt
+            # counted, so the attempt limit ends it as a durable `interrupted` letter.
+            store.release_soon(row.seq, 0, max(delivery.progress, receipt.done))
         elif settlement in TRIED_AGAIN:
             due = now if delivery.due is None else delivery.due
             # Due now: still in flight (as a send is); due later: in the store only.
