@@ -15,24 +15,13 @@ from typing import Any, final
 
 import trio
 
+from .._checks import endpoint_uri, positive_int, positive_seconds
 from .._errors import ActorStopped, MailboxFull, PartitionKeyError
 from ..actors import ActorRef
 from ..mailbox import DEFAULT_MAILBOX_CAPACITY, DeadLetterReason, MailboxSpec, Overflow
 from ..supervision import Backoff
 from ._policy import ErrorPolicy
 from ._seam import HANDLED, TRIED_AGAIN, Delivery, DeliveryMode, EndpointHost, Settlement
-
-
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    return value
-
-
-def _positive_seconds(name: str, value: object) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 def _not_running() -> None:
@@ -63,13 +52,11 @@ class LocalQueue:
         shutdown: float,
         partition_by: Callable[[Any], Hashable] | None,
     ) -> None:
-        if not isinstance(uri, str) or not uri:
-            raise ValueError(f"an endpoint uri is a non-empty string, got {uri!r}")
-        self._uri = uri
+        self._uri = endpoint_uri(uri)
         self.mailbox = mailbox
-        self.max_concurrency = _positive_int("max_concurrency", max_concurrency)
+        self.max_concurrency = positive_int("max_concurrency", max_concurrency)
         self._errors = errors
-        self.shutdown = _positive_seconds("shutdown", shutdown)
+        self.shutdown = positive_seconds("shutdown", shutdown)
         self.partition_by = partition_by
         if partition_by is not None and self.max_concurrency < 2:
             raise ValueError(

@@ -22,6 +22,7 @@ from typing import Any, Final, final
 
 import trio
 
+from .._checks import endpoint_uri, positive_int, positive_seconds
 from .._errors import ActorStopped, EnvelopeError, MailboxFull, PartitionKeyError, StoreError
 from ..actors import ActorRef
 from ..bus import (
@@ -58,18 +59,21 @@ INBOX_PURGE_INTERVAL: Final = 60.0
 _stores: dict[tuple[str, trio.lowlevel.TrioToken], SqliteStore] = {}
 
 
+def _store_key(path: str) -> tuple[str, trio.lowlevel.TrioToken]:
+    return (os.path.realpath(path), trio.lowlevel.current_trio_token())
+
+
 def _shared_store(path: str, options: dict[str, Any]) -> SqliteStore:
     """One store per database file per trio run: one connection thread per database."""
-    key = (os.path.realpath(path), trio.lowlevel.current_trio_token())
-    store = _stores.get(key)
-    if store is None or not store.database.is_open:
-        store = _stores[key] = SqliteStore(path, **options)
+    store = store_for(path)
+    if store is None:
+        store = _stores[_store_key(path)] = SqliteStore(path, **options)
     return store
 
 
 def store_for(path: str) -> SqliteStore | None:
     """The open store of database file ``path`` in this trio run, if a durable queue opened it."""
-    store = _stores.get((os.path.realpath(path), trio.lowlevel.current_trio_token()))
+    store = _stores.get(_store_key(path))
     return store if store is not None and store.database.is_open else None
 
 
@@ -118,22 +122,12 @@ class DurableQueue:
         store_options: dict[str, Any],
         types: MessageTypes | None,
     ) -> None:
-        if not isinstance(uri, str) or not uri:
-            raise ValueError(f"an endpoint uri is a non-empty string, got {uri!r}")
-        if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 1:
-            raise ValueError(f"prefetch must be a whole number >= 1, got {prefetch!r}")
-        if not shutdown > 0:
-            raise ValueError(f"shutdown must be a positive number of seconds, got {shutdown!r}")
-        if not poll_interval > 0:
-            raise ValueError(
-                f"poll_interval must be a positive number of seconds, got {poll_interval!r}"
-            )
-        self._uri = uri
+        self._uri = endpoint_uri(uri)
         self.path = os.fspath(path)
         self._errors = errors
-        self.prefetch = prefetch
-        self.shutdown = float(shutdown)
-        self.poll_interval = float(poll_interval)
+        self.prefetch = positive_int("prefetch", prefetch)
+        self.shutdown = positive_seconds("shutdown", shutdown)
+        self.poll_interval = positive_seconds("poll_interval", poll_interval)
         self._store_options = store_options
         self._types = types
         self._host: EndpointHost | None = None

@@ -27,6 +27,7 @@ from typing import Any, Final, TypeVar, final
 import outcome
 import trio
 
+from .._checks import positive_int
 from .._errors import StoreError
 
 T = TypeVar("T")
@@ -111,12 +112,10 @@ class Database:
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_delay: float = 0.0,
     ) -> None:
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         if not isinstance(max_delay, int | float) or max_delay < 0:
             raise ValueError(f"max_delay must be a number of seconds >= 0, got {max_delay!r}")
         self.path = os.fspath(path)
-        self.batch_size = batch_size
+        self.batch_size = positive_int("batch_size", batch_size)
         self.max_delay = float(max_delay)
         self._jobs: queue.SimpleQueue[tuple[Job, Callable[[outcome.Outcome[Any]], None]] | None]
         self._jobs = queue.SimpleQueue()
@@ -233,10 +232,7 @@ class Database:
         """
         if self._thread is None:
             raise StoreError(f"the SQLite database {self.path!r} is not open")
-        write = _Write(job)
-        if not self._pending:
-            self._oldest = trio.current_time()
-        self._pending.append(write)
+        write = self._queue(_Write(job))
         # No deadline: the wait is for the batches queued before this one and
         # its own, each a job on the connection thread that cannot be abandoned
         # (bounded by SQLite's busy timeout); a deadline on an autojumping
@@ -253,9 +249,14 @@ class Database:
         For acknowledgements whose caller cannot wait: the next
         :meth:`write` or :meth:`flush` commits it. A failure is logged.
         """
+        self._queue(_Write(job, unwatched=True))
+
+    def _queue(self, write: _Write) -> _Write:
+        """Put ``write`` in the pending batch (whose age runs from its oldest write)."""
         if not self._pending:
             self._oldest = trio.current_time()
-        self._pending.append(_Write(job, unwatched=True))
+        self._pending.append(write)
+        return write
 
     async def flush(self) -> None:
         """Return once every write queued so far is committed."""
