@@ -267,22 +267,33 @@ class DurableQueue:
         if host is None or store is None:
             raise self._stopped(delivery)
         body = self.codec.encode(delivery.envelope())
-        step = ""  # the whole delivery (a replayed dead letter may name one handler)
-        now = host.wall_clock()
-        due = now if delivery.due is None else delivery.due
-        counted = due <= now
+        due = host.wall_clock() if delivery.due is None else delivery.due
+        await self._enqueue(host, store, delivery.message_id, delivery.plan.name, due, body)
+
+    async def _enqueue(
+        self,
+        host: EndpointHost,
+        store: SqliteStore,
+        message_id: str,
+        name: str,
+        due: float,
+        body: bytes,
+    ) -> None:
+        """Store one whole delivery's row (a replayed dead letter may name one handler).
+
+        Due now, it is counted in flight before it is stored (the feeder may
+        take it at once); the row says so, so its claim does not count it
+        again. A duplicate is not stored (skipped quietly).
+        """
+        counted = due <= host.wall_clock()
         if counted:
-            # Counted before it is stored (the feeder may hand it over at
-            # once); the row says so, so its claim does not count it again.
             host.accepted()
         stored = False
         try:
-            stored = await store.enqueue(
-                self._uri, delivery.message_id, delivery.plan.name, step, due, body, counted
-            )
+            stored = await store.enqueue(self._uri, message_id, name, "", due, body, counted)
         finally:
             if counted and not stored:
-                host.settled()  # not stored (a duplicate is skipped quietly), or failed
+                host.settled()  # not stored (a duplicate), or failed
         self._wake.set()
 
     def _stopped(self, delivery: Delivery) -> ActorStopped:
@@ -318,22 +329,9 @@ class DurableQueue:
                 self._letter_for_envelope(data, envelope.message_id, envelope.message_name)
             )
             return
-        host.accepted()
-        stored = False
-        try:
-            stored = await store.enqueue(
-                self._uri,
-                envelope.message_id,
-                envelope.message_name,
-                "",
-                host.wall_clock(),
-                data,
-                True,
-            )
-        finally:
-            if not stored:
-                host.settled()  # a duplicate is skipped quietly
-        self._wake.set()
+        await self._enqueue(
+            host, store, envelope.message_id, envelope.message_name, host.wall_clock(), data
+        )
 
     async def _requeue(self, letter: StoredLetter) -> bool:
         """Replay ``letter``: its message is queued again, counted in flight, the feeder woken.
