@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from triobus import Envelope
 from triobus.durability import Codec, MessageTypes
 from triobus.durability._store import SqliteStore
 
 sys.path.insert(0, str(Path(__file__).parent / "workers"))
 import durable_worker
+
+from durable_helpers import root_envelope
 
 WORKER = Path(__file__).parent / "workers" / "durable_worker.py"
 COUNT = 10_000
@@ -36,17 +37,7 @@ async def _seed(path: str, count: int) -> None:
 
                 async def batch(start: int = start) -> None:
                     for n in range(start, min(start + count // 20, count)):
-                        envelope = Envelope(
-                            message_id=f"m-{n}",
-                            message_name="crash.work",
-                            message_version=1,
-                            correlation_id=f"m-{n}",
-                            causation_id=None,
-                            headers={},
-                            reply_to=None,
-                            created_at=time.time(),
-                            message=durable_worker.Work(n),
-                        )
+                        envelope = root_envelope(durable_worker.Work(n), f"m-{n}", "crash.work")
                         await store.enqueue(
                             "crash-work",
                             envelope.message_id,

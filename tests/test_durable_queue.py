@@ -25,10 +25,10 @@ import pytest
 import trio
 import trio.lowlevel
 
+from durable_helpers import root_envelope
 from triobus import (
     Backoff,
     Command,
-    Envelope,
     ErrorPolicy,
     Event,
     Module,
@@ -344,19 +344,7 @@ async def test_two_messages_scheduled_for_one_moment_keep_their_send_order(
 
 def encoded(queue: DurableQueue, message: object, message_id: str, name: str = "dq.work") -> bytes:
     """The bytes a transport would carry for ``message`` with id ``message_id``."""
-    return queue.codec.encode(
-        Envelope(
-            message_id=message_id,
-            message_name=name,
-            message_version=1,
-            correlation_id=message_id,
-            causation_id=None,
-            headers={},
-            reply_to=None,
-            created_at=time.time(),
-            message=message,
-        )
-    )
+    return queue.codec.encode(root_envelope(message, message_id, name))
 
 
 async def test_a_message_stored_twice_with_one_id_is_handled_once_quietly(
@@ -589,17 +577,7 @@ async def seed(path: Path, *numbers: int) -> list[str]:
     try:
         for n in numbers:
             message_id = f"seeded-{n}"
-            envelope = Envelope(
-                message_id=message_id,
-                message_name="dq.work",
-                message_version=1,
-                correlation_id=message_id,
-                causation_id=None,
-                headers={},
-                reply_to=None,
-                created_at=time.time(),
-                message=Work(n),
-            )
+            envelope = root_envelope(Work(n), message_id, "dq.work")
             await store.enqueue("work", message_id, "dq.work", "", 0.0, codec.encode(envelope))
             ids.append(message_id)
     finally:
@@ -921,19 +899,7 @@ async def left_in_outbox(path: Path, message_id: str, n: int) -> bytes:
     from triobus.durability._store import outbox_insert
 
     codec = Codec(MessageTypes().register(Work))
-    data = codec.encode(
-        Envelope(
-            message_id=message_id,
-            message_name="dq.work",
-            message_version=1,
-            correlation_id=message_id,
-            causation_id=None,
-            headers={},
-            reply_to=None,
-            created_at=time.time(),
-            message=Work(n),
-        )
-    )
+    data = codec.encode(root_envelope(Work(n), message_id, "dq.work"))
     store = SqliteStore(path)
     await store.open()
     await store.close()  # the tables exist now

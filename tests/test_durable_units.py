@@ -17,6 +17,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from durable_helpers import root_envelope
 from triobus import (
     Backoff,
     Command,
@@ -283,22 +284,11 @@ async def test_a_handler_failing_after_its_unit_committed_is_no_dead_letter_to_r
 
 async def left_claimed(path: Path, message_id: str, n: int) -> None:
     """Store a Job and claim it, as a process that died while handling it left it."""
-    from triobus import Envelope
     from triobus.durability import Codec, MessageTypes
     from triobus.durability._store import SqliteStore
 
     data = Codec(MessageTypes().register(Job)).encode(
-        Envelope(
-            message_id=message_id,
-            message_name="units.job",
-            message_version=1,
-            correlation_id=message_id,
-            causation_id=None,
-            headers={},
-            reply_to=None,
-            created_at=time.time(),
-            message=Job(n),
-        )
+        root_envelope(Job(n), message_id, "units.job")
     )
     store = SqliteStore(path)
     await store.open()
@@ -350,7 +340,6 @@ async def leave_in_outbox(path: Path, *rows_left: tuple[str, Any, str, str]) -> 
     """Outbox rows as units of work write them (``(endpoint, message, name, id)`` each),
     left by a process that died before relaying them.
     """
-    from triobus import Envelope
     from triobus.durability import Codec, MessageTypes
     from triobus.durability._store import SqliteStore, outbox_insert
 
@@ -361,17 +350,7 @@ async def leave_in_outbox(path: Path, *rows_left: tuple[str, Any, str, str]) -> 
     with connection:
         for endpoint, message, name, message_id in rows_left:
             data = Codec(MessageTypes().register(type(message))).encode(
-                Envelope(
-                    message_id=message_id,
-                    message_name=name,
-                    message_version=1,
-                    correlation_id=message_id,
-                    causation_id=None,
-                    headers={},
-                    reply_to=None,
-                    created_at=time.time(),
-                    message=message,
-                )
+                root_envelope(message, message_id, name)
             )
             outbox_insert(connection, endpoint, message_id, name, "", None, data)
     connection.close()
