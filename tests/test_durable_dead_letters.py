@@ -44,7 +44,7 @@ from triobus import (
     MessageTypes,
     Module,
     ReplayError,
-    SqliteDeadLetters,
+    DurableDeadLetters,
     StoreError,
     current_context,
     default_message_name,
@@ -127,7 +127,7 @@ async def test_a_message_that_fails_every_attempt_is_stored_with_its_error(tmp_p
         await bus.send(Job(7), headers={"tenant": "acme"}, correlation_id="chain")
         await quiet(bus, queue)
         store = queue.dead_letters
-        assert isinstance(store, SqliteDeadLetters) and isinstance(store, DeadLetterStore)
+        assert isinstance(store, DurableDeadLetters) and isinstance(store, DeadLetterStore)
         [letter] = await store.list()
     assert jobs.calls == 3
     assert (letter.reason, letter.endpoint, letter.recipient) == (FAILED, "jobs", "jobs")

@@ -896,7 +896,6 @@ async def test_a_unit_of_work_needs_a_connection_usable_from_other_threads(
 async def left_in_outbox(path: Path, message_id: str, n: int) -> bytes:
     """Write an outbox row as a unit of work does, as if the process died before relaying it."""
     from triobus.durability import Codec, MessageTypes
-    from triobus.durability._store import outbox_insert
 
     codec = Codec(MessageTypes().register(Work))
     data = codec.encode(root_envelope(Work(n), message_id, "dq.work"))
@@ -905,7 +904,7 @@ async def left_in_outbox(path: Path, message_id: str, n: int) -> bytes:
     await store.close()  # the tables exist now
     connection = sqlite3.connect(path)
     with connection:
-        outbox_insert(connection, "work", message_id, "dq.work", "", None, data)
+        store.outbox_insert(connection, "work", message_id, "dq.work", "", None, data)
     connection.close()
     return data
 

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from triobus import StoreError
-from triobus.durability._sqlite import Database
+from triobus.durability._sqlite import SqliteDatabase as Database
 
 
 async def test_writes_that_arrive_together_commit_together_and_a_bad_one_fails_alone(
@@ -86,16 +86,16 @@ async def test_a_batch_whose_commit_job_fails_fails_each_of_its_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # (A ROLLBACK that fails after a failed COMMIT escapes the batch's job.)
-    from triobus.durability import _sqlite
+    from triobus.durability import _database
 
-    def broken(connection: sqlite3.Connection, writes: list[object]) -> None:
+    def broken(connection: sqlite3.Connection, writes: list[object], begin: str) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
     database = Database(tmp_path / "db.sqlite", max_delay=0.05)  # the two writes batch
     await database.open()
     failed: list[BaseException] = []
     try:
-        monkeypatch.setattr(_sqlite, "_commit_batch", broken)
+        monkeypatch.setattr(_database, "commit_batch", broken)
 
         async def write() -> None:
             try:

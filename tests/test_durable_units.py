@@ -134,7 +134,7 @@ async def test_a_sqlite_error_in_the_feeder_is_logged_and_retried_not_a_crash_of
 ) -> None:
     from triobus.durability._store import SqliteStore
 
-    failing = {"outbox", "claim"}  # the first call of each fails as a full disk would
+    failing = {"take_outbox", "claim"}  # the first call of each fails as a full disk would
 
     def failing_once(name: str) -> Any:
         real = getattr(SqliteStore, name)
@@ -341,7 +341,7 @@ async def leave_in_outbox(path: Path, *rows_left: tuple[str, Any, str, str]) -> 
     left by a process that died before relaying them.
     """
     from triobus.durability import Codec, MessageTypes
-    from triobus.durability._store import SqliteStore, outbox_insert
+    from triobus.durability._store import SqliteStore
 
     store = SqliteStore(path)
     await store.open()
@@ -352,7 +352,7 @@ async def leave_in_outbox(path: Path, *rows_left: tuple[str, Any, str, str]) -> 
             data = Codec(MessageTypes().register(type(message))).encode(
                 root_envelope(message, message_id, name)
             )
-            outbox_insert(connection, endpoint, message_id, name, "", None, data)
+            store.outbox_insert(connection, endpoint, message_id, name, "", None, data)
     connection.close()
 
 

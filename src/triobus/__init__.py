@@ -91,10 +91,10 @@ from .bus import route as route
 from .bus import route_module as route_module
 from .durability import Codec as Codec
 from .durability import Counts as Counts
+from .durability import DurableDeadLetters as DurableDeadLetters
 from .durability import DurableQueue as DurableQueue
 from .durability import Limits as Limits
 from .durability import MessageTypes as MessageTypes
-from .durability import SqliteDeadLetters as SqliteDeadLetters
 from .durability import durable_queue as durable_queue
 from .mailbox import DeadLetter as DeadLetter
 from .mailbox import DeadLetterCriteria as DeadLetterCriteria
@@ -235,7 +235,7 @@ __all__ = [
     "MessageTypes",
     "Counts",
     "DurableQueue",
-    "SqliteDeadLetters",
+    "DurableDeadLetters",
     "durable_queue",
 ]
 

@@ -4,7 +4,7 @@ The codec writes an :class:`~triobus.Envelope` as bytes and reads it back,
 by a registry of the message types allowed to travel (:class:`MessageTypes`),
 with upcasters for old versions and :class:`Limits` on what it accepts.
 Durable queues (:func:`durable_queue`) keep their backlog, inbox and dead
-letters in SQLite; ``queue.dead_letters`` (:class:`SqliteDeadLetters`) is
+letters in SQLite or PostgreSQL; ``queue.dead_letters`` (:class:`DurableDeadLetters`) is
 the dead-letter store of one durable queue.
 """
 
@@ -13,7 +13,7 @@ from ._codec import Codec as Codec
 from ._codec import Limits as Limits
 from ._codec import MessageTypes as MessageTypes
 from ._codec import Upcaster as Upcaster
-from ._dead_letters import SqliteDeadLetters as SqliteDeadLetters
+from ._dead_letters import DurableDeadLetters as DurableDeadLetters
 from ._queue import DurableQueue as DurableQueue
 from ._queue import durable_queue as durable_queue
 from ._store import Counts as Counts
@@ -27,7 +27,7 @@ __all__ = [
     "DurableQueue",
     "Limits",
     "MessageTypes",
-    "SqliteDeadLetters",
+    "DurableDeadLetters",
     "UnitOfWork",
     "Upcaster",
     "durable_queue",

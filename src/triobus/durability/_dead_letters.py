@@ -1,7 +1,7 @@
-"""The durable dead-letter store: one endpoint's letters in SQLite, behind the one store API.
+"""The durable dead-letter store: one endpoint's letters in its database, behind the one API.
 
-:class:`SqliteDeadLetters` implements :class:`~triobus.DeadLetterStore` over
-the ``triobus_dead_letters`` table of a durable queue's SQLite file, for that
+:class:`DurableDeadLetters` implements :class:`~triobus.DeadLetterStore` over
+the ``triobus_dead_letters`` table of a durable queue's database, for that
 queue's letters alone; ``queue.dead_letters`` gives it while the queue runs.
 Filters are SQL (every criterion is a plain column comparison, ages
 computed as ``now - recorded_at`` exactly as :class:`~triobus.DeadLetterFilter`
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Unpack, final
 
@@ -40,25 +39,14 @@ from ..mailbox import (
     resolve_selection,
 )
 from ._codec import Codec
-from ._store import SqliteStore, StoredLetter
+from ._database import SqlConnection
+from ._store import LETTER_COLUMNS, SqlStore, StoredLetter, stored_letter
 
 #: Puts a letter's message back in its queue; ``False`` when the letter was gone.
 Requeue = Callable[[StoredLetter], Awaitable[bool]]
 
 #: At most this many letters are named in one error.
 _NAMED_IN_ERRORS: Final = 5
-
-_COLUMNS: Final = (
-    "letter_id, endpoint, recipient, reason, message_id, message_name, step, exception_type, "
-    "error, traceback, attempts, recorded_at, decodes, body"
-)
-
-
-def _stored(row: Sequence[Any]) -> StoredLetter:
-    values = list(row)
-    values[12] = bool(values[12])
-    values[13] = bytes(values[13])
-    return StoredLetter(*values)
 
 
 def _where(endpoint: str, chosen: DeadLetterFilter, now: float) -> tuple[str, list[Any]]:
@@ -98,8 +86,8 @@ def _describe(letter: StoredLetter) -> str:
 
 
 @final
-class SqliteDeadLetters:
-    """The dead letters of one durable endpoint, in its SQLite file.
+class DurableDeadLetters:
+    """The dead letters of one durable endpoint, in its database (SQLite or PostgreSQL).
 
     Implements :class:`~triobus.DeadLetterStore` (``list``, ``get``,
     ``count``, ``replay``, ``purge``); get one from
@@ -126,7 +114,7 @@ class SqliteDeadLetters:
     def __init__(
         self,
         endpoint: str,
-        store: SqliteStore,
+        store: SqlStore,
         codec: Codec,
         clock: Callable[[], float],
         requeue: Requeue,
@@ -181,7 +169,7 @@ class SqliteDeadLetters:
         chosen = DeadLetterFilter.of(filter, criteria)
         where, values = _where(self._endpoint, chosen, self._clock())
 
-        def job(connection: sqlite3.Connection) -> int:
+        def job(connection: SqlConnection) -> int:
             query = f"SELECT COUNT(*) FROM triobus_dead_letters WHERE {where}"
             (count,) = connection.execute(query, values).fetchone()
             return int(count)
@@ -216,7 +204,7 @@ class SqliteDeadLetters:
     async def _delete_matching(self, chosen: DeadLetterFilter) -> int:
         where, values = _where(self._endpoint, chosen, self._clock())
 
-        def job(connection: sqlite3.Connection) -> int:
+        def job(connection: SqlConnection) -> int:
             cursor = connection.execute(f"DELETE FROM triobus_dead_letters WHERE {where}", values)
             return cursor.rowcount
 
@@ -226,7 +214,7 @@ class SqliteDeadLetters:
         """Delete the letters if every one is stored; else delete none. The missing ids."""
         endpoint = self._endpoint
 
-        def job(connection: sqlite3.Connection) -> builtins.list[str]:
+        def job(connection: SqlConnection) -> builtins.list[str]:
             missing = [
                 letter_id
                 for letter_id in letter_ids
@@ -336,7 +324,7 @@ class SqliteDeadLetters:
         if not database.is_open:
             raise StoreError(
                 f"durable endpoint {self._endpoint!r} has stopped: its dead letters stay in "
-                f"{database.path!r}; read them through queue.dead_letters inside the open_bus "
+                f"{database.location}; read them through queue.dead_letters inside the open_bus "
                 "that runs the endpoint"
             )
         await database.flush()
@@ -349,14 +337,14 @@ class SqliteDeadLetters:
             await trio.lowlevel.checkpoint()
             return []
         where, values = _where(self._endpoint, chosen, self._clock())
-        query = f"SELECT {_COLUMNS} FROM triobus_dead_letters WHERE {where} "
-        query += "ORDER BY recorded_at, rowid"
+        query = f"SELECT {LETTER_COLUMNS} FROM triobus_dead_letters WHERE {where} "
+        query += f"ORDER BY recorded_at, {self._store.letter_order}"
         if limit is not None:
             query += " LIMIT ?"
             values.append(limit)
 
-        def job(connection: sqlite3.Connection) -> builtins.list[StoredLetter]:
-            return [_stored(row) for row in connection.execute(query, values)]
+        def job(connection: SqlConnection) -> builtins.list[StoredLetter]:
+            return [stored_letter(row) for row in connection.execute(query, values).fetchall()]
 
         await self._committed()
         return await self._store.database.read(job)
@@ -364,19 +352,20 @@ class SqliteDeadLetters:
     async def _by_ids(self, letter_ids: Sequence[str]) -> builtins.list[StoredLetter]:
         """The stored letters with these ids, oldest first."""
         endpoint = self._endpoint
+        order = self._store.letter_order
 
-        def job(connection: sqlite3.Connection) -> builtins.list[StoredLetter]:
+        def job(connection: SqlConnection) -> builtins.list[StoredLetter]:
             found = []
             for letter_id in letter_ids:
                 row = connection.execute(
-                    f"SELECT {_COLUMNS}, rowid FROM triobus_dead_letters "
+                    f"SELECT {LETTER_COLUMNS}, {order} FROM triobus_dead_letters "
                     "WHERE letter_id = ? AND endpoint = ?",
                     (letter_id, endpoint),
                 ).fetchone()
                 if row is not None:
                     found.append(row)
             found.sort(key=lambda row: (row[11], row[14]))
-            return [_stored(row[:14]) for row in found]
+            return [stored_letter(row) for row in found]
 
         await self._committed()
         return await self._store.database.read(job)
@@ -419,10 +408,10 @@ class SqliteDeadLetters:
         named = ", ".join(repr(letter_id) for letter_id in missing[:_NAMED_IN_ERRORS])
         return DeadLetterNotFound(
             f"no dead letter {named}{_more(len(missing), ' and')} of endpoint "
-            f"{self._endpoint!r} in {self._store.path!r}{consequence}: it was never recorded "
+            f"{self._endpoint!r} in {self._store.location}{consequence}: it was never recorded "
             "there, or it was replayed or purged since; list() shows the letters stored",
             missing[0],
         )
 
     def __repr__(self) -> str:
-        return f"<SqliteDeadLetters {self._endpoint!r} in {self._store.path!r}>"
+        return f"<DurableDeadLetters {self._endpoint!r} in {self._store.location}>"

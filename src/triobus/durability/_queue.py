@@ -15,9 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sqlite3
 import traceback
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, final
 
 import trio
@@ -37,12 +36,13 @@ from ..bus import (
 )
 from ..mailbox import DeadLetterReason, DeadLetters, MailboxSpec, exception_type_name, new_letter_id
 from ._codec import Codec, MessageTypes
-from ._dead_letters import SqliteDeadLetters
+from ._dead_letters import DurableDeadLetters
 from ._store import (
     DEFAULT_INBOX_RETENTION,
     Counts,
     OutboxRow,
     SqliteStore,
+    SqlStore,
     StoredLetter,
     StoredRow,
 )
@@ -56,29 +56,49 @@ DEFAULT_POLL_INTERVAL: Final = 1.0
 #: How often handled ids older than the inbox retention are purged.
 INBOX_PURGE_INTERVAL: Final = 60.0
 
-_stores: dict[tuple[str, trio.lowlevel.TrioToken], SqliteStore] = {}
+_stores: dict[tuple[str, trio.lowlevel.TrioToken], SqlStore] = {}
 
 
-def _store_key(path: str) -> tuple[str, trio.lowlevel.TrioToken]:
-    return (os.path.realpath(path), trio.lowlevel.current_trio_token())
+def _store_key(location: str) -> tuple[str, trio.lowlevel.TrioToken]:
+    return (location, trio.lowlevel.current_trio_token())
 
 
-def _shared_store(path: str, options: dict[str, Any]) -> SqliteStore:
-    """One store per database file per trio run: one connection thread per database."""
-    store = store_for(path)
-    if store is None:
-        store = _stores[_store_key(path)] = SqliteStore(path, **options)
+def _sqlite_location(path: str) -> str:
+    return f"sqlite:{os.path.realpath(path)}"
+
+
+def _shared_store(location: str, make: Callable[[], SqlStore]) -> SqlStore:
+    """One store per database (and schema) per trio run: one connection thread or pool."""
+    key = _store_key(location)
+    store = _stores.get(key)
+    if store is None or not store.is_open:
+        store = _stores[key] = make()
     return store
 
 
-def store_for(path: str) -> SqliteStore | None:
-    """The open store of database file ``path`` in this trio run, if a durable queue opened it."""
-    store = _stores.get(_store_key(path))
-    return store if store is not None and store.database.is_open else None
+def store_for(path: str) -> SqlStore | None:
+    """The open store of SQLite file ``path`` in this trio run, if a durable queue opened it."""
+    return _open_store(_sqlite_location(path))
 
 
-def _release_store(store: SqliteStore) -> None:
-    if not store.database.is_open:
+def _open_store(location: str) -> SqlStore | None:
+    store = _stores.get(_store_key(location))
+    return store if store is not None and store.is_open else None
+
+
+def open_stores() -> list[SqlStore]:
+    """The stores durable queues opened in this trio run."""
+    token = trio.lowlevel.current_trio_token()
+    return [store for (_, run), store in _stores.items() if run is token and store.is_open]
+
+
+def store_errors(store: SqlStore | None) -> tuple[type[Exception], ...]:
+    """What ``store`` raises for an ordinary failure (to log and try again)."""
+    return store.database.errors if store is not None else (StoreError, OSError)
+
+
+def _release_store(store: SqlStore) -> None:
+    if not store.is_open:
         for key, known in list(_stores.items()):
             if known is store:
                 del _stores[key]
@@ -114,24 +134,26 @@ class DurableQueue:
         self,
         uri: str,
         *,
-        path: str | os.PathLike[str],
+        location: str,
+        make_store: Callable[[], SqlStore],
         errors: ErrorPolicy,
         prefetch: int,
         shutdown: float,
         poll_interval: float,
-        store_options: dict[str, Any],
         types: MessageTypes | None,
     ) -> None:
         self._uri = endpoint_uri(uri)
-        self.path = os.fspath(path)
+        #: The database this queue is stored in, as messages name it.
+        self.location = location
+        self._make_store = make_store
         self._errors = errors
         self.prefetch = positive_int("prefetch", prefetch)
         self.shutdown = positive_seconds("shutdown", shutdown)
         self.poll_interval = positive_seconds("poll_interval", poll_interval)
-        self._store_options = store_options
         self._types = types
         self._host: EndpointHost | None = None
-        self._store: SqliteStore | None = None
+        self._store: SqlStore | None = None
+        self._unwatch: Callable[[], None] = lambda: None
         self._codec: Codec | None = None
         self._ref: ActorRef | None = None
         self._feeder: trio.CancelScope | None = None
@@ -157,7 +179,7 @@ class DurableQueue:
         return self._errors
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> SqlStore:
         """The store this queue uses (while it runs)."""
         if self._store is None:
             raise StoreError(f"durable endpoint {self._uri!r} is not running")
@@ -170,21 +192,21 @@ class DurableQueue:
         return self._codec
 
     @property
-    def dead_letters(self) -> SqliteDeadLetters:
+    def dead_letters(self) -> DurableDeadLetters:
         """This endpoint's durable dead letters (a :class:`~triobus.DeadLetterStore`).
 
         Raises:
             StoreError: the endpoint is not running (read its letters while
-                a bus runs it: they stay in the SQLite file meanwhile).
+                a bus runs it: they stay in its database meanwhile).
         """
         host, store, codec = self._host, self._store, self._codec
         if host is None or store is None or codec is None:
             raise StoreError(
                 f"durable endpoint {self._uri!r} is not running: its dead letters stay in "
-                f"{self.path!r}; read them through queue.dead_letters inside the open_bus "
+                f"{self.location}; read them through queue.dead_letters inside the open_bus "
                 "that runs this endpoint"
             )
-        return SqliteDeadLetters(self._uri, store, codec, host.wall_clock, self._requeue)
+        return DurableDeadLetters(self._uri, store, codec, host.wall_clock, self._requeue)
 
     # ------------------------------------------------------------ life cycle
 
@@ -193,8 +215,11 @@ class DurableQueue:
             raise RuntimeError(f"endpoint {self._uri!r} is running in a bus already")
         types = self._types or MessageTypes.from_modules(host.modules)
         self._codec = Codec(types)
-        store = _shared_store(self.path, self._store_options)
-        await store.open()
+        store = _shared_store(self.location, self._make_store)
+        try:
+            await store.open()
+        except StoreError as exc:
+            raise StoreError(f"durable endpoint {self._uri!r} cannot start: {exc}") from exc
         if store.codec is None:
             store.codec = self._codec
         try:
@@ -222,6 +247,7 @@ class DurableQueue:
         self._host = host
         self._last_dead_letters = host.dead_letters
         self._store = store
+        self._unwatch = store.watch(self._uri, self._wake_up)
         self._feeder = trio.CancelScope()
         self._tasks_done = trio.Event()
         host.nursery.start_soon(self._run_tasks, self._feeder)
@@ -240,6 +266,7 @@ class DurableQueue:
         finally:
             store, self._store = self._store, None
             host, self._host = self._host, None
+            self._unwatch()
             self._ref = None
             if store is not None:
                 await store.close()  # commits what is queued
@@ -273,7 +300,7 @@ class DurableQueue:
     async def _enqueue(
         self,
         host: EndpointHost,
-        store: SqliteStore,
+        store: SqlStore,
         message_id: str,
         name: str,
         due: float,
@@ -370,16 +397,16 @@ class DurableQueue:
             self._tasks_done.set()
 
     async def _feed(self) -> None:
-        relayed = False
+        next_recovery = -math.inf
         while self._host is not None:  # None once stopped (a stop waits for this task)
             # Store calls are not cancellation points: look for the stop here.
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
-                if not relayed:
-                    await self._relay_outbox()
-                    relayed = True
+                if trio.current_time() >= next_recovery:
+                    await self._recover(first=next_recovery == -math.inf)
+                    next_recovery = trio.current_time() + self.store.recovery_interval
                 await self._feed_once()
-            except (StoreError, OSError, sqlite3.Error) as exc:
+            except store_errors(self._store) as exc:
                 # An ordinary store failure (a full disk, a lock held too long):
                 # never a crash of the bus's nursery.
                 logger.error("%s: the store failed (%r); trying again in 1 s", self._uri, exc)
@@ -454,7 +481,29 @@ class DurableQueue:
                 store.release_soon(row.seq, 0 if row.suspect else 1, row.progress)
             raise
 
-    async def _wait_for_rows(self, store: SqliteStore, host: EndpointHost) -> None:
+    async def _recover(self, first: bool) -> None:
+        """Take over what processes that died left: claims (the start took its own) and
+        outbox rows.
+        """
+        if not first:
+            store = self._store
+            if store is None:
+                return
+            suspect = await store.recover(self._uri)
+            if suspect:
+                logger.warning(
+                    "%s: %d message(s) were in the hand of a process whose lease ran out; "
+                    "each is handled alone now, its attempt counted first",
+                    self._uri,
+                    suspect,
+                )
+        await self._relay_outbox()
+
+    def _wake_up(self) -> None:
+        """New rows are stored (by this process or, told by the store, another)."""
+        self._wake.set()
+
+    async def _wait_for_rows(self, store: SqlStore, host: EndpointHost) -> None:
         due = await store.next_due(self._uri)
         wait = self.poll_interval
         if due is not None:
@@ -465,7 +514,7 @@ class DurableQueue:
             await self._relay_outbox()
 
     async def _delivery(
-        self, row: StoredRow, store: SqliteStore, host: EndpointHost
+        self, row: StoredRow, store: SqlStore, host: EndpointHost
     ) -> Delivery | None:
         """The delivery of a claimed row, or ``None`` when it was dead-lettered instead."""
         if not row.counted_here:
@@ -503,7 +552,7 @@ class DurableQueue:
         delivery.receipt = Receipt(row, counted=True)
         return delivery
 
-    async def _settled_and_flushed(self, store: SqliteStore) -> None:
+    async def _settled_and_flushed(self, store: SqlStore) -> None:
         while self._outstanding:
             self._idle = trio.Event()
             await self._idle.wait()
@@ -696,23 +745,24 @@ class DurableQueue:
 
         Rows bound for this queue are relayed here; so are rows bound for
         endpoints that are not durable queues, by the first queue on this
-        database. An endpoint that refuses (not running) keeps its rows for
-        the next pass. Rows of this run's units of work are theirs to relay
-        (those written after the store opened).
+        database. What is not relayed here (another queue's, an endpoint
+        that refuses, one this bus does not run) is given back for the next
+        pass or another process. Rows of living processes' units of work are
+        theirs to relay.
         """
         after = 0
         while True:  # page by page: rows skipped here must not hide the ones after them
             store, host, codec = self._store, self._host, self._codec
             if store is None or host is None or codec is None:
                 return  # stopped meanwhile
-            rows = await store.outbox(None, limit=500, through=store.outbox_horizon, after=after)
+            rows = await store.take_outbox(limit=500, after=after)
             if not rows:
                 return
             after = rows[-1].seq
             await self._relay_rows(rows, store, host, codec)
 
     async def _relay_rows(
-        self, rows: list[OutboxRow], store: SqliteStore, host: EndpointHost, codec: Codec
+        self, rows: list[OutboxRow], store: SqlStore, host: EndpointHost, codec: Codec
     ) -> None:
         done: list[int] = []
         try:
@@ -748,6 +798,10 @@ class DurableQueue:
         finally:
             if done:
                 await store.relayed(done)
+            relayed = set(done)
+            left = [row.seq for row in rows if row.seq not in relayed]
+            if left:
+                await store.release_outbox(left)
 
     @staticmethod
     def _refused_relay(host: EndpointHost, uri: str, delivery: Delivery, error: Exception) -> None:
@@ -769,7 +823,7 @@ class DurableQueue:
         return await self.store.counts(self._uri, now)
 
     def __repr__(self) -> str:
-        return f"<DurableQueue {self._uri!r} path={self.path!r}>"
+        return f"<DurableQueue {self._uri!r} in {self.location}>"
 
 
 def _committed(delivery: Delivery, receipt: Receipt, step: Step) -> bool:
@@ -786,7 +840,9 @@ def _committed(delivery: Delivery, receipt: Receipt, step: Step) -> bool:
 def durable_queue(
     uri: str,
     *,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | None = None,
+    url: str | None = None,
+    schema: str = "triobus",
     retries: int = 2,
     errors: ErrorPolicy | None = None,
     prefetch: int = DEFAULT_PREFETCH,
@@ -795,14 +851,20 @@ def durable_queue(
     batch_size: int = 500,
     max_delay: float = 0.0,
     inbox_retention: float = DEFAULT_INBOX_RETENTION,
+    lease: float = 30.0,
+    pool_size: int = 4,
     types: MessageTypes | None = None,
 ) -> DurableQueue:
-    """Declare a durable queue endpoint whose backlog lives in the SQLite file ``path``.
+    """Declare a durable queue endpoint, stored in SQLite (``path``) or PostgreSQL (``url``).
 
     Args:
         uri: the name routes refer to.
-        path: the SQLite database file (created if missing); several durable
-            queues may share one file (and its one connection thread).
+        path: a SQLite database file (created if missing), for one process;
+            several durable queues may share one file (and its one
+            connection thread).
+        url: a PostgreSQL URL (``postgresql://user:password@host:port/database``),
+            for queues shared by many processes; needs ``triobus[postgresql]``.
+        schema: the PostgreSQL schema of the tables (created on first start).
         retries: retries at once after a handler failure, before dead letters.
         errors: a full :class:`~triobus.ErrorPolicy`; replaces ``retries``.
         prefetch: deliveries held in memory at most (the mailbox's capacity).
@@ -811,26 +873,73 @@ def durable_queue(
         poll_interval: how often an idle queue looks for rows it was not told of.
         batch_size: writes committed in one transaction at most.
         max_delay: how long a write may wait for its batch to fill (0: as soon
-            as the connection is free).
+            as the database is free).
         inbox_retention: seconds handled message ids are remembered.
+        lease: PostgreSQL: seconds a process's claims stay its own after its
+            last renewal (every third of it); then other processes take
+            them over, and its unrelayed outbox rows.
+        pool_size: PostgreSQL: connections per process, at most.
         types: the message types the codec accepts (default: every type the
             bus's modules bind).
+
+    Raises:
+        ValueError: neither or both of ``path`` and ``url``, a URL that is not
+            PostgreSQL's, or a bad option (named).
     """
-    if not math.isfinite(inbox_retention):
+    if (path is None) == (url is None):
         raise ValueError(
-            f"inbox_retention must be a finite number of seconds, got {inbox_retention!r}"
+            f"durable_queue({uri!r}) needs exactly one of path= (a SQLite file) or url= "
+            "(a postgresql:// URL)"
         )
+    if url is not None:
+        location, make_store = _postgres_store(
+            url,
+            schema=schema,
+            lease=lease,
+            pool_size=pool_size,
+            batch_size=batch_size,
+            max_delay=max_delay,
+            inbox_retention=inbox_retention,
+        )
+    else:
+        assert path is not None
+        file = os.fspath(path)
+        location = _sqlite_location(file)
+
+        def make_store() -> SqlStore:
+            return SqliteStore(
+                file, batch_size=batch_size, max_delay=max_delay, inbox_retention=inbox_retention
+            )
+
+    make_store()  # checks the options now
     return DurableQueue(
         uri,
-        path=path,
+        location=location,
+        make_store=make_store,
         errors=errors if errors is not None else ErrorPolicy.retries(retries),
         prefetch=prefetch,
         shutdown=shutdown,
         poll_interval=poll_interval,
-        store_options={
-            "batch_size": batch_size,
-            "max_delay": max_delay,
-            "inbox_retention": inbox_retention,
-        },
         types=types,
     )
+
+
+def _postgres_store(url: str, **options: Any) -> tuple[str, Callable[[], SqlStore]]:
+    if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError(
+            f"url must be a PostgreSQL URL (postgresql://user:password@host:port/database), "
+            f"got {url!r}"
+        )
+    try:
+        from ._postgres import PostgresStore, describe_url
+    except ImportError as exc:
+        raise ImportError(
+            f"PostgreSQL durable queues need psycopg and psycopg_pool ({exc}): "
+            "pip install 'triobus[postgresql]'"
+        ) from exc
+    location = f"{describe_url(url)} (schema {options['schema']!r})"
+
+    def make_store() -> SqlStore:
+        return PostgresStore(url, **options)
+
+    return location, make_store

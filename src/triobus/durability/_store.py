@@ -1,21 +1,27 @@
-"""The SQLite store: durable queues, the inbox, dead letters and the outbox, in one file.
+"""The durable store: queues, the inbox, dead letters and the outbox, in SQL tables.
 
 Tables (created on first open, versioned in ``triobus_schema``):
 
 - ``triobus_queue``: one row per stored delivery: its endpoint, FIFO
-  sequence, due moment, attempts so far, progress (handlers done) and the
-  encoded envelope. A row is claimed by the process that feeds it to a
-  handler and deleted once it is handled or dead-lettered.
+  sequence, due moment, attempts so far, progress (handlers done), who
+  claimed it and the encoded envelope. A row is claimed by the process that
+  feeds it to a handler and deleted once it is handled or dead-lettered.
 - ``triobus_inbox``: (endpoint, message id, step) of handled messages, kept
   ``inbox_retention`` seconds, so a message delivered again is skipped. A
   message stored again while its id is still queued is skipped as well.
 - ``triobus_dead_letters``: dead letters with the reason, exception, traceback,
   attempts and the raw bytes.
-- ``triobus_outbox``: messages sent inside a unit of work, relayed after commit.
+- ``triobus_outbox``: messages sent inside a unit of work, relayed after
+  commit by the process that wrote them (its ``owner``).
+
+:class:`SqlStore` holds every statement the durable layer runs, written
+once for both databases; :class:`SqliteStore` (one process per file) and
+``PostgresStore`` (many processes, see ``_postgres``) say how the schema is
+made and which owners are alive.
 
 Attempts are counted before a handler runs: a claim adds one to every row
-it takes. A process that dies leaves its claims behind; at the next start
-they are *suspect*: each is fed alone, after everything before it is
+it takes. A process that dies leaves its claims behind; once it is known
+dead they are *suspect*: each is fed alone, after everything before it is
 settled, and its attempt is counted (committed) just before its handler
 runs. So a message that kills the process every time reaches its attempt
 limit, and one that was only prefetched when the process died is counted at
@@ -24,25 +30,28 @@ most once more than it ran.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final, final
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
 import attrs
 
-from ._sqlite import Database
+from .._errors import StoreError
+from ._database import Database, SqlConnection
+from ._sqlite import SqliteDatabase
 
 if TYPE_CHECKING:
     from ._codec import Codec
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 #: How long handled message ids are kept in the inbox, in seconds (5 minutes).
 DEFAULT_INBOX_RETENTION: Final = 300.0
 
-_SCHEMA = """
+_SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS triobus_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS triobus_queue (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -92,9 +101,13 @@ CREATE TABLE IF NOT EXISTS triobus_outbox (
     message_name TEXT NOT NULL,
     step TEXT NOT NULL DEFAULT '',
     due REAL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    owner TEXT
 );
 """
+
+#: Version 1 files lack the outbox's owner (their rows are an earlier run's).
+_SQLITE_MIGRATIONS: Final = {1: "ALTER TABLE triobus_outbox ADD COLUMN owner TEXT"}
 
 
 @final
@@ -160,38 +173,50 @@ class Counts:
     outbox: int
 
 
-def _last_outbox_seq(connection: sqlite3.Connection) -> int:
-    (seq,) = connection.execute("SELECT COALESCE(MAX(seq), 0) FROM triobus_outbox").fetchone()
-    return int(seq)
+LETTER_COLUMNS: Final = (
+    "letter_id, endpoint, recipient, reason, message_id, message_name, step, exception_type, "
+    "error, traceback, attempts, recorded_at, decodes, body"
+)
 
 
-def _create_schema(connection: sqlite3.Connection) -> None:
-    connection.executescript(_SCHEMA)
-    row = connection.execute("SELECT version FROM triobus_schema").fetchone()
-    if row is None:
-        connection.execute("INSERT INTO triobus_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-    elif row[0] != SCHEMA_VERSION:
-        raise sqlite3.DatabaseError(
-            f"the triobus tables are at schema version {row[0]}, this triobus knows "
-            f"{SCHEMA_VERSION}: upgrade triobus or use a fresh database file"
-        )
+def _letter_values(letter: StoredLetter) -> tuple[Any, ...]:
+    """``letter`` as ``LETTER_COLUMNS`` values (``decodes`` as an integer)."""
+    values = list(attrs.astuple(letter))
+    values[12] = int(values[12])
+    return tuple(values)
 
 
-@final
-class SqliteStore:
-    """The durable tables of one SQLite file, shared by the endpoints that use it."""
+def stored_letter(row: Sequence[Any]) -> StoredLetter:
+    """A ``LETTER_COLUMNS`` row as a :class:`StoredLetter`."""
+    values = list(row[:14])
+    values[12] = bool(values[12])
+    values[13] = bytes(values[13])
+    return StoredLetter(*values)
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        batch_size: int = 500,
-        max_delay: float = 0.0,
-        inbox_retention: float = DEFAULT_INBOX_RETENTION,
-    ) -> None:
-        if not inbox_retention >= 0:
-            raise ValueError(f"inbox_retention must be >= 0 seconds, got {inbox_retention!r}")
-        self.database = Database(path, batch_size=batch_size, max_delay=max_delay)
+
+class SqlStore:
+    """The durable tables of one database, shared by the endpoints that use it.
+
+    Every statement is here, with ``?`` placeholders and bare table names;
+    a subclass makes the schema and says which claims belong to the living.
+    """
+
+    #: What orders dead letters recorded at the same moment (insertion order).
+    letter_order: ClassVar[str] = "rowid"
+    #: Added to a claim's SELECT (of queue rows ``q``): how rows another process
+    #: is claiming are skipped.
+    lock_claimed: ClassVar[str] = ""
+    #: Added to the SELECT that takes over outbox rows, likewise.
+    lock_taken: ClassVar[str] = ""
+    #: Whether other processes share the store (their claims can turn stale while it runs).
+    shared: ClassVar[bool] = False
+
+    def __init__(self, database: Database, *, inbox_retention: float) -> None:
+        if not (isinstance(inbox_retention, int | float) and 0 <= inbox_retention < math.inf):
+            raise ValueError(
+                f"inbox_retention must be a finite number of seconds >= 0, got {inbox_retention!r}"
+            )
+        self.database = database
         self.inbox_retention = float(inbox_retention)
         #: This process's claims (a fresh id per open: claims of a dead process differ).
         self.owner = secrets.token_hex(8)
@@ -199,24 +224,63 @@ class SqliteStore:
         self.codec: Codec | None = None
         #: The queue that relays outbox rows bound for non-durable endpoints.
         self.relayer: object | None = None
-        #: Outbox rows up to this seq were left by an earlier run (read at open):
-        #: the durable queues relay them. Later rows are this run's units', which
-        #: relay their own (relaying them here too would deliver them twice).
-        self.outbox_horizon = 0
+        #: How often a feeder looks for claims and outbox rows of processes that
+        #: died while this one runs (never, when no other process shares the store).
+        self.recovery_interval = math.inf
+        self._opens = 0
 
     @property
-    def path(self) -> str:
-        return self.database.path
+    def location(self) -> str:
+        return self.database.location
+
+    @property
+    def is_open(self) -> bool:
+        return self.database.is_open
 
     async def open(self) -> None:
-        first = not self.database.is_open
-        await self.database.open()
-        if first:
-            await self.database.read(_create_schema)  # executescript commits as it goes
-            self.outbox_horizon = await self.database.read(_last_outbox_seq)
+        """Open the database (the first open makes or checks the schema)."""
+        self._opens += 1
+        if self._opens > 1:
+            await self.database.open()
+            return
+        try:
+            await self.database.open()
+            await self._prepare()
+        except BaseException:
+            self._opens -= 1
+            await self.database.close()
+            raise
 
     async def close(self) -> None:
+        if self._opens == 0:
+            return
+        self._opens -= 1
+        if self._opens == 0:
+            await self._closing()
         await self.database.close()
+
+    # ------------------------------------------------------------ for subclasses
+
+    async def _prepare(self) -> None:
+        """Make or check the schema (first open)."""
+        raise NotImplementedError
+
+    async def _closing(self) -> None:
+        """The last user is closing the store (its writes are not flushed yet)."""
+
+    def _dead_owner(self, column: str) -> tuple[str, tuple[Any, ...]]:
+        """A condition true where ``column`` names no living process; its parameters."""
+        return f"({column} IS NULL OR {column} <> ?)", (self.owner,)
+
+    def _notify(self, connection: SqlConnection, endpoint: str) -> None:
+        """Tell other processes ``endpoint`` has new rows (when this transaction commits)."""
+
+    def watch(self, endpoint: str, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` (in trio) when another process stores rows for ``endpoint``.
+
+        Returns the function that stops watching.
+        """
+        return lambda: None
 
     # ------------------------------------------------------------ queue
 
@@ -239,7 +303,7 @@ class SqliteStore:
         """
         counted_by = self.owner if counted else None
 
-        def job(connection: sqlite3.Connection) -> bool:
+        def job(connection: SqlConnection) -> bool:
             cursor = connection.execute(
                 "INSERT INTO triobus_queue "
                 "(endpoint, message_id, message_name, step, due, body, counted_by) "
@@ -257,18 +321,22 @@ class SqliteStore:
                     *(endpoint, message_id, step) * 2,
                 ),
             )
-            return cursor.rowcount == 1
+            stored = cursor.rowcount == 1
+            if stored:
+                self._notify(connection, endpoint)
+            return stored
 
         return await self.database.write(job)
 
     async def recover(self, endpoint: str) -> int:
-        """Claims left by a process that died become suspect; returns how many."""
+        """Claims of processes that died become suspect; returns how many."""
+        dead, params = self._dead_owner("claimed_by")
 
-        def job(connection: sqlite3.Connection) -> int:
+        def job(connection: SqlConnection) -> int:
             cursor = connection.execute(
                 "UPDATE triobus_queue SET claimed_by = NULL, suspect = 1 "
-                "WHERE endpoint = ? AND claimed_by IS NOT NULL AND claimed_by != ?",
-                (endpoint, self.owner),
+                f"WHERE endpoint = ? AND claimed_by IS NOT NULL AND {dead}",
+                (endpoint, *params),
             )
             return cursor.rowcount
 
@@ -279,22 +347,23 @@ class SqliteStore:
 
         Rows whose message the inbox marks handled are deleted instead (a
         duplicate is skipped quietly). Suspect rows are taken without a count
-        (see :meth:`started`). Returns the rows taken and how many of the
-        skipped duplicates this process counted in flight when it stored them.
+        (see :meth:`started`). Rows another process is claiming are skipped.
+        Returns the rows taken and how many of the skipped duplicates this
+        process counted in flight when it stored them.
         """
         owner = self.owner
+        query = (
+            "SELECT q.seq, q.message_id, q.step, q.attempts, q.progress, q.suspect, q.body, "
+            "q.counted_by IS NOT NULL AND q.counted_by = ?, i.message_id IS NOT NULL "
+            "FROM triobus_queue AS q "
+            "LEFT JOIN triobus_inbox AS i ON i.endpoint = q.endpoint "
+            "AND i.message_id = q.message_id AND i.step = q.step "
+            "WHERE q.endpoint = ? AND q.claimed_by IS NULL AND q.due <= ? "
+            f"ORDER BY q.seq LIMIT ?{self.lock_claimed}"
+        )
 
-        def job(connection: sqlite3.Connection) -> tuple[list[StoredRow], int]:
-            rows = connection.execute(
-                "SELECT q.seq, q.message_id, q.step, q.attempts, q.progress, q.suspect, q.body, "
-                "q.counted_by IS NOT NULL AND q.counted_by = ?, i.message_id IS NOT NULL "
-                "FROM triobus_queue AS q "
-                "LEFT JOIN triobus_inbox AS i ON i.endpoint = q.endpoint "
-                "AND i.message_id = q.message_id AND i.step = q.step "
-                "WHERE q.endpoint = ? AND q.claimed_by IS NULL AND q.due <= ? "
-                "ORDER BY q.seq LIMIT ?",
-                (owner, endpoint, now, limit),
-            ).fetchall()
+        def job(connection: SqlConnection) -> tuple[list[StoredRow], int]:
+            rows = connection.execute(query, (owner, endpoint, now, limit)).fetchall()
             taken: list[StoredRow] = []
             duplicates: list[tuple[int]] = []
             counted_duplicates = 0
@@ -318,21 +387,25 @@ class SqliteStore:
                 )
             if duplicates:
                 connection.executemany("DELETE FROM triobus_queue WHERE seq = ?", duplicates)
-            connection.executemany(
-                "UPDATE triobus_queue SET claimed_by = ?, attempts = attempts + ? WHERE seq = ?",
-                [(owner, 0 if row.suspect else 1, row.seq) for row in taken],
-            )
+            if taken:
+                connection.executemany(
+                    "UPDATE triobus_queue SET claimed_by = ?, attempts = attempts + ? "
+                    "WHERE seq = ?",
+                    [(owner, 0 if row.suspect else 1, row.seq) for row in taken],
+                )
             return taken, counted_duplicates
 
         return await self.database.write(job)
 
     async def started(self, seq: int) -> None:
         """A suspect row's handler is about to run: count the attempt, now, durably."""
+        owner = self.owner
 
-        def job(connection: sqlite3.Connection) -> None:
+        def job(connection: SqlConnection) -> None:
             connection.execute(
-                "UPDATE triobus_queue SET attempts = attempts + 1, suspect = 0 WHERE seq = ?",
-                (seq,),
+                "UPDATE triobus_queue SET attempts = attempts + 1, suspect = 0 "
+                "WHERE seq = ? AND claimed_by = ?",
+                (seq, owner),
             )
 
         await self.database.write(job)
@@ -340,8 +413,8 @@ class SqliteStore:
     def ack_soon(self, endpoint: str, seq: int, message_id: str, step: str, now: float) -> None:
         """The row was handled: delete it and mark the inbox (in the next batch)."""
 
-        def job(connection: sqlite3.Connection) -> None:
-            ack(connection, endpoint, seq, message_id, step, now)
+        def job(connection: SqlConnection) -> None:
+            self.ack(connection, endpoint, seq, message_id, step, now)
 
         self.database.write_soon(job)
 
@@ -359,35 +432,39 @@ class SqliteStore:
 
         ``counted``: this process keeps counting it in flight (see :meth:`enqueue`).
         """
-        counted_by = self.owner if counted else None
+        owner = self.owner
+        counted_by = owner if counted else None
 
-        def job(connection: sqlite3.Connection) -> None:
+        def job(connection: SqlConnection) -> None:
             if not to_tail:
                 connection.execute(
                     "UPDATE triobus_queue SET claimed_by = NULL, counted_by = ?, due = ?, "
-                    "attempts = ?, progress = ? WHERE seq = ?",
-                    (counted_by, due, attempts, progress, seq),
+                    "attempts = ?, progress = ? WHERE seq = ? AND claimed_by = ?",
+                    (counted_by, due, attempts, progress, seq, owner),
                 )
                 return
             connection.execute(
                 "INSERT INTO triobus_queue (endpoint, message_id, message_name, step, due, "
                 "attempts, progress, body, counted_by) "
                 "SELECT endpoint, message_id, message_name, step, ?, ?, ?, body, ? "
-                "FROM triobus_queue WHERE seq = ?",
-                (due, attempts, progress, counted_by, seq),
+                "FROM triobus_queue WHERE seq = ? AND claimed_by = ?",
+                (due, attempts, progress, counted_by, seq, owner),
             )
-            connection.execute("DELETE FROM triobus_queue WHERE seq = ?", (seq,))
+            connection.execute(
+                "DELETE FROM triobus_queue WHERE seq = ? AND claimed_by = ?", (seq, owner)
+            )
 
         self.database.write_soon(job)
 
     def release_soon(self, seq: int, give_back: int, progress: int) -> None:
         """Unclaim the row (left for redelivery), giving back an attempt that did not run."""
+        owner = self.owner
 
-        def job(connection: sqlite3.Connection) -> None:
+        def job(connection: SqlConnection) -> None:
             connection.execute(
                 "UPDATE triobus_queue SET claimed_by = NULL, attempts = attempts - ?, "
-                "progress = ? WHERE seq = ?",
-                (give_back, progress, seq),
+                "progress = ? WHERE seq = ? AND claimed_by = ?",
+                (give_back, progress, seq, owner),
             )
 
         self.database.write_soon(job)
@@ -395,7 +472,7 @@ class SqliteStore:
     async def next_due(self, endpoint: str) -> float | None:
         """The earliest due moment of the endpoint's unclaimed rows, if any."""
 
-        def job(connection: sqlite3.Connection) -> float | None:
+        def job(connection: SqlConnection) -> float | None:
             row = connection.execute(
                 "SELECT MIN(due) FROM triobus_queue WHERE endpoint = ? AND claimed_by IS NULL",
                 (endpoint,),
@@ -408,15 +485,16 @@ class SqliteStore:
         """Forget handled ids older than the retention (in the next batch)."""
         horizon = now - self.inbox_retention
 
-        def job(connection: sqlite3.Connection) -> None:
+        def job(connection: SqlConnection) -> None:
             connection.execute("DELETE FROM triobus_inbox WHERE handled_at < ?", (horizon,))
 
         self.database.write_soon(job)
 
     async def counts(self, endpoint: str, now: float) -> Counts:
-        def job(connection: sqlite3.Connection) -> Counts:
+        def job(connection: SqlConnection) -> Counts:
             incoming, scheduled = connection.execute(
-                "SELECT COALESCE(SUM(due <= ?), 0), COALESCE(SUM(due > ?), 0) "
+                "SELECT COALESCE(SUM(CASE WHEN due <= ? THEN 1 ELSE 0 END), 0), "
+                "COALESCE(SUM(CASE WHEN due > ? THEN 1 ELSE 0 END), 0) "
                 "FROM triobus_queue WHERE endpoint = ?",
                 (now, now, endpoint),
             ).fetchone()
@@ -430,36 +508,104 @@ class SqliteStore:
 
         return await self.database.read(job)
 
+    # ------------------------------------------------------------ in a unit of work
+
+    def ack(
+        self,
+        connection: SqlConnection,
+        endpoint: str,
+        seq: int,
+        message_id: str,
+        step: str,
+        now: float,
+    ) -> int:
+        """Delete this process's handled row ``seq`` and mark its message in the inbox.
+
+        Returns the rows deleted: 0 when the row is gone or was taken over
+        by another process (which then handles it).
+        """
+        cursor = connection.execute(
+            "DELETE FROM triobus_queue WHERE seq = ? AND claimed_by = ?", (seq, self.owner)
+        )
+        connection.execute(
+            "INSERT INTO triobus_inbox (endpoint, message_id, step, handled_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (endpoint, message_id, step) "
+            "DO UPDATE SET handled_at = excluded.handled_at",
+            (endpoint, message_id, step, now),
+        )
+        return cursor.rowcount
+
+    def advance(self, connection: SqlConnection, seq: int, done: int) -> int:
+        """Mark the first ``done`` handlers of row ``seq``'s event done; rows updated.
+
+        0 when the row is gone, taken over, or already past them (a
+        redelivery of a handler whose unit of work committed).
+        """
+        cursor = connection.execute(
+            "UPDATE triobus_queue SET progress = ? WHERE seq = ? AND progress < ? "
+            "AND claimed_by = ?",
+            (done, seq, done, self.owner),
+        )
+        return cursor.rowcount
+
+    def outbox_insert(
+        self,
+        connection: SqlConnection,
+        endpoint: str,
+        message_id: str,
+        name: str,
+        step: str,
+        due: float | None,
+        body: bytes,
+    ) -> int:
+        """Write one outbox row, owned by this process; its seq."""
+        row = connection.execute(
+            "INSERT INTO triobus_outbox "
+            "(endpoint, message_id, message_name, step, due, body, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            (endpoint, message_id, name, step, due, body, self.owner),
+        ).fetchone()
+        return int(row[0])
+
     # ------------------------------------------------------------ dead letters
 
     def dead_letter_soon(self, letter: StoredLetter, seq: int | None) -> None:
         """Store ``letter`` (and delete queue row ``seq``, if given) in the next batch."""
-        self.database.write_soon(_dead_letter_job(letter, seq))
+        self.database.write_soon(self._dead_letter_job(letter, seq))
 
     async def dead_letter(self, letter: StoredLetter, seq: int | None = None) -> None:
         """Store ``letter`` (and delete queue row ``seq``, if given); returns once committed."""
-        await self.database.write(_dead_letter_job(letter, seq))
+        await self.database.write(self._dead_letter_job(letter, seq))
+
+    def _dead_letter_job(
+        self, letter: StoredLetter, seq: int | None
+    ) -> Callable[[SqlConnection], None]:
+        owner = self.owner
+
+        def job(connection: SqlConnection) -> None:
+            connection.execute(
+                f"INSERT INTO triobus_dead_letters ({LETTER_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (letter_id) DO NOTHING",
+                _letter_values(letter),
+            )
+            if seq is not None:
+                connection.execute(
+                    "DELETE FROM triobus_queue WHERE seq = ? AND claimed_by = ?", (seq, owner)
+                )
+
+        return job
 
     async def letters(self, endpoint: str) -> list[StoredLetter]:
-        def job(connection: sqlite3.Connection) -> list[StoredLetter]:
+        def job(connection: SqlConnection) -> list[StoredLetter]:
             rows = connection.execute(
-                f"SELECT {_LETTER_COLUMNS} FROM triobus_dead_letters WHERE endpoint = ? "
-                "ORDER BY recorded_at, rowid",
+                f"SELECT {LETTER_COLUMNS} FROM triobus_dead_letters WHERE endpoint = ? "
+                f"ORDER BY recorded_at, {self.letter_order}",
                 (endpoint,),
             ).fetchall()
-            return [_letter(row) for row in rows]
+            return [stored_letter(row) for row in rows]
 
         return await self.database.read(job)
-
-    async def remove_letters(self, letter_ids: Sequence[str]) -> int:
-        def job(connection: sqlite3.Connection) -> int:
-            cursor = connection.executemany(
-                "DELETE FROM triobus_dead_letters WHERE letter_id = ?",
-                [(letter_id,) for letter_id in letter_ids],
-            )
-            return cursor.rowcount
-
-        return await self.database.write(job)
 
     async def requeue_letter(self, letter: StoredLetter, now: float, counted: bool = False) -> bool:
         """Replay: the letter's message goes back to its queue (same id, fresh attempts).
@@ -472,7 +618,7 @@ class SqliteStore:
         """
         counted_by = self.owner if counted else None
 
-        def job(connection: sqlite3.Connection) -> bool:
+        def job(connection: SqlConnection) -> bool:
             removed = connection.execute(
                 "DELETE FROM triobus_dead_letters WHERE letter_id = ?", (letter.letter_id,)
             ).rowcount
@@ -496,50 +642,53 @@ class SqliteStore:
                 "DELETE FROM triobus_inbox WHERE endpoint = ? AND message_id = ? AND step = ?",
                 (letter.endpoint, letter.message_id, letter.step),
             )
+            self._notify(connection, letter.endpoint)
             return True
 
         return await self.database.write(job)
 
     # ------------------------------------------------------------ outbox
 
-    async def outbox(
-        self,
-        endpoints: Iterable[str] | None,
-        limit: int,
-        through: int | None = None,
-        after: int = 0,
-    ) -> list[OutboxRow]:
-        """Outbox rows (bound for ``endpoints``, or all; seq above ``after`` and up to
-        ``through``), oldest first.
+    async def take_outbox(self, limit: int, after: int = 0) -> list[OutboxRow]:
+        """Take over up to ``limit`` outbox rows (seq above ``after``) left by dead processes.
+
+        A row of a process that died between its commit and its relay
+        becomes this process's, to relay; give back what it does not relay
+        with :meth:`release_outbox`. Oldest first.
         """
-        uris = None if endpoints is None else list(endpoints)
+        dead, params = self._dead_owner("owner")
+        query = (
+            "UPDATE triobus_outbox SET owner = ? WHERE seq IN (SELECT seq FROM triobus_outbox "
+            f"WHERE seq > ? AND {dead} ORDER BY seq LIMIT ?{self.lock_taken}) "
+            "RETURNING seq, endpoint, message_id, step, due, body"
+        )
 
-        def job(connection: sqlite3.Connection) -> list[OutboxRow]:
-            clauses = ["seq > ?"]
-            params: list[Any] = [after]
-            if uris is not None:
-                clauses.append(f"endpoint IN ({', '.join('?' for _ in uris)})")
-                params += uris
-            if through is not None:
-                clauses.append("seq <= ?")
-                params.append(through)
-            query = f"WHERE {' AND '.join(clauses)}"
-            rows = connection.execute(
-                "SELECT seq, endpoint, message_id, step, due, body FROM triobus_outbox "
-                f"{query} ORDER BY seq LIMIT ?",
-                (*params, limit),
-            ).fetchall()
-            return [
-                OutboxRow(seq, uri, mid, step, due, bytes(body))
-                for seq, uri, mid, step, due, body in rows
-            ]
+        def job(connection: SqlConnection) -> list[OutboxRow]:
+            rows = connection.execute(query, (self.owner, after, *params, limit)).fetchall()
+            return sorted(
+                (
+                    OutboxRow(seq, uri, mid, step, due, bytes(body))
+                    for seq, uri, mid, step, due, body in rows
+                ),
+                key=lambda row: row.seq,
+            )
 
-        if uris == []:
-            return []
-        return await self.database.read(job)
+        return await self.database.write(job)
+
+    async def release_outbox(self, seqs: Sequence[int]) -> None:
+        """Give back taken outbox rows this process does not relay (another may)."""
+        owner = self.owner
+
+        def job(connection: SqlConnection) -> None:
+            connection.executemany(
+                "UPDATE triobus_outbox SET owner = NULL WHERE seq = ? AND owner = ?",
+                [(seq, owner) for seq in seqs],
+            )
+
+        await self.database.write(job)
 
     async def relayed(self, seqs: Sequence[int]) -> None:
-        def job(connection: sqlite3.Connection) -> None:
+        def job(connection: SqlConnection) -> None:
             connection.executemany(
                 "DELETE FROM triobus_outbox WHERE seq = ?", [(seq,) for seq in seqs]
             )
@@ -547,76 +696,45 @@ class SqliteStore:
         await self.database.write(job)
 
     def __repr__(self) -> str:
-        return f"<SqliteStore {self.path!r}>"
+        return f"<{type(self).__name__} {self.location}>"
 
 
-_LETTER_COLUMNS = (
-    "letter_id, endpoint, recipient, reason, message_id, message_name, step, exception_type, "
-    "error, traceback, attempts, recorded_at, decodes, body"
-)
+@final
+class SqliteStore(SqlStore):
+    """The durable tables of one SQLite file, used by one process at a time."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        batch_size: int = 500,
+        max_delay: float = 0.0,
+        inbox_retention: float = DEFAULT_INBOX_RETENTION,
+    ) -> None:
+        super().__init__(
+            SqliteDatabase(path, batch_size=batch_size, max_delay=max_delay),
+            inbox_retention=inbox_retention,
+        )
+        self.path = os.fspath(path)
+
+    async def _prepare(self) -> None:
+        await self.database.read(_create_sqlite_schema)  # executescript commits as it goes
 
 
-def _letter(row: Any) -> StoredLetter:
-    values = list(row)
-    values[12] = bool(values[12])
-    values[13] = bytes(values[13])
-    return StoredLetter(*values)
-
-
-def _dead_letter_job(letter: StoredLetter, seq: int | None) -> Callable[[sqlite3.Connection], None]:
-    def job(connection: sqlite3.Connection) -> None:
-        insert_letter(connection, letter)
-        if seq is not None:
-            connection.execute("DELETE FROM triobus_queue WHERE seq = ?", (seq,))
-
-    return job
-
-
-def insert_letter(connection: sqlite3.Connection, letter: StoredLetter) -> None:
-    connection.execute(
-        f"INSERT OR REPLACE INTO triobus_dead_letters ({_LETTER_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        attrs.astuple(letter),
-    )
-
-
-def ack(
-    connection: sqlite3.Connection, endpoint: str, seq: int, message_id: str, step: str, now: float
-) -> int:
-    """Delete the handled row ``seq`` and mark its message in the inbox; rows deleted."""
-    cursor = connection.execute("DELETE FROM triobus_queue WHERE seq = ?", (seq,))
-    connection.execute(
-        "INSERT OR REPLACE INTO triobus_inbox (endpoint, message_id, step, handled_at) "
-        "VALUES (?, ?, ?, ?)",
-        (endpoint, message_id, step, now),
-    )
-    return cursor.rowcount
-
-
-def advance(connection: sqlite3.Connection, seq: int, done: int) -> int:
-    """Mark the first ``done`` handlers of row ``seq``'s event done; rows updated.
-
-    0 when the row is gone or already past them (a redelivery of a handler
-    whose unit of work committed).
-    """
-    cursor = connection.execute(
-        "UPDATE triobus_queue SET progress = ? WHERE seq = ? AND progress < ?",
-        (done, seq, done),
-    )
-    return cursor.rowcount
-
-
-def outbox_insert(
-    connection: sqlite3.Connection,
-    endpoint: str,
-    message_id: str,
-    name: str,
-    step: str,
-    due: float | None,
-    body: bytes,
-) -> None:
-    connection.execute(
-        "INSERT INTO triobus_outbox (endpoint, message_id, message_name, step, due, body) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (endpoint, message_id, name, step, due, body),
-    )
+def _create_sqlite_schema(connection: sqlite3.Connection) -> None:
+    connection.executescript(_SQLITE_SCHEMA)
+    row = connection.execute("SELECT version FROM triobus_schema").fetchone()
+    if row is None:
+        connection.execute("INSERT INTO triobus_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+        return
+    version = row[0]
+    if version in _SQLITE_MIGRATIONS:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute(_SQLITE_MIGRATIONS[version])
+        connection.execute("UPDATE triobus_schema SET version = ?", (SCHEMA_VERSION,))
+        connection.execute("COMMIT")
+    elif version != SCHEMA_VERSION:
+        raise StoreError(
+            f"the triobus tables are at schema version {version}, this triobus knows "
+            f"{SCHEMA_VERSION}: upgrade triobus or use a fresh database file"
+        )

@@ -1,4 +1,4 @@
-"""Units of work on the user's SQLite connection: a transactional outbox and inbox.
+"""Units of work on the user's connection: a transactional outbox and inbox.
 
 ::
 
@@ -19,9 +19,13 @@ transaction, so a redelivery cannot apply them twice. A unit of work whose
 message was acknowledged already (by an earlier attempt's commit) rolls
 back quietly.
 
-The transaction begins deferred: nothing holds SQLite's write lock until
-the first write. Statements run on a worker thread, one at a time per
-connection; open the connection with ``check_same_thread=False``.
+The connection is the user's own: a ``sqlite3.Connection`` to a durable
+queue's file (opened with ``check_same_thread=False``; the transaction
+begins deferred, so nothing holds SQLite's write lock until the first
+write), or a ``psycopg.Connection`` to a durable queue's PostgreSQL
+database (the same host, port and database; ``schema=`` picks the store
+when several schemas run). Statements run on a worker thread, one at a
+time per connection.
 """
 
 from __future__ import annotations
@@ -29,54 +33,135 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, final
+from typing import Any, TypeVar, final
 
 import trio
 
 from .._errors import ActorStopped, MailboxFull, PartitionKeyError, StoreError
 from ..bus import Delivery, Endpoint, delivery_in_hand, enlisting, hand_over
-from ._queue import DurableQueue, Receipt, store_for
-from ._store import SqliteStore, ack, advance, outbox_insert
+from ._database import SqlConnection
+from ._queue import DurableQueue, Receipt, open_stores, store_for
+from ._store import SqlStore
+
+T = TypeVar("T")
 
 logger = logging.getLogger("triobus.durability")
 
 
-def _database_file(connection: sqlite3.Connection) -> str:
-    for _, name, path in connection.execute("PRAGMA database_list").fetchall():
-        if name == "main":
-            return str(path)
-    return ""
+class _Side:
+    """How a unit drives the user's connection (SQLite or psycopg)."""
+
+    #: The connection as the store's statements see it.
+    adapted: SqlConnection
+
+    def __init__(self, connection: Any, store: SqlStore) -> None:
+        self.connection = connection
+        self.store = store
+
+    def begin(self) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def rollback(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """The unit is over (committed or rolled back): restore the connection's settings."""
+
+    def run(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
+        raise NotImplementedError
+
+    def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+
+@final
+class _SqliteSide(_Side):
+    def __init__(self, connection: sqlite3.Connection, store: SqlStore) -> None:
+        super().__init__(connection, store)
+        self.adapted = connection
+        self._level = connection.isolation_level
+
+    def begin(self) -> None:
+        self.connection.isolation_level = None
+        self.connection.execute("BEGIN DEFERRED")
+
+    def commit(self) -> None:
+        self.connection.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.connection.in_transaction:
+            self.connection.execute("ROLLBACK")
+
+    def finish(self) -> None:
+        self.connection.isolation_level = self._level
+
+    def run(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
+        return self.connection.execute(sql, parameters).fetchall()  # type: ignore[no-any-return]
+
+    def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self.connection.executemany(sql, rows)
+
+
+@final
+class _PostgresSide(_Side):
+    def __init__(self, connection: Any, store: SqlStore) -> None:
+        from ._postgres import PgConnection, PostgresStore
+
+        super().__init__(connection, store)
+        assert isinstance(store, PostgresStore)
+        self.adapted = PgConnection(connection, store.pg.schema)
+
+    def begin(self) -> None:
+        if self.connection.autocommit:
+            self.connection.execute("BEGIN")
+
+    def commit(self) -> None:
+        self.connection.commit()
+
+    def rollback(self) -> None:
+        self.connection.rollback()
+
+    def run(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
+        cursor = self.connection.execute(sql, parameters)
+        return cursor.fetchall() if cursor.description is not None else []
+
+    def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self.connection.cursor().executemany(sql, rows)
 
 
 @final
 class UnitOfWork:
     """One transaction on the user's connection; what is sent inside it is written with it."""
 
-    def __init__(self, connection: sqlite3.Connection, store: SqliteStore) -> None:
-        self.connection = connection
-        self._store = store
+    def __init__(self, side: _Side) -> None:
+        self._side = side
+        self.connection = side.connection
+        self._store = side.store
         self._lock = trio.Lock()
         #: (endpoint, delivery) sent inside the unit, in order.
         self._sent: list[tuple[Endpoint, Delivery]] = []
         self._seqs: list[int] = []
 
     async def execute(self, sql: str, parameters: Iterable[Any] = ()) -> list[Any]:
-        """Run one statement in this transaction; return its rows (``fetchall``)."""
-        params = tuple(parameters)
+        """Run one statement in this transaction; return its rows (``fetchall``).
 
-        def run() -> list[Any]:
-            return self.connection.execute(sql, params).fetchall()
-
-        async with self._lock:
-            return await trio.to_thread.run_sync(run)
+        ``sql`` is the connection's own dialect (``?`` placeholders on SQLite,
+        ``%s`` on psycopg).
+        """
+        return await self._on_thread(self._side.run, sql, tuple(parameters))
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         """Run one statement for each of ``rows`` in this transaction."""
-        batch = [tuple(row) for row in rows]
+        await self._on_thread(self._side.run_many, sql, [tuple(row) for row in rows])
+
+    async def _on_thread(self, function: Callable[..., T], *args: Any) -> T:
         async with self._lock:
-            await trio.to_thread.run_sync(self.connection.executemany, sql, batch)
+            return await trio.to_thread.run_sync(function, *args)
 
     def enlist(self, endpoint: Endpoint, delivery: Delivery) -> None:
         self._sent.append((endpoint, delivery))
@@ -87,27 +172,24 @@ class UnitOfWork:
         """Write the outbox rows (and the inbox mark) and commit; ``False``: a duplicate."""
         rows = [self._outbox_row(endpoint, delivery) for endpoint, delivery in self._sent]
         handled = _handled_here(self._store)
+        side, store = self._side, self._store
 
         def commit() -> tuple[bool, list[int]]:
-            connection = self.connection
+            connection = side.adapted
             if handled is not None:
                 uri, row, now, through = handled
                 if through is None:
-                    marked = ack(connection, uri, row.seq, row.message_id, row.step, now)
+                    marked = store.ack(connection, uri, row.seq, row.message_id, row.step, now)
                 else:
-                    marked = advance(connection, row.seq, through)
+                    marked = store.advance(connection, row.seq, through)
                 if not marked:
-                    connection.execute("ROLLBACK")
+                    side.rollback()
                     return False, []
-            seqs = []
-            for row_values in rows:
-                outbox_insert(connection, *row_values)
-                seqs.append(connection.execute("SELECT last_insert_rowid()").fetchone()[0])
-            connection.execute("COMMIT")
+            seqs = [store.outbox_insert(connection, *row_values) for row_values in rows]
+            side.commit()
             return True, seqs
 
-        async with self._lock:
-            committed, seqs = await trio.to_thread.run_sync(commit)
+        committed, seqs = await self._on_thread(commit)
         if committed and handled is not None:
             delivery = delivery_in_hand()
             assert delivery is not None and isinstance(delivery.receipt, Receipt)
@@ -161,7 +243,7 @@ class UnitOfWork:
                     await self._store.relayed(done)
 
 
-def _handled_here(store: SqliteStore) -> tuple[str, Any, float, int | None] | None:
+def _handled_here(store: SqlStore) -> tuple[str, Any, float, int | None] | None:
     """The queue row of the durable delivery in hand, when it is stored in ``store``,
     and what the commit marks: the whole message (``None``: acknowledged), or,
     for a handler of an event that is not the last, the handlers done through it
@@ -186,13 +268,19 @@ def _handled_here(store: SqliteStore) -> tuple[str, Any, float, int | None] | No
 
 
 @asynccontextmanager
-async def unit_of_work(connection: sqlite3.Connection) -> AsyncIterator[UnitOfWork]:
+async def unit_of_work(connection: Any, *, schema: str | None = None) -> AsyncIterator[UnitOfWork]:
     """A transaction on ``connection`` that carries what is sent inside it; see the module.
+
+    Args:
+        connection: a ``sqlite3.Connection`` or a ``psycopg.Connection``.
+        schema: PostgreSQL: the schema of the durable queues' tables, when
+            queues of several schemas run on that database.
 
     Raises:
         StoreError: ``connection`` is in a transaction already, was not opened
-            with ``check_same_thread=False``, or its database is not the file of
-            a running durable queue (the outbox relays through one).
+            with ``check_same_thread=False`` (SQLite), or reaches no database of a
+            running durable queue (the outbox relays through one).
+        TypeError: ``connection`` is neither kind.
     """
     key = id(connection)
     if key in _open_units:
@@ -202,7 +290,8 @@ async def unit_of_work(connection: sqlite3.Connection) -> AsyncIterator[UnitOfWo
         )
     _open_units.add(key)  # before the first await: two tasks cannot both pass
     try:
-        async with _unit_on(connection) as uow:
+        side = await _side_of(connection, schema)
+        async with _unit_on(side) as uow:
             yield uow
     finally:
         _open_units.discard(key)
@@ -214,42 +303,85 @@ _open_units: set[int] = set()
 
 
 @asynccontextmanager
-async def _unit_on(connection: sqlite3.Connection) -> AsyncIterator[UnitOfWork]:
-    path = await trio.to_thread.run_sync(_checked_file, connection)
-    store = store_for(path)
-    if store is None:
-        raise StoreError(
-            f"no durable queue of a running bus uses {path!r}: a unit of work writes its "
-            "outbox there and relays through it; declare durable_queue(..., path=...) on "
-            "that file (or open the unit on a durable queue's database)"
-        )
-    uow = UnitOfWork(connection, store)
-    level = connection.isolation_level
-    connection.isolation_level = None
+async def _unit_on(side: _Side) -> AsyncIterator[UnitOfWork]:
+    uow = UnitOfWork(side)
     try:
-        await trio.to_thread.run_sync(connection.execute, "BEGIN DEFERRED")
+        await trio.to_thread.run_sync(side.begin)
         try:
             with enlisting(uow):
                 yield uow
             # Inside the rollback's reach: an outbox row that cannot be encoded, a
             # failed COMMIT or a cancellation at the lock must not leave the
-            # transaction open (holding SQLite's write lock), nor let an
-            # autocommit connection commit the writes without their rows.
+            # transaction open (holding a write lock), nor let an autocommit
+            # connection commit the writes without their rows.
             committed = await uow._commit()
         except BaseException:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + 30):
                 async with uow._lock:  # after a statement still running on its thread
-                    await trio.to_thread.run_sync(_rollback, connection)
+                    await trio.to_thread.run_sync(side.rollback)
             raise
     finally:
-        connection.isolation_level = level
+        side.finish()
     if committed:
         await uow._relay()
 
 
-def _rollback(connection: sqlite3.Connection) -> None:
-    if connection.in_transaction:
-        connection.execute("ROLLBACK")
+async def _side_of(connection: Any, schema: str | None) -> _Side:
+    if isinstance(connection, sqlite3.Connection):
+        path = await trio.to_thread.run_sync(_checked_file, connection)
+        store = store_for(path)
+        if store is None:
+            raise StoreError(
+                f"no durable queue of a running bus uses {path!r}: a unit of work writes its "
+                "outbox there and relays through it; declare durable_queue(..., path=...) on "
+                "that file (or open the unit on a durable queue's database)"
+            )
+        return _SqliteSide(connection, store)
+    if type(connection).__module__.startswith("psycopg"):
+        return _PostgresSide(connection, await _postgres_store(connection, schema))
+    raise TypeError(
+        f"unit_of_work takes a sqlite3.Connection or a psycopg.Connection, got {connection!r}"
+    )
+
+
+async def _postgres_store(connection: Any, schema: str | None) -> SqlStore:
+    from psycopg.pq import TransactionStatus
+
+    from ._postgres import PostgresStore, identity_of
+
+    if not hasattr(connection, "autocommit") or hasattr(connection, "__aenter__"):
+        raise TypeError(
+            f"unit_of_work takes psycopg's sync Connection (run on worker threads), got "
+            f"{connection!r}"
+        )
+    if connection.info.transaction_status != TransactionStatus.IDLE:
+        raise StoreError(
+            "the connection is in a transaction already: commit or roll it back before "
+            "opening a unit of work on it"
+        )
+    identity = identity_of(connection)
+    stores = [
+        store
+        for store in open_stores()
+        if isinstance(store, PostgresStore)
+        and store.identity == identity
+        and schema in (None, store.pg.schema)
+    ]
+    if len(stores) == 1:
+        return stores[0]
+    host, port, dbname = identity
+    where = f"{host}:{port}/{dbname}" + ("" if schema is None else f" (schema {schema!r})")
+    if not stores:
+        raise StoreError(
+            f"no durable queue of a running bus uses the PostgreSQL database {where}: a unit "
+            "of work writes its outbox there and relays through it; declare "
+            "durable_queue(..., url=...) on that database (the same host, port and name)"
+        )
+    schemas = ", ".join(repr(store.pg.schema) for store in stores)
+    raise StoreError(
+        f"durable queues of several schemas ({schemas}) run on {where}: say which one "
+        "the unit writes its outbox to with unit_of_work(connection, schema=...)"
+    )
 
 
 def _checked_file(connection: sqlite3.Connection) -> str:
@@ -271,3 +403,10 @@ def _checked_file(connection: sqlite3.Connection) -> str:
     if not path:
         raise StoreError("a unit of work needs a database file (not :memory:)")
     return os.path.realpath(path)
+
+
+def _database_file(connection: sqlite3.Connection) -> str:
+    for _, name, path in connection.execute("PRAGMA database_list").fetchall():
+        if name == "main":
+            return str(path)
+    return ""
