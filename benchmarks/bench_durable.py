@@ -67,7 +67,8 @@ import trio
 import triobus
 from triobus import Command, Envelope, Module, RequestHandler, durable_queue, open_bus, route
 from triobus.durability import Codec, MessageTypes
-from triobus.durability._store import _SCHEMA, SCHEMA_VERSION
+from triobus.durability._store import _SQLITE_SCHEMA as _SCHEMA
+from triobus.durability._store import SCHEMA_VERSION
 
 #: The queue's uri on both sides.
 ENDPOINT = "work"

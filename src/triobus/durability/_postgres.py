@@ -287,7 +287,8 @@ class PostgresDatabase(Database):
                         running.clear()
 
         def deliver(result: outcome.Outcome[T]) -> None:
-            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+            # The outcome itself is what the wait returns (to tell a cancelled query).
+            token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.Value(result))
 
         def cancel_query() -> None:
             with lock:  # never a later job's query on the same connection
