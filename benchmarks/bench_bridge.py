@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 
-from triobus.transports import BridgeStatistics, open_asyncio_bridge
+from triobus.transports import open_asyncio_bridge
 
 
 async def trivial(i: int) -> int:
@@ -40,10 +40,29 @@ def _workers(n: int, tasks: int) -> list[range]:
     return [range(start, n, tasks) for start in range(tasks)]
 
 
-def measure_bridge(n: int, tasks: int) -> tuple[float, BridgeStatistics]:
-    """Seconds for ``n`` calls by ``tasks`` concurrent trio tasks, and the bridge's statistics."""
+@dataclass(frozen=True)
+class Measurement:
+    """One measurement: wall and CPU seconds (every thread of the process), and crossings."""
 
-    async def main() -> tuple[float, BridgeStatistics]:
+    n: int
+    elapsed: float
+    cpu: float
+    crossings_to_loop: int = 0
+    crossings_to_trio: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.elapsed
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu / self.n * 1e6
+
+
+def measure_bridge(n: int, tasks: int) -> Measurement:
+    """``n`` calls through one bridge by ``tasks`` concurrent trio tasks."""
+
+    async def main() -> Measurement:
         async with open_asyncio_bridge() as bridge:
             await bridge.run(trivial, -1)  # the loop is warm before the clock starts
             warm = bridge.statistics()
@@ -56,45 +75,46 @@ def measure_bridge(n: int, tasks: int) -> tuple[float, BridgeStatistics]:
                         raise AssertionError(f"call {i} got another call's result")
                     done += 1
 
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             async with trio.open_nursery() as nursery:
                 for numbers in _workers(n, tasks):
                     nursery.start_soon(worker, numbers)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             stats = bridge.statistics()
         if done != n:
             raise AssertionError(f"{done} calls of {n} returned")
-        return elapsed, BridgeStatistics(
-            calls=stats.calls - warm.calls,
-            in_flight=stats.in_flight,
+        return Measurement(
+            n,
+            elapsed,
+            cpu,
             crossings_to_loop=stats.crossings_to_loop - warm.crossings_to_loop,
             crossings_to_trio=stats.crossings_to_trio - warm.crossings_to_trio,
-            running=stats.running,
         )
 
     gc.collect()
     return trio.run(main)
 
 
-def measure_asyncio(n: int, tasks: int) -> float:
-    """Seconds for ``n`` calls, each one new task awaited, by ``tasks`` asyncio tasks."""
+def measure_asyncio(n: int, tasks: int) -> Measurement:
+    """``n`` calls, each one new task awaited, by ``tasks`` asyncio tasks on a plain loop."""
 
-    async def main() -> float:
+    async def main() -> Measurement:
         async def worker(numbers: range) -> None:
             for i in numbers:
                 if await asyncio.create_task(trivial(i)) != i:
                     raise AssertionError(f"call {i} got another call's result")
 
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker(numbers) for numbers in _workers(n, tasks)))
-        return time.perf_counter() - start
+        return Measurement(n, time.perf_counter() - start, time.process_time() - cpu_start)
 
     gc.collect()
     return asyncio.run(main())
 
 
-def median_of(rounds: int, measure: Callable[[], float]) -> float:
-    return statistics.median(measure() for _ in range(rounds))
+def median(results: list[Measurement]) -> Measurement:
+    """The measurement of median wall time."""
+    return sorted(results, key=lambda result: result.elapsed)[len(results) // 2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,38 +122,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="1 round of 1,000 calls")
     parser.add_argument("--rounds", type=int, help="rounds (default 3; 1 with --smoke)")
     parser.add_argument("-n", type=int, help="calls per measurement (default 10,000)")
-    parser.add_argument("--tasks", type=int, default=64, help="concurrent trio tasks")
+    parser.add_argument("--tasks", type=int, default=64, help="concurrent tasks")
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.smoke else 3)
     n = args.n or (1_000 if args.smoke else 10_000)
 
-    rows: list[tuple[str, float, BridgeStatistics | None]] = []
-    for label, tasks in ((f"{args.tasks} concurrent trio tasks", args.tasks), ("one task", 1)):
-        results = [measure_bridge(n, tasks) for _ in range(rounds)]
-        for elapsed, stats in results:
+    sides: list[tuple[str, Callable[[], Measurement], bool]] = [
+        (f"{args.tasks} concurrent trio tasks", lambda: measure_bridge(n, args.tasks), True),
+        ("one trio task at a time", lambda: measure_bridge(n, 1), True),
+        (f"asyncio reference, {args.tasks} tasks", lambda: measure_asyncio(n, args.tasks), False),
+    ]
+    rows: list[tuple[str, Measurement, bool]] = []
+    for label, measure, bridged in sides:
+        results = [measure() for _ in range(rounds)]
+        for result in results:
             print(
-                f"  {label}: {n / elapsed:,.0f} calls/s, crossings to loop "
-                f"{stats.crossings_to_loop}, to trio {stats.crossings_to_trio}",
+                f"  {label}: {result.rate:,.0f} calls/s, {result.cpu_us:.1f} us CPU/call, "
+                f"crossings to loop {result.crossings_to_loop}, to trio {result.crossings_to_trio}",
                 file=sys.stderr,
             )
-        elapsed = statistics.median(elapsed for elapsed, _ in results)
-        middle = sorted(results, key=lambda result: result[0])[len(results) // 2][1]
-        rows.append((label, elapsed, middle))
-    asyncio_elapsed = median_of(rounds, lambda: measure_asyncio(n, args.tasks))
-    rows.append((f"asyncio reference, {args.tasks} asyncio tasks", asyncio_elapsed, None))
+        rows.append((label, median(results), bridged))
 
     print(f"\n{n:,} trivial calls, median of {rounds} round(s)\n")
-    print("| calls made by | calls/s | crossings to loop per call | crossings to trio per call |")
-    print("|---|---:|---:|---:|")
-    for label, elapsed, stats in rows:
-        if stats is None:
-            print(f"| {label} | {n / elapsed:,.0f} | - | - |")
-        else:
-            print(
-                f"| {label} | {n / elapsed:,.0f} | {stats.crossings_to_loop / n:.4f} "
-                f"({stats.crossings_to_loop}) | {stats.crossings_to_trio / n:.4f} "
-                f"({stats.crossings_to_trio}) |"
+    print("| calls made by | calls/s | CPU/call | to loop/call | to trio/call |")
+    print("|---|---:|---:|---:|---:|")
+    for label, result, bridged in rows:
+        if bridged:
+            crossings = (
+                f"{result.crossings_to_loop / n:.4f} ({result.crossings_to_loop}) | "
+                f"{result.crossings_to_trio / n:.4f} ({result.crossings_to_trio})"
             )
+        else:
+            crossings = "- | -"
+        print(f"| {label} | {result.rate:,.0f} | {result.cpu_us:.1f} us | {crossings} |")
     return 0
 
 

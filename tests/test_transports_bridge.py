@@ -224,7 +224,7 @@ async def test_an_already_cancelled_caller_does_not_cross(bridge: AsyncioBridge)
 # ---------------------------------------------------------------- grouping
 
 
-async def test_a_thousand_concurrent_calls_share_far_fewer_crossings_each_way(
+async def test_a_thousand_calls_made_in_one_turn_cross_once_each_way(
     bridge: AsyncioBridge,
 ) -> None:
     results: dict[int, int] = {}
@@ -238,23 +238,38 @@ async def test_a_thousand_concurrent_calls_share_far_fewer_crossings_each_way(
     assert results == {i: i + 1 for i in range(1000)}
     stats = bridge.statistics()
     assert stats.calls == 1000 and stats.in_flight == 0
-    assert 1 <= stats.crossings_to_loop < 100
-    assert 1 <= stats.crossings_to_trio < 100
+    assert (stats.crossings_to_loop, stats.crossings_to_trio) == (1, 1)
 
 
-async def test_calls_made_while_the_loop_is_busy_wake_it_once(bridge: AsyncioBridge) -> None:
+async def test_tasks_calling_in_step_cross_once_each_way_per_round(bridge: AsyncioBridge) -> None:
+    async def worker(w: int) -> None:
+        for i in range(20):
+            assert await bridge.run(add, w, i) == w + i
+
+    async with trio.open_nursery() as nursery:
+        for w in range(64):
+            nursery.start_soon(worker, w)
+    stats = bridge.statistics()
+    assert stats.calls == 64 * 20
+    assert (stats.crossings_to_loop, stats.crossings_to_trio) == (20, 20)
+
+
+async def test_calls_queued_while_the_loop_is_busy_start_in_one_drain(
+    bridge: AsyncioBridge,
+) -> None:
     async def caller(i: int) -> None:
         assert await bridge.run(add, i, 1) == i + 1
 
     async with trio.open_nursery() as nursery:
         hold = await held_loop(bridge, nursery)
         before = bridge.statistics()
-        for i in range(1000):
+        for i in range(100):
             nursery.start_soon(caller, i)
+            await trio.lowlevel.checkpoint()  # calls made over many turns of trio
         await trio.testing.wait_all_tasks_blocked()
         hold.release.set()
     after = bridge.statistics()
-    assert after.calls - before.calls == 1000
+    assert after.calls - before.calls == 100
     assert after.crossings_to_loop - before.crossings_to_loop == 1
 
 
@@ -468,6 +483,21 @@ async def test_users_entering_the_shared_bridge_together_share_one_started_bridg
         assert len(bridge_threads()) == 1
         leave.set()
     assert not seen[0].running
+
+
+async def test_a_user_after_the_shared_bridge_crashed_gets_a_new_one() -> None:
+    async def exit_loop_thread() -> None:
+        raise SystemExit(3)
+
+    async with shared_asyncio_bridge() as crashed:
+        with pytest.raises(SystemExit):
+            await crashed.run(exit_loop_thread)
+        async with shared_asyncio_bridge() as fresh:
+            assert fresh is not crashed
+            assert await fresh.run(add, 1, 2) == 3
+        with pytest.raises(BridgeClosed, match="SystemExit"):
+            await crashed.run(add, 1, 2)
+    assert not fresh.running
 
 
 # ---------------------------------------------------------------- surface

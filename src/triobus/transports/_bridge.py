@@ -3,14 +3,17 @@
 No asyncio client runs under ``trio.run``, so the broker endpoints run their
 clients on ONE asyncio event loop in ONE dedicated thread, and trio code
 reaches it through an :class:`AsyncioBridge`. The crossings between the two
-threads are grouped: calls made by trio tasks wait in one list, and only the
-first call while no drain is pending wakes the loop (one
-``loop.call_soon_threadsafe``), whose drain starts every waiting call as a
-task. Results come back the same way: the calls that end in one turn of
-the loop are handed back together after that turn, and only a hand-back
-while no drain is pending wakes trio (one ``TrioToken.run_sync_soon``),
-whose drain reschedules every waiting caller. There is no timer: a lone
-call crosses at once, and concurrent calls share crossings by themselves.
+threads are grouped, each side crossing at most once per turn of its own
+scheduler. Calls made by trio tasks wait in one list; the first one while
+no drain is pending has the loop woken (one ``loop.call_soon_threadsafe``,
+made by the bridge's system task in trio's next turn, so after every trio
+task of this turn queued its call), and the loop's drain starts every
+waiting call as a task. Results come back the same way: the calls that end
+in one turn of the loop are handed back together after that turn, and only
+a hand-back while no drain is pending wakes trio (one
+``TrioToken.run_sync_soon``), whose drain reschedules every waiting caller.
+There is no timer: a lone call crosses at once, and concurrent calls share
+crossings by themselves.
 
 Nothing in the loop thread touches a trio object except through the trio
 token.
@@ -72,9 +75,7 @@ class _Call:
 
     __slots__ = ("args", "cancel_requested", "fn", "raise_cancel", "result", "task", "waiter")
 
-    def __init__(
-        self, fn: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]
-    ) -> None:
+    def __init__(self, fn: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> None:
         self.fn = fn
         self.args = args
         self.waiter = trio.lowlevel.current_task()
@@ -107,8 +108,10 @@ class AsyncioBridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread: threading.Thread | None = None
-        #: The scope of the system task that stops the loop when the trio run ends.
-        self._watcher = trio.CancelScope()
+        #: The scope of the system task that wakes the loop (see _trio_side).
+        self._trio_side = trio.CancelScope()
+        #: Set when calls are queued for the loop and it was not woken yet.
+        self._wake_loop = trio.Event()
         self._started = trio.Event()
         self._stopped = trio.Event()
         # Guarded by the lock: the two lists crossing over, whether a drain of
@@ -160,7 +163,7 @@ class AsyncioBridge:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="triobus-asyncio", daemon=True)
         self._thread.start()
-        trio.lowlevel.spawn_system_task(self._stop_at_run_end, name="triobus asyncio bridge")
+        trio.lowlevel.spawn_system_task(self._wake_loop_each_turn, name="triobus asyncio bridge")
         with trio.CancelScope(shield=True):
             await self._started.wait()
 
@@ -176,16 +179,30 @@ class AsyncioBridge:
         if self._thread is None:
             return
         self._request_stop()
-        self._watcher.cancel()
+        self._trio_side.cancel()
         with trio.CancelScope(shield=True):
             await self._stopped.wait()
         self._thread.join()
 
-    async def _stop_at_run_end(self) -> None:
-        """A system task: trio cancels it when the run ends, which stops the loop."""
+    async def _wake_loop_each_turn(self) -> None:
+        """The trio side's system task: wake the loop once per turn of trio's scheduler.
+
+        A call queued for the loop sets ``_wake_loop``; this task runs in the
+        scheduler's next turn, after every trio task runnable in this one
+        (each of which may queue a call), and wakes the loop once for them
+        all. Trio cancels system tasks when its run ends, and the loop is
+        stopped then.
+        """
         try:
-            with self._watcher:
-                await trio.sleep_forever()
+            with self._trio_side:
+                while True:
+                    await self._wake_loop.wait()
+                    self._wake_loop = trio.Event()
+                    self._crossings_to_loop += 1
+                    assert self._loop is not None
+                    # A closed loop raises: its thread fails every call left.
+                    with contextlib.suppress(RuntimeError):
+                        self._loop.call_soon_threadsafe(self._start_calls)
         finally:
             self._request_stop()
 
@@ -239,9 +256,7 @@ class AsyncioBridge:
 
     # ------------------------------------------------------------ calls (trio thread)
 
-    async def run(
-        self, async_fn: Callable[[Unpack[Ts]], Coroutine[Any, Any, T]], *args: *Ts
-    ) -> T:
+    async def run(self, async_fn: Callable[[Unpack[Ts]], Coroutine[Any, Any, T]], *args: *Ts) -> T:
         """Run ``async_fn(*args)`` as an asyncio task on the loop; return its result here.
 
         What the task raises is raised here, the very same exception object
@@ -291,7 +306,7 @@ class AsyncioBridge:
         return result.unwrap()  # type: ignore[no-any-return]
 
     def _send_to_loop(self, call: _Call) -> None:
-        """Queue ``call`` for the loop's next drain; wake the loop if no drain is pending."""
+        """Queue ``call`` for the loop's next drain; have the loop woken if no drain is pending."""
         with self._lock:
             if self._closed and call.cancel_requested:
                 return  # the stop cancels it (or already did)
@@ -299,11 +314,7 @@ class AsyncioBridge:
             if self._loop_drain_pending:
                 return
             self._loop_drain_pending = True
-        self._crossings_to_loop += 1
-        assert self._loop is not None
-        # A closed loop raises: its thread fails every call left, this one included.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._start_calls)
+        self._wake_loop.set()
 
     def _wake_callers(self) -> None:
         """Trio's drain (run by the trio token): reschedule every caller whose call ended."""
@@ -453,7 +464,9 @@ async def shared_asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
     """This trio run's shared bridge: the first user starts it, the last one stops it.
 
     Every endpoint of one trio run that needs asyncio uses this one bridge,
-    so one loop thread serves them all.
+    so one loop thread serves them all. A user that comes after the shared
+    bridge's loop thread crashed gets a new bridge (the users of the crashed
+    one get :class:`~triobus.BridgeClosed` from it).
 
     Raises:
         BridgeClosed: the shared bridge's loop thread crashed while this
@@ -461,7 +474,8 @@ async def shared_asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
     """
     token = trio.lowlevel.current_trio_token()
     entry = _shared.get(token)
-    if entry is None:
+    if entry is None or not entry.bridge.running:
+        # None yet, or its loop thread crashed: its users keep it, new users get a new one.
         entry = _shared[token] = _Shared()
     entry.users += 1
     try:
@@ -474,7 +488,7 @@ async def shared_asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
             with trio.CancelScope(shield=True):
                 await entry.ready.wait()
             if not entry.bridge.running:
-                raise BridgeClosed(STOPPED)
+                raise entry.bridge._closed_error()
         yield entry.bridge
     finally:
         entry.users -= 1
