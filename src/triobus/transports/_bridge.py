@@ -27,7 +27,6 @@ import functools
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn, TypeVar, TypeVarTuple, Unpack, final
 
 import attrs
@@ -435,7 +434,7 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def open_asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
     """A started bridge of its own, stopped when the block is left."""
     bridge = AsyncioBridge()
@@ -459,7 +458,7 @@ class _Shared:
 _shared: dict[trio.lowlevel.TrioToken, _Shared] = {}
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def shared_asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
     """This trio run's shared bridge: the first user starts it, the last one stops it.
 
