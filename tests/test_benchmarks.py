@@ -1,4 +1,4 @@
-"""The durable benchmark's smoke mode runs (no timing is checked here: timing is never a test)."""
+"""The benchmarks' smoke modes run (no timing is checked here: timing is never a test)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,30 @@ from types import ModuleType
 
 import pytest
 
-BENCH_DURABLE = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_durable.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.fixture
-def bench_durable() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("bench_durable", BENCH_DURABLE)
+def load_benchmark(name: str) -> Iterator[ModuleType]:
+    """The benchmark script ``name`` as a module, registered while it is used."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_durable"] = module  # attrs and cattrs resolve its classes through it
+    sys.modules[name] = module  # attrs, cattrs and dataclasses resolve its classes through it
     try:
         spec.loader.exec_module(module)
         yield module
     finally:
-        del sys.modules["bench_durable"]
+        del sys.modules[name]
+
+
+@pytest.fixture
+def bench_durable() -> Iterator[ModuleType]:
+    yield from load_benchmark("bench_durable")
+
+
+@pytest.fixture
+def bench_bridge() -> Iterator[ModuleType]:
+    yield from load_benchmark("bench_bridge")
 
 
 def test_the_durable_benchmark_smoke_run_handles_every_message_on_both_sides(
@@ -35,3 +45,13 @@ def test_the_durable_benchmark_smoke_run_handles_every_message_on_both_sides(
     assert "| send+handle, 300 msgs, 10 senders (msg/s) |" in table
     assert "| send+handle, absolute (msg/s)" in table
     assert "CPU per message, raw: trio thread" in table
+
+
+def test_the_bridge_benchmark_smoke_run_gets_every_result_back(
+    bench_bridge: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # measure_bridge() raises unless every call got its own result.
+    assert bench_bridge.main(["--smoke", "--tasks", "8"]) == 0
+    table = capsys.readouterr().out
+    assert "| 8 concurrent trio tasks |" in table
+    assert "| one trio task at a time |" in table

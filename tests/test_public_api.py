@@ -37,6 +37,7 @@ PUBLIC_MODULES = [
     triobus.actors,
     triobus.supervision,
     triobus.durability,
+    triobus.transports,
 ]
 
 

@@ -1,14 +1,15 @@
 """triobus: an actor-model message runtime for trio applications.
 
 The public API lives here, layer by layer: mailboxes, actors, supervision
-(and, on top of them, the message bus and the durability codec). Everything
-else is private.
+(and, on top of them, the message bus, the durability codec and the
+transports' asyncio bridge). Everything else is private.
 """
 
 from ._errors import ActorNameTaken as ActorNameTaken
 from ._errors import ActorStartError as ActorStartError
 from ._errors import ActorStopped as ActorStopped
 from ._errors import AskTimeout as AskTimeout
+from ._errors import BridgeClosed as BridgeClosed
 from ._errors import BusClosed as BusClosed
 from ._errors import DeadLetterNotFound as DeadLetterNotFound
 from ._errors import DeadlockError as DeadlockError
@@ -116,6 +117,7 @@ from .supervision import Strategy as Strategy
 from .supervision import SupervisorRef as SupervisorRef
 from .supervision import SupervisorSpec as SupervisorSpec
 from .supervision import TreeNode as TreeNode
+from .transports import AsyncioBridge as AsyncioBridge
 
 __version__ = "0.1.0"
 
@@ -159,6 +161,7 @@ __all__ = [
     "UnsupportedVersion",
     "UpcasterAlreadyRegistered",
     "StoreError",
+    "BridgeClosed",
     # mailbox
     "Mailbox",
     "MailboxSpec",
@@ -237,6 +240,8 @@ __all__ = [
     "DurableQueue",
     "DurableDeadLetters",
     "durable_queue",
+    # transports
+    "AsyncioBridge",
 ]
 
 

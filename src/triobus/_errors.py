@@ -311,3 +311,16 @@ ENVELOPE_REASONS: dict[str, type[EnvelopeError]] = {
 
 class StoreError(TriobusError):
     """A durable store could not do what was asked (open, read or write its database)."""
+
+
+# ---------------------------------------------------------------- transports
+
+
+class BridgeClosed(TriobusError):
+    """The asyncio bridge is not running: not started, stopped, or its loop thread crashed.
+
+    A call that was running on the loop when the bridge stopped gets it too;
+    ``__cause__`` holds what stopped the loop thread when it crashed. Make
+    calls between ``start()`` and ``stop()`` (inside ``open_asyncio_bridge()``
+    or ``shared_asyncio_bridge()``), or open a new bridge.
+    """
