@@ -656,10 +656,10 @@ class SqlStore:
         becomes this process's, to relay; give back what it does not relay
         with :meth:`release_outbox`. Oldest first.
         """
-        dead, params = self._dead_owner("owner")
+        dead, params = self._dead_owner("o.owner")  # qualified: the lease table has one too
         query = (
-            "UPDATE triobus_outbox SET owner = ? WHERE seq IN (SELECT seq FROM triobus_outbox "
-            f"WHERE seq > ? AND {dead} ORDER BY seq LIMIT ?{self.lock_taken}) "
+            "UPDATE triobus_outbox SET owner = ? WHERE seq IN (SELECT o.seq FROM triobus_outbox "
+            f"AS o WHERE o.seq > ? AND {dead} ORDER BY o.seq LIMIT ?{self.lock_taken}) "
             "RETURNING seq, endpoint, message_id, step, due, body"
         )
 
