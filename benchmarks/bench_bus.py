@@ -601,9 +601,7 @@ class Results:
         return statistics.median(a / b for a, b in zip(row[system], row[other], strict=True))
 
 
-def run_rounds(
-    rounds: int, scale: float, only: set[str] | None = None, repeat: int = 3
-) -> Results:
+def run_rounds(rounds: int, scale: float, only: set[str] | None = None, repeat: int = 3) -> Results:
     """Measure every operation ``rounds`` times; each round keeps the best of ``repeat``.
 
     Within a round the systems of an operation run interleaved, ``repeat``

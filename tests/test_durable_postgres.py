@@ -334,3 +334,59 @@ async def test_a_unit_asks_which_schema_when_queues_of_several_run_on_the_databa
     finally:
         sql(postgres_url, f'DROP SCHEMA IF EXISTS "{other_schema}" CASCADE')
     assert seen.numbers == [3]
+
+
+# ------------------------------------------------------------ partitions
+
+
+async def test_a_key_another_process_holds_is_skipped_until_it_lets_go(
+    postgres_url: str, pg_schema: str
+) -> None:
+    first = await store_open(postgres_url, pg_schema)
+    second = await store_open(postgres_url, pg_schema)
+    try:
+        for n, key in enumerate("aabba"):
+            message_id = f"m-{n}"
+            await first.enqueue(
+                "work", message_id, "pg.work", "", 0.0, encoded(n, message_id), partition_key=key
+            )
+        held, _ = await first.claim("work", time.time(), 1, partitioned=True)
+        assert [row.message_id for row in held] == ["m-0"]  # key a, in the first's hands
+        taken, _ = await second.claim("work", time.time(), 10, partitioned=True)
+        assert [row.message_id for row in taken] == ["m-2", "m-3"]  # key b only
+        await first.database.write(
+            lambda c: first.ack(c, "work", held[0].seq, "m-0", "", time.time())
+        )
+        taken, _ = await second.claim("work", time.time(), 10, partitioned=True)
+        assert [row.message_id for row in taken] == ["m-1", "m-4"]  # key a, in order
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_one_consumer_takes_a_keys_messages_in_one_claim_in_order(
+    postgres_url: str, pg_schema: str
+) -> None:
+    store = await store_open(postgres_url, pg_schema)
+    try:
+        for n in range(6):
+            await store.enqueue(
+                "work", f"m-{n}", "pg.work", "", 0.0, encoded(n, f"m-{n}"), partition_key="k"
+            )
+        taken, _ = await store.claim("work", time.time(), 10, partitioned=True)
+    finally:
+        await store.close()
+    assert [row.message_id for row in taken] == [f"m-{n}" for n in range(6)]
+
+
+@pytest.mark.parametrize("key", [lambda work: [work.n], lambda work: 1 / 0])
+async def test_a_partition_key_that_is_no_str_or_int_is_refused_at_send(
+    postgres_url: str, pg_schema: str, key: Any
+) -> None:
+    from triobus import PartitionKeyError
+
+    seen = Seen()
+    async with bus_with(seen, url=postgres_url, schema=pg_schema, partition_by=key) as bus:
+        with pytest.raises(PartitionKeyError, match="partition_by"):
+            await bus.send(Work(1))
+    assert seen.numbers == []

@@ -26,8 +26,10 @@ COUNT = 10_000
 KILLS_EACH = 4
 
 
-async def _seed(url: str, schema: str, count: int) -> None:
-    """Store ``count`` messages in the workers' queue, as a sender's bus would."""
+async def _seed(url: str, schema: str, count: int, keys: int = 0, senders: int = 20) -> None:
+    """Store ``count`` messages in the workers' queue, as ``senders`` senders would
+    (one sender: stored in the order of ``n``).
+    """
     from triobus.durability._postgres import PostgresStore
 
     codec = Codec(MessageTypes().register(pg_worker.Work))
@@ -35,13 +37,17 @@ async def _seed(url: str, schema: str, count: int) -> None:
     await store.open()
     try:
         async with trio.open_nursery() as nursery:
-            for start in range(0, count, count // 20):
+            step = -(-count // senders)
+            for start in range(0, count, step):
 
                 async def batch(start: int = start) -> None:
-                    for n in range(start, min(start + count // 20, count)):
+                    for n in range(start, min(start + step, count)):
                         envelope = root_envelope(pg_worker.Work(n), f"m-{n}", "crash.work")
                         data = codec.encode(envelope)
-                        await store.enqueue("crash-work", f"m-{n}", "crash.work", "", 0.0, data)
+                        key = str(n % keys) if keys else None
+                        await store.enqueue(
+                            "crash-work", f"m-{n}", "crash.work", "", 0.0, data, False, key
+                        )
 
                 nursery.start_soon(batch)
     finally:
@@ -66,10 +72,12 @@ def _count(url: str, schema: str) -> int:
     return int(count)
 
 
-def _worker(url: str, schema: str, name: str, log: Path) -> subprocess.Popen[bytes]:
+def _worker(
+    url: str, schema: str, name: str, log: Path, count: int = COUNT, keys: int = 0
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as errors:
         return subprocess.Popen(
-            [sys.executable, str(WORKER), url, schema, str(COUNT), name],
+            [sys.executable, str(WORKER), url, schema, str(count), name, str(keys)],
             stdout=subprocess.DEVNULL,
             stderr=errors,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
@@ -141,3 +149,31 @@ async def test_two_sigkilled_workers_share_a_postgres_queue_and_handle_each_mess
     assert queued == 0
     assert letters == 0
     assert min(shares.values()) > COUNT // 10, shares  # both processes took a share
+
+
+async def test_two_workers_on_a_partitioned_queue_keep_each_keys_order(
+    tmp_path: Path, postgres_url: str, pg_schema: str
+) -> None:
+    import psycopg
+
+    url, schema, count, keys = postgres_url, pg_schema, 2_000, 8
+    await _seed(url, schema, count, keys, senders=1)
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(pg_worker.schema_sql(schema))
+    workers = {
+        name: _worker(url, schema, name, tmp_path / f"{name}.log", count, keys) for name in "ab"
+    }
+    for name, worker in workers.items():
+        await trio.to_thread.run_sync(lambda worker=worker: worker.wait(timeout=240))
+        assert worker.returncode == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    with psycopg.connect(url, autocommit=True) as connection:
+        rows = connection.execute(
+            f'SELECT n, worker, calls FROM "{schema}".effects ORDER BY handled'
+        ).fetchall()
+    by_key: dict[int, list[int]] = {}
+    for n, _, _ in rows:
+        by_key.setdefault(n % keys, []).append(n)
+    assert len(rows) == count and {calls for _, _, calls in rows} == {1}
+    assert all(numbers == sorted(numbers) for numbers in by_key.values())  # each key in order
+    shares = {name: sum(1 for _, worker, _ in rows if worker == name) for name in "ab"}
+    assert min(shares.values()) > count // 10, shares  # both took a share

@@ -1,6 +1,8 @@
 """A worker process for the PostgreSQL crash test: consumes a shared durable queue.
 
-Usage: python pg_worker.py URL SCHEMA COUNT NAME
+Usage: python pg_worker.py URL SCHEMA COUNT NAME [KEYS]
+
+With KEYS, the queue is partitioned by ``n % KEYS``.
 
 Each handler writes its effect (one row per message id, counting calls, and
 naming the worker) inside a unit of work on the user's psycopg connection,
@@ -29,7 +31,8 @@ class Work(Command):
 def schema_sql(schema: str) -> str:
     return (
         f'CREATE TABLE IF NOT EXISTS "{schema}".effects (message_id TEXT PRIMARY KEY, '
-        "n INTEGER NOT NULL, calls INTEGER NOT NULL, worker TEXT NOT NULL)"
+        "n INTEGER NOT NULL, calls INTEGER NOT NULL, worker TEXT NOT NULL, "
+        "handled BIGSERIAL)"
     )
 
 
@@ -48,12 +51,21 @@ def module(connection: psycopg.Connection, schema: str, name: str) -> Module:
     return Module("crash").bind_request(Work, handle)
 
 
-async def consume(url: str, schema: str, count: int, name: str) -> None:
+async def consume(url: str, schema: str, count: int, name: str, keys: int) -> None:
     connection = psycopg.connect(url, autocommit=True)  # the effects table exists
     watcher = psycopg.connect(url, autocommit=True)
     async with open_bus(
         module(connection, schema, name),
-        endpoints=[durable_queue("crash-work", url=url, schema=schema, prefetch=32, lease=2.0)],
+        endpoints=[
+            durable_queue(
+                "crash-work",
+                url=url,
+                schema=schema,
+                prefetch=32,
+                lease=2.0,
+                partition_by=(lambda work: work.n % keys) if keys else None,
+            )
+        ],
         routing=[route(Work).to("crash-work")],
     ):
         while True:
@@ -64,4 +76,5 @@ async def consume(url: str, schema: str, count: int, name: str) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(consume, sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    keys = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    trio.run(consume, sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], keys)

@@ -69,9 +69,12 @@ CREATE TABLE IF NOT EXISTS {schema}.triobus_queue (
     claimed_by TEXT,
     suspect INTEGER NOT NULL DEFAULT 0,
     counted_by TEXT,
+    partition_key TEXT,
     body BYTEA NOT NULL
 );
 CREATE INDEX IF NOT EXISTS triobus_queue_next ON {schema}.triobus_queue (endpoint, claimed_by, seq);
+CREATE INDEX IF NOT EXISTS triobus_queue_partition
+    ON {schema}.triobus_queue (endpoint, partition_key, seq);
 CREATE INDEX IF NOT EXISTS triobus_queue_message
     ON {schema}.triobus_queue (endpoint, message_id, step);
 CREATE TABLE IF NOT EXISTS {schema}.triobus_inbox (
@@ -114,6 +117,11 @@ CREATE TABLE IF NOT EXISTS {schema}.triobus_outbox (
 CREATE TABLE IF NOT EXISTS {schema}.triobus_consumers (
     owner TEXT PRIMARY KEY,
     seen_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {schema}.triobus_members (
+    endpoint TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (endpoint, owner)
 );
 """
 
@@ -408,10 +416,15 @@ class PostgresStore(SqlStore):
 
     def _leave(self, connection: SqlConnection) -> None:
         connection.execute("DELETE FROM triobus_consumers WHERE owner = ?", (self.owner,))
-        # Leases of processes gone for long are forgotten.
+        # Leases (and memberships) of processes gone for long are forgotten.
         connection.execute(
             f"DELETE FROM triobus_consumers WHERE seen_at < {_SERVER_NOW} - ?",
             (self.lease * 100,),
+        )
+        connection.execute(
+            "DELETE FROM triobus_members AS m WHERE m.owner = ? OR NOT EXISTS "
+            "(SELECT 1 FROM triobus_consumers AS c WHERE c.owner = m.owner)",
+            (self.owner,),
         )
 
     async def _beat_forever(self, scope: trio.CancelScope) -> None:
@@ -437,6 +450,47 @@ class PostgresStore(SqlStore):
     def _notify(self, connection: SqlConnection, endpoint: str) -> None:
         assert isinstance(connection, PgConnection)
         connection.notify(self.channel, endpoint)
+
+    def _my_share(self, connection: SqlConnection, endpoint: str) -> tuple[str, tuple[Any, ...]]:
+        """Claims of ``endpoint`` take turns; the living members share its keys by hash."""
+        connection.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(?))",
+            (f"triobus-claim:{self.channel}:{endpoint}",),
+        )
+        members = [
+            owner
+            for (owner,) in connection.execute(
+                "SELECT m.owner FROM triobus_members AS m JOIN triobus_consumers AS c "
+                f"ON c.owner = m.owner WHERE m.endpoint = ? AND c.seen_at >= {_SERVER_NOW} - ? "
+                "ORDER BY m.owner",
+                (endpoint, self.lease),
+            ).fetchall()
+        ]
+        if self.owner not in members or len(members) < 2:
+            return "", ()
+        return (
+            " AND mod(hashtext(q.partition_key)::bigint & 2147483647, ?) = ?",
+            (len(members), members.index(self.owner)),
+        )
+
+    async def join(self, endpoint: str) -> None:
+        def job(connection: SqlConnection) -> None:
+            connection.execute(
+                "INSERT INTO triobus_members (endpoint, owner) VALUES (?, ?) "
+                "ON CONFLICT (endpoint, owner) DO NOTHING",
+                (endpoint, self.owner),
+            )
+
+        await self.database.write(job)
+
+    async def leave(self, endpoint: str) -> None:
+        def job(connection: SqlConnection) -> None:
+            connection.execute(
+                "DELETE FROM triobus_members WHERE endpoint = ? AND owner = ?",
+                (endpoint, self.owner),
+            )
+
+        await self.database.write(job)
 
     def watch(self, endpoint: str, wake: Callable[[], None]) -> Callable[[], None]:
         watchers = self._watchers.setdefault(endpoint, set())

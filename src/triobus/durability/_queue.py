@@ -12,6 +12,7 @@ leaves the backlog in the store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -141,6 +142,7 @@ class DurableQueue:
         shutdown: float,
         poll_interval: float,
         types: MessageTypes | None,
+        partition_by: Callable[[Any], object] | None = None,
     ) -> None:
         self._uri = endpoint_uri(uri)
         #: The database this queue is stored in, as messages name it.
@@ -151,6 +153,8 @@ class DurableQueue:
         self.shutdown = positive_seconds("shutdown", shutdown)
         self.poll_interval = positive_seconds("poll_interval", poll_interval)
         self._types = types
+        #: The partition key of a message (see :func:`durable_queue`), if any.
+        self.partition_by = partition_by
         self._host: EndpointHost | None = None
         self._store: SqlStore | None = None
         self._unwatch: Callable[[], None] = lambda: None
@@ -223,6 +227,8 @@ class DurableQueue:
         if store.codec is None:
             store.codec = self._codec
         try:
+            if self.partition_by is not None:
+                await store.join(self._uri)
             suspect = await store.recover(self._uri)
             if suspect:
                 logger.warning(
@@ -269,6 +275,9 @@ class DurableQueue:
             self._unwatch()
             self._ref = None
             if store is not None:
+                if self.partition_by is not None:
+                    with contextlib.suppress(*store.database.errors):  # else its lease ends it
+                        await store.leave(self._uri)
                 await store.close()  # commits what is queued
                 _release_store(store)
             if host is not None:
@@ -287,15 +296,41 @@ class DurableQueue:
 
         Raises:
             EnvelopeError: the message cannot be encoded (not registered, too big).
+            PartitionKeyError: ``partition_by`` failed on the message.
             ActorStopped: the endpoint is not running.
         """
         host = self._host
         store = self._store
         if host is None or store is None:
             raise self._stopped(delivery)
+        key = self._partition_key(delivery.message)
         body = self.codec.encode(delivery.envelope())
         due = host.wall_clock() if delivery.due is None else delivery.due
-        await self._enqueue(host, store, delivery.message_id, delivery.plan.name, due, body)
+        await self._enqueue(host, store, delivery.message_id, delivery.plan.name, due, body, key)
+
+    def _partition_key(self, message: object) -> str | None:
+        """The stored partition key of ``message`` (``None`` without ``partition_by``).
+
+        Raises:
+            PartitionKeyError: ``partition_by`` raised, or gave neither a str nor an int.
+        """
+        if self.partition_by is None:
+            return None
+        try:
+            key = self.partition_by(message)
+        except Exception as exc:
+            raise PartitionKeyError(
+                f"durable endpoint {self._uri!r}: partition_by failed on "
+                f"{type(message).__qualname__} ({exc!r}); it must return a key for every "
+                "message routed here"
+            ) from exc
+        if isinstance(key, bool) or not isinstance(key, str | int):
+            raise PartitionKeyError(
+                f"durable endpoint {self._uri!r}: partition_by gave {key!r} for "
+                f"{type(message).__qualname__}; a durable queue stores the key and compares it "
+                "across processes, so it must be a str or an int"
+            )
+        return str(key)
 
     async def _enqueue(
         self,
@@ -305,6 +340,7 @@ class DurableQueue:
         name: str,
         due: float,
         body: bytes,
+        partition_key: str | None,
     ) -> None:
         """Store one whole delivery's row (a replayed dead letter may name one handler).
 
@@ -317,7 +353,9 @@ class DurableQueue:
             host.accepted()
         stored = False
         try:
-            stored = await store.enqueue(self._uri, message_id, name, "", due, body, counted)
+            stored = await store.enqueue(
+                self._uri, message_id, name, "", due, body, counted, partition_key
+            )
         finally:
             if counted and not stored:
                 host.settled()  # not stored (a duplicate), or failed
@@ -339,6 +377,10 @@ class DurableQueue:
         A payload that does not decode, or names a message no handler here
         takes, goes to the dead-letter store at once (no retry), with the
         raw bytes and the reason.
+
+        Raises:
+            PartitionKeyError: ``partition_by`` failed on the decoded message
+                (nothing stored: the caller keeps the bytes).
         """
         host = self._host
         store = self._store
@@ -356,8 +398,9 @@ class DurableQueue:
                 self._letter_for_envelope(data, envelope.message_id, envelope.message_name)
             )
             return
+        key = self._partition_key(envelope.message)
         await self._enqueue(
-            host, store, envelope.message_id, envelope.message_name, host.wall_clock(), data
+            host, store, envelope.message_id, envelope.message_name, host.wall_clock(), data, key
         )
 
     async def _requeue(self, letter: StoredLetter) -> bool:
@@ -368,10 +411,11 @@ class DurableQueue:
         host, store = self._host, self._store
         if host is None or store is None:
             raise ActorStopped(f"durable endpoint {self._uri!r} is not running")
+        key = self._partition_key(self.codec.decode(letter.body).message)
         host.accepted()  # before it is stored, as accept() does: the row says so
         requeued = False
         try:
-            requeued = await store.requeue_letter(letter, host.wall_clock(), counted=True)
+            requeued = await store.requeue_letter(letter, host.wall_clock(), True, key)
         finally:
             if not requeued:
                 host.settled()
@@ -443,7 +487,9 @@ class DurableQueue:
             store.purge_inbox_soon(now)
             self._next_purge = now + INBOX_PURGE_INTERVAL
         self._wake = trio.Event()
-        rows, duplicates = await store.claim(self._uri, now, self.prefetch)
+        rows, duplicates = await store.claim(
+            self._uri, now, self.prefetch, self.partition_by is not None
+        )
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
         except BaseException:
@@ -853,6 +899,7 @@ def durable_queue(
     inbox_retention: float = DEFAULT_INBOX_RETENTION,
     lease: float = 30.0,
     pool_size: int = 4,
+    partition_by: Callable[[Any], str | int] | None = None,
     types: MessageTypes | None = None,
 ) -> DurableQueue:
     """Declare a durable queue endpoint, stored in SQLite (``path``) or PostgreSQL (``url``).
@@ -879,6 +926,11 @@ def durable_queue(
             last renewal (every third of it); then other processes take
             them over, and its unrelayed outbox rows.
         pool_size: PostgreSQL: connections per process, at most.
+        partition_by: a key function (a str or an int per message): while a
+            message of one key is in a process's hands, no other process
+            takes a later message of that key, so each key is handled in
+            order even with several consumers. Without it, several
+            consumers share the queue in no order between them.
         types: the message types the codec accepts (default: every type the
             bus's modules bind).
 
@@ -921,6 +973,7 @@ def durable_queue(
         shutdown=shutdown,
         poll_interval=poll_interval,
         types=types,
+        partition_by=partition_by,
     )
 
 

@@ -65,9 +65,12 @@ CREATE TABLE IF NOT EXISTS triobus_queue (
     claimed_by TEXT,
     suspect INTEGER NOT NULL DEFAULT 0,
     counted_by TEXT,
+    partition_key TEXT,
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS triobus_queue_next ON triobus_queue (endpoint, claimed_by, seq);
+CREATE INDEX IF NOT EXISTS triobus_queue_partition
+    ON triobus_queue (endpoint, partition_key, seq);
 CREATE INDEX IF NOT EXISTS triobus_queue_message ON triobus_queue (endpoint, message_id, step);
 CREATE TABLE IF NOT EXISTS triobus_inbox (
     endpoint TEXT NOT NULL,
@@ -106,8 +109,16 @@ CREATE TABLE IF NOT EXISTS triobus_outbox (
 );
 """
 
-#: Version 1 files lack the outbox's owner (their rows are an earlier run's).
-_SQLITE_MIGRATIONS: Final = {1: "ALTER TABLE triobus_outbox ADD COLUMN owner TEXT"}
+#: Version 1 files lack the outbox's owner (their rows are an earlier run's) and
+#: the partition key (their rows have none).
+_SQLITE_MIGRATIONS: Final = {
+    1: (
+        "ALTER TABLE triobus_outbox ADD COLUMN owner TEXT",
+        "ALTER TABLE triobus_queue ADD COLUMN partition_key TEXT",
+        "CREATE INDEX IF NOT EXISTS triobus_queue_partition "
+        "ON triobus_queue (endpoint, partition_key, seq)",
+    )
+}
 
 
 @final
@@ -275,6 +286,19 @@ class SqlStore:
     def _notify(self, connection: SqlConnection, endpoint: str) -> None:
         """Tell other processes ``endpoint`` has new rows (when this transaction commits)."""
 
+    def _my_share(self, connection: SqlConnection, endpoint: str) -> tuple[str, tuple[Any, ...]]:
+        """In a partitioned claim: which keys are this process's to take (a condition
+        on ``q.partition_key`` and its parameters), once no other process claims rows
+        of ``endpoint`` (until commit). Alone: every key.
+        """
+        return "", ()
+
+    async def join(self, endpoint: str) -> None:
+        """This process consumes ``endpoint`` (it takes a share of its partition keys)."""
+
+    async def leave(self, endpoint: str) -> None:
+        """This process no longer consumes ``endpoint``."""
+
     def watch(self, endpoint: str, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake`` (in trio) when another process stores rows for ``endpoint``.
 
@@ -293,21 +317,22 @@ class SqlStore:
         due: float,
         body: bytes,
         counted: bool = False,
+        partition_key: str | None = None,
     ) -> bool:
         """Store one delivery; returns once it is committed.
 
         Returns ``False`` (and stores nothing) for a duplicate: a message
         whose id the endpoint holds already, or handled within the inbox
         retention. ``counted``: this process counts it in flight already
-        (see :attr:`StoredRow.counted_here`).
+        (see :attr:`StoredRow.counted_here`). ``partition_key``: see :meth:`claim`.
         """
         counted_by = self.owner if counted else None
 
         def job(connection: SqlConnection) -> bool:
             cursor = connection.execute(
                 "INSERT INTO triobus_queue "
-                "(endpoint, message_id, message_name, step, due, body, counted_by) "
-                "SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM triobus_queue "
+                "(endpoint, message_id, message_name, step, due, body, counted_by, partition_key) "
+                "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM triobus_queue "
                 "WHERE endpoint = ? AND message_id = ? AND step = ?) AND NOT EXISTS "
                 "(SELECT 1 FROM triobus_inbox WHERE endpoint = ? AND message_id = ? AND step = ?)",
                 (
@@ -318,6 +343,7 @@ class SqlStore:
                     due,
                     body,
                     counted_by,
+                    partition_key,
                     *(endpoint, message_id, step) * 2,
                 ),
             )
@@ -342,14 +368,20 @@ class SqlStore:
 
         return await self.database.write(job)
 
-    async def claim(self, endpoint: str, now: float, limit: int) -> tuple[list[StoredRow], int]:
+    async def claim(
+        self, endpoint: str, now: float, limit: int, partitioned: bool = False
+    ) -> tuple[list[StoredRow], int]:
         """Take up to ``limit`` due rows, oldest first, counting an attempt on each.
 
         Rows whose message the inbox marks handled are deleted instead (a
         duplicate is skipped quietly). Suspect rows are taken without a count
         (see :meth:`started`). Rows another process is claiming are skipped.
-        Returns the rows taken and how many of the skipped duplicates this
-        process counted in flight when it stored them.
+        ``partitioned``: a row is not taken while an earlier row of its
+        partition key is claimed by another process, so one key's messages
+        are in one process's hands at a time, in order (claims of the
+        endpoint take turns), and each process takes the keys of its share
+        (see :meth:`_my_share`). Returns the rows taken and how many of the
+        skipped duplicates this process counted in flight when it stored them.
         """
         owner = self.owner
         query = (
@@ -358,12 +390,24 @@ class SqlStore:
             "FROM triobus_queue AS q "
             "LEFT JOIN triobus_inbox AS i ON i.endpoint = q.endpoint "
             "AND i.message_id = q.message_id AND i.step = q.step "
-            "WHERE q.endpoint = ? AND q.claimed_by IS NULL AND q.due <= ? "
+            "WHERE q.endpoint = ? AND q.claimed_by IS NULL AND q.due <= ? {partitions}"
             f"ORDER BY q.seq LIMIT ?{self.lock_claimed}"
         )
 
         def job(connection: SqlConnection) -> tuple[list[StoredRow], int]:
-            rows = connection.execute(query, (owner, endpoint, now, limit)).fetchall()
+            parameters: tuple[Any, ...] = (owner, endpoint, now)
+            partitions = ""
+            if partitioned:
+                share, share_parameters = self._my_share(connection, endpoint)
+                partitions = (
+                    "AND (q.partition_key IS NULL OR (NOT EXISTS (SELECT 1 FROM triobus_queue "
+                    "AS p WHERE p.endpoint = q.endpoint AND p.partition_key = q.partition_key "
+                    "AND p.seq < q.seq AND p.claimed_by IS NOT NULL AND p.claimed_by <> ?)"
+                    f"{share})) "
+                )
+                parameters += (owner, *share_parameters)
+            statement = query.format(partitions=partitions)
+            rows = connection.execute(statement, (*parameters, limit)).fetchall()
             taken: list[StoredRow] = []
             duplicates: list[tuple[int]] = []
             counted_duplicates = 0
@@ -445,8 +489,8 @@ class SqlStore:
                 return
             connection.execute(
                 "INSERT INTO triobus_queue (endpoint, message_id, message_name, step, due, "
-                "attempts, progress, body, counted_by) "
-                "SELECT endpoint, message_id, message_name, step, ?, ?, ?, body, ? "
+                "attempts, progress, body, counted_by, partition_key) "
+                "SELECT endpoint, message_id, message_name, step, ?, ?, ?, body, ?, partition_key "
                 "FROM triobus_queue WHERE seq = ? AND claimed_by = ?",
                 (due, attempts, progress, counted_by, seq, owner),
             )
@@ -607,7 +651,13 @@ class SqlStore:
 
         return await self.database.read(job)
 
-    async def requeue_letter(self, letter: StoredLetter, now: float, counted: bool = False) -> bool:
+    async def requeue_letter(
+        self,
+        letter: StoredLetter,
+        now: float,
+        counted: bool = False,
+        partition_key: str | None = None,
+    ) -> bool:
         """Replay: the letter's message goes back to its queue (same id, fresh attempts).
 
         One transaction: the letter leaves the store, the message is queued and
@@ -626,8 +676,8 @@ class SqlStore:
                 return False
             connection.execute(
                 "INSERT INTO triobus_queue "
-                "(endpoint, message_id, message_name, step, due, body, counted_by) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "(endpoint, message_id, message_name, step, due, body, counted_by, partition_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     letter.endpoint,
                     letter.message_id,
@@ -636,6 +686,7 @@ class SqlStore:
                     now,
                     letter.body,
                     counted_by,
+                    partition_key,
                 ),
             )
             connection.execute(
@@ -730,7 +781,8 @@ def _create_sqlite_schema(connection: sqlite3.Connection) -> None:
     version = row[0]
     if version in _SQLITE_MIGRATIONS:
         connection.execute("BEGIN IMMEDIATE")
-        connection.execute(_SQLITE_MIGRATIONS[version])
+        for statement in _SQLITE_MIGRATIONS[version]:
+            connection.execute(statement)
         connection.execute("UPDATE triobus_schema SET version = ?", (SCHEMA_VERSION,))
         connection.execute("COMMIT")
     elif version != SCHEMA_VERSION:
