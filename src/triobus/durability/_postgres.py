@@ -340,7 +340,6 @@ class PostgresStore(SqlStore):
     letter_order: ClassVar[str] = "seq"
     lock_claimed: ClassVar[str] = " FOR UPDATE OF q SKIP LOCKED"
     lock_taken: ClassVar[str] = " FOR UPDATE SKIP LOCKED"
-    shared: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -229,14 +229,7 @@ class DurableQueue:
         try:
             if self.partition_by is not None:
                 await store.join(self._uri)
-            suspect = await store.recover(self._uri)
-            if suspect:
-                logger.warning(
-                    "%s: %d message(s) were in hand when the process last stopped; each is "
-                    "handled alone now, its attempt counted first",
-                    self._uri,
-                    suspect,
-                )
+            await self._recover_claims(store, "were in hand when the process last stopped")
             supervisor = host.supervisor
             name = self._uri.replace("/", "%2F")
             path = f"{supervisor.path}/{name}"
@@ -535,15 +528,19 @@ class DurableQueue:
             store = self._store
             if store is None:
                 return
-            suspect = await store.recover(self._uri)
-            if suspect:
-                logger.warning(
-                    "%s: %d message(s) were in the hand of a process whose lease ran out; "
-                    "each is handled alone now, its attempt counted first",
-                    self._uri,
-                    suspect,
-                )
+            await self._recover_claims(store, "were in the hand of a process whose lease ran out")
         await self._relay_outbox()
+
+    async def _recover_claims(self, store: SqlStore, why: str) -> None:
+        """Claims of processes that died become suspect (and are said in the log)."""
+        suspect = await store.recover(self._uri)
+        if suspect:
+            logger.warning(
+                "%s: %d message(s) %s; each is handled alone now, its attempt counted first",
+                self._uri,
+                suspect,
+                why,
+            )
 
     def _wake_up(self) -> None:
         """New rows are stored (by this process or, told by the store, another)."""

@@ -219,8 +219,6 @@ class SqlStore:
     lock_claimed: ClassVar[str] = ""
     #: Added to the SELECT that takes over outbox rows, likewise.
     lock_taken: ClassVar[str] = ""
-    #: Whether other processes share the store (their claims can turn stale while it runs).
-    shared: ClassVar[bool] = False
 
     def __init__(self, database: Database, *, inbox_retention: float) -> None:
         if not (isinstance(inbox_retention, int | float) and 0 <= inbox_retention < math.inf):
