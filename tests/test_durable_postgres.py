@@ -390,3 +390,29 @@ async def test_a_partition_key_that_is_no_str_or_int_is_refused_at_send(
         with pytest.raises(PartitionKeyError, match="partition_by"):
             await bus.send(Work(1))
     assert seen.numbers == []
+
+
+async def test_a_cancelled_statement_of_a_unit_is_cancelled_on_the_server_and_rolled_back(
+    postgres_url: str, pg_schema: str
+) -> None:
+    seen = Seen()
+    async with bus_with(seen, url=postgres_url, schema=pg_schema) as bus:
+        with psycopg.connect(postgres_url) as connection:
+            started = time.monotonic()
+            with trio.move_on_after(0.3) as scope:
+                async with unit_of_work(connection) as uow:
+                    await bus.send(Work(1))
+                    await uow.execute("SELECT pg_sleep(30)")
+            assert scope.cancelled_caught
+            assert time.monotonic() - started < 10
+            assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            async with unit_of_work(connection):  # the connection is usable again
+                await bus.send(Work(2))
+        await seen.reach(1)
+        await bus.wait_quiet()
+    assert seen.numbers == [2]  # the cancelled unit sent nothing
+    running = sql(
+        postgres_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'",
+    )
+    assert running == [(0,)]

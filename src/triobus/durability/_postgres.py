@@ -23,7 +23,7 @@ import functools
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Final, TypeVar, final
 
 import outcome
@@ -154,6 +154,67 @@ def _translated(statement: str, schema: str) -> str:
 
 
 @final
+class RunningQuery:
+    """The connection a worker thread runs a query on, to cancel it from another thread."""
+
+    __slots__ = ("_lock", "_running")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: psycopg.Connection[Any] | None = None
+
+    @contextlib.contextmanager
+    def on(self, connection: psycopg.Connection[Any]) -> Iterator[None]:
+        """While the block runs, :meth:`cancel` cancels ``connection``'s query."""
+        with self._lock:
+            self._running = connection
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running = None
+
+    def cancel(self) -> None:
+        """Cancel the query on the server, if one still runs (never a later one)."""
+        with self._lock:
+            if self._running is not None:
+                self._running.cancel_safe()
+
+
+async def run_cancellable(run: Callable[[], T], cancel: Callable[[], None] | None) -> T:
+    """Run ``run()`` in a worker thread and return what it returns.
+
+    A trio cancellation calls ``cancel`` (in another thread) and waits for
+    ``run`` to end: when it ends with ``QueryCanceled`` the caller sees
+    ``Cancelled``; when it ends otherwise its outcome stands, and the
+    cancellation arrives at the caller's next checkpoint. Without
+    ``cancel``, ``run`` always runs to its end.
+    """
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+    cancelled: list[Callable[[], Any]] = []
+
+    def deliver(result: outcome.Outcome[T]) -> None:
+        # The outcome itself is what the wait returns (to tell a cancelled query).
+        token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.Value(result))
+
+    def abort(raise_cancel: Callable[[], Any]) -> trio.lowlevel.Abort:
+        if cancel is not None:
+            cancelled.append(raise_cancel)
+            trio.lowlevel.start_thread_soon(cancel, lambda _: None)
+        return trio.lowlevel.Abort.FAILED
+
+    trio.lowlevel.start_thread_soon(run, deliver)
+    result: outcome.Outcome[T] = await trio.lowlevel.wait_task_rescheduled(abort)
+    stopped = isinstance(result, outcome.Error) and isinstance(
+        result.error, psycopg.errors.QueryCanceled
+    )
+    if cancelled and stopped:
+        cancelled[0]()  # raises Cancelled
+    return result.unwrap()
+
+
+@final
 class PgConnection:
     """A psycopg connection as a :class:`~._database.SqlConnection` of one schema."""
 
@@ -278,45 +339,14 @@ class PostgresDatabase(Database):
         if pool is None:
             raise StoreError(f"the database {self.location} is not open")
         schema = self.schema
-        task = trio.lowlevel.current_task()
-        token = trio.lowlevel.current_trio_token()
-        running: list[psycopg.Connection[Any]] = []
-        lock = threading.Lock()
-        cancelled: list[Callable[[], Any]] = []
+        query = RunningQuery()
 
         def run() -> T:
-            with pool.connection() as raw:
-                with lock:
-                    running.append(raw)
-                try:
-                    return job(PgConnection(raw, schema))
-                finally:
-                    with lock:
-                        running.clear()
+            with pool.connection() as raw, query.on(raw):
+                return job(PgConnection(raw, schema))
 
-        def deliver(result: outcome.Outcome[T]) -> None:
-            # The outcome itself is what the wait returns (to tell a cancelled query).
-            token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.Value(result))
+        return await run_cancellable(run, query.cancel if cancellable else None)
 
-        def cancel_query() -> None:
-            with lock:  # never a later job's query on the same connection
-                if running:
-                    running[0].cancel_safe()
-
-        def abort(raise_cancel: Callable[[], Any]) -> trio.lowlevel.Abort:
-            if cancellable:
-                cancelled.append(raise_cancel)
-                trio.lowlevel.start_thread_soon(cancel_query, lambda _: None)
-            return trio.lowlevel.Abort.FAILED
-
-        trio.lowlevel.start_thread_soon(run, deliver)
-        result: outcome.Outcome[T] = await trio.lowlevel.wait_task_rescheduled(abort)
-        stopped = isinstance(result, outcome.Error) and isinstance(
-            result.error, psycopg.errors.QueryCanceled
-        )
-        if cancelled and stopped:
-            cancelled[0]()  # raises Cancelled
-        return result.unwrap()
 
     async def ddl(self, script: str) -> None:
         """Run ``script`` (``{schema}`` filled in) in one transaction, under the schema's lock."""

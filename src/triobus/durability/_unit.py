@@ -78,6 +78,10 @@ class _Side:
     def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         raise NotImplementedError
 
+    async def statement(self, function: Callable[..., T], *args: Any) -> T:
+        """Run the user's statement ``function(*args)`` on a worker thread."""
+        return await trio.to_thread.run_sync(function, *args)
+
 
 @final
 class _SqliteSide(_Side):
@@ -133,6 +137,18 @@ class _PostgresSide(_Side):
     def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         self.connection.cursor().executemany(sql, rows)
 
+    async def statement(self, function: Callable[..., T], *args: Any) -> T:
+        """A trio cancellation cancels the statement on the server (then rolls back)."""
+        from ._postgres import RunningQuery, run_cancellable
+
+        query = RunningQuery()
+
+        def run() -> T:
+            with query.on(self.connection):
+                return function(*args)
+
+        return await run_cancellable(run, query.cancel)
+
 
 @final
 class UnitOfWork:
@@ -153,11 +169,13 @@ class UnitOfWork:
         ``sql`` is the connection's own dialect (``?`` placeholders on SQLite,
         ``%s`` on psycopg).
         """
-        return await self._on_thread(self._side.run, sql, tuple(parameters))
+        async with self._lock:
+            return await self._side.statement(self._side.run, sql, tuple(parameters))
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         """Run one statement for each of ``rows`` in this transaction."""
-        await self._on_thread(self._side.run_many, sql, [tuple(row) for row in rows])
+        async with self._lock:
+            await self._side.statement(self._side.run_many, sql, [tuple(row) for row in rows])
 
     async def _on_thread(self, function: Callable[..., T], *args: Any) -> T:
         async with self._lock:
