@@ -416,3 +416,25 @@ async def test_a_cancelled_statement_of_a_unit_is_cancelled_on_the_server_and_ro
         "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'",
     )
     assert running == [(0,)]
+
+
+async def test_a_send_while_the_connections_are_lost_fails_clearly_and_the_next_one_works(
+    postgres_url: str, pg_schema: str
+) -> None:
+    seen = Seen()
+    async with bus_with(seen, url=postgres_url, schema=pg_schema, poll_interval=3600) as bus:
+        await bus.send(Work(1))
+        await seen.reach(1)
+        await bus.wait_quiet()
+        killed = sql(
+            postgres_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (f"triobus {pg_schema}",),
+        )
+        assert killed  # the pool's connections, idle between jobs
+        with pytest.raises(StoreError, match="durable endpoint 'work' could not store"):
+            await bus.send(Work(2))
+        await bus.send(Work(3))  # the pool connects again
+        await seen.reach(2)
+        await bus.wait_quiet()
+    assert seen.numbers == [1, 3]

@@ -308,7 +308,7 @@ class PostgresDatabase(Database):
             self.url,
             min_size=1,
             max_size=self.pool_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "application_name": f"triobus {self.schema}"},
             open=False,
             timeout=BUSY_TIMEOUT,
             name=f"triobus {self.location}",
@@ -333,7 +333,10 @@ class PostgresDatabase(Database):
 
         ``cancellable``: a trio cancellation cancels the running query on
         the server, and the job's thread returns the connection to the
-        pool before the caller sees ``Cancelled``.
+        pool before the caller sees ``Cancelled``. A job whose connection
+        turns out lost (a server restart) fails, and the pool replaces its
+        other lost connections before the next job, so one job fails, not
+        one per pooled connection.
         """
         pool = self._pool
         if pool is None:
@@ -342,11 +345,18 @@ class PostgresDatabase(Database):
         query = RunningQuery()
 
         def run() -> T:
-            with pool.connection() as raw, query.on(raw):
-                return job(PgConnection(raw, schema))
+            lost = False
+            try:
+                with pool.connection() as raw, query.on(raw):
+                    try:
+                        return job(PgConnection(raw, schema))
+                    finally:
+                        lost = raw.broken
+            finally:
+                if lost:
+                    pool.check()
 
         return await run_cancellable(run, query.cancel if cancellable else None)
-
 
     async def ddl(self, script: str) -> None:
         """Run ``script`` (``{schema}`` filled in) in one transaction, under the schema's lock."""

@@ -291,6 +291,7 @@ class DurableQueue:
             EnvelopeError: the message cannot be encoded (not registered, too big).
             PartitionKeyError: ``partition_by`` failed on the message.
             ActorStopped: the endpoint is not running.
+            StoreError: the database failed (down, full): the message is not stored.
         """
         host = self._host
         store = self._store
@@ -299,7 +300,18 @@ class DurableQueue:
         key = self._partition_key(delivery.message)
         body = self.codec.encode(delivery.envelope())
         due = host.wall_clock() if delivery.due is None else delivery.due
-        await self._enqueue(host, store, delivery.message_id, delivery.plan.name, due, body, key)
+        try:
+            await self._enqueue(
+                host, store, delivery.message_id, delivery.plan.name, due, body, key
+            )
+        except StoreError:
+            raise
+        except store.database.errors as exc:
+            raise StoreError(
+                f"durable endpoint {self._uri!r} could not store {delivery.plan.name} "
+                f"id={delivery.message_id} in {store.location} ({exc!r}): it was not sent; "
+                "send it again once the database is back"
+            ) from exc
 
     def _partition_key(self, message: object) -> str | None:
         """The stored partition key of ``message`` (``None`` without ``partition_by``).
