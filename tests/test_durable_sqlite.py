@@ -112,3 +112,87 @@ async def test_a_batch_whose_commit_job_fails_fails_each_of_its_writes(
         await database.close()
     assert len(failed) == 2
     assert all("disk I/O error" in str(exc) for exc in failed)
+
+
+#: The tables a queue and its outbox had in files of schema version 1.
+_VERSION_1 = """
+CREATE TABLE triobus_schema (version INTEGER NOT NULL);
+INSERT INTO triobus_schema (version) VALUES (1);
+CREATE TABLE triobus_queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    message_name TEXT NOT NULL,
+    step TEXT NOT NULL DEFAULT '',
+    due REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    progress INTEGER NOT NULL DEFAULT 0,
+    claimed_by TEXT,
+    suspect INTEGER NOT NULL DEFAULT 0,
+    counted_by TEXT,
+    body BLOB NOT NULL
+);
+CREATE TABLE triobus_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    message_name TEXT NOT NULL,
+    step TEXT NOT NULL DEFAULT '',
+    due REAL,
+    body BLOB NOT NULL
+);
+"""
+
+
+async def test_a_version_1_file_is_upgraded_and_its_queue_and_outbox_rows_delivered(
+    tmp_path: Path,
+) -> None:
+    import attrs
+
+    from durable_helpers import root_envelope
+    from triobus import Command, Module, open_bus, route
+    from triobus.durability import Codec, MessageTypes, durable_queue
+    from triobus.durability._store import SCHEMA_VERSION
+
+    @attrs.frozen
+    class Old(Command):
+        message_name = "upgrade.old"
+        n: int
+
+    codec = Codec(MessageTypes().register(Old))
+    path = tmp_path / "v1.db"
+    connection = sqlite3.connect(path)
+    connection.executescript(_VERSION_1)
+    with connection:
+        for n, table in ((1, "triobus_queue"), (2, "triobus_outbox")):
+            body = codec.encode(root_envelope(Old(n), f"old-{n}", "upgrade.old"))
+            due = ", due" if table == "triobus_queue" else ""
+            connection.execute(
+                f"INSERT INTO {table} (endpoint, message_id, message_name, body{due}) "
+                f"VALUES ('old', ?, 'upgrade.old', ?{', 0' if due else ''})",
+                (f"old-{n}", body),
+            )
+    connection.close()
+    seen: list[int] = []
+    both = trio.Event()
+
+    async def handle(old: Old) -> None:
+        seen.append(old.n)
+        if len(seen) == 2:
+            both.set()
+
+    async with open_bus(
+        Module("upgrade").bind_request(Old, handle),
+        endpoints=[durable_queue("old", path=path)],
+        routing=[route(Old).to("old")],
+    ) as bus:
+        with trio.fail_after(20):
+            await both.wait()
+        await bus.wait_quiet()
+    assert sorted(seen) == [1, 2]
+    connection = sqlite3.connect(path)
+    assert connection.execute("SELECT version FROM triobus_schema").fetchall() == [
+        (SCHEMA_VERSION,)
+    ]
+    assert connection.execute("SELECT COUNT(*) FROM triobus_outbox").fetchone() == (0,)
+    connection.close()

@@ -472,7 +472,7 @@ class PostgresStore(SqlStore):
                 await trio.sleep(self.lease / 3)
                 try:
                     await self.database.read(self._beat)
-                except self.database.errors as exc:
+                except Exception as exc:  # a system task: any failure is logged, never raised
                     logger.warning("%s: could not renew the lease (%r)", self.location, exc)
 
     # ------------------------------------------------------------ the living

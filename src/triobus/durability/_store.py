@@ -771,20 +771,30 @@ class SqliteStore(SqlStore):
 
 
 def _create_sqlite_schema(connection: sqlite3.Connection) -> None:
-    connection.executescript(_SQLITE_SCHEMA)
-    row = connection.execute("SELECT version FROM triobus_schema").fetchone()
-    if row is None:
-        connection.execute("INSERT INTO triobus_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-        return
-    version = row[0]
+    """Upgrade the tables of an older version (first), then make what is missing."""
+    version = _sqlite_version(connection)
     if version in _SQLITE_MIGRATIONS:
         connection.execute("BEGIN IMMEDIATE")
         for statement in _SQLITE_MIGRATIONS[version]:
             connection.execute(statement)
         connection.execute("UPDATE triobus_schema SET version = ?", (SCHEMA_VERSION,))
         connection.execute("COMMIT")
-    elif version != SCHEMA_VERSION:
+    elif version is not None and version != SCHEMA_VERSION:
         raise StoreError(
             f"the triobus tables are at schema version {version}, this triobus knows "
             f"{SCHEMA_VERSION}: upgrade triobus or use a fresh database file"
         )
+    connection.executescript(_SQLITE_SCHEMA)
+    if version is None:
+        connection.execute("INSERT INTO triobus_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+
+
+def _sqlite_version(connection: sqlite3.Connection) -> int | None:
+    """The schema version of the file's tables (``None``: none made yet)."""
+    exists = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'triobus_schema'"
+    ).fetchone()
+    if exists is None:
+        return None
+    row = connection.execute("SELECT version FROM triobus_schema").fetchone()
+    return None if row is None else int(row[0])
