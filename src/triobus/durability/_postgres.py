@@ -467,13 +467,23 @@ class PostgresStore(SqlStore):
         )
 
     async def _beat_forever(self, scope: trio.CancelScope) -> None:
+        # Paced in real time, as the server's clock measures the lease: trio's clock
+        # may be a MockClock, which stands still (the lease would run out) or jumps
+        # to each deadline (a renewal due every lease/3 lets it leap at every store call).
+        stopped = threading.Event()
+        limiter = trio.CapacityLimiter(1)  # not one of the default limiter's threads
         with scope:
-            while True:
-                await trio.sleep(self.lease / 3)
-                try:
-                    await self.database.read(self._beat)
-                except Exception as exc:  # a system task: any failure is logged, never raised
-                    logger.warning("%s: could not renew the lease (%r)", self.location, exc)
+            try:
+                while True:
+                    await trio.to_thread.run_sync(
+                        stopped.wait, self.lease / 3, abandon_on_cancel=True, limiter=limiter
+                    )
+                    try:
+                        await self.database.read(self._beat)
+                    except Exception as exc:  # a system task: logged, never raised
+                        logger.warning("%s: could not renew the lease (%r)", self.location, exc)
+            finally:
+                stopped.set()  # the abandoned wait ends now
 
     # ------------------------------------------------------------ the living
 
