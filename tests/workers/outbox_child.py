@@ -1,7 +1,9 @@
 """A child process for the outbox test: it commits a unit of work and dies before relaying.
 
-Usage: python outbox_child.py DATABASE
+Usage: python outbox_child.py DATABASE [SCHEMA]
 
+DATABASE is a SQLite file, or a PostgreSQL URL with the SCHEMA of the
+store. The ``orders`` table exists there already (in SCHEMA on PostgreSQL).
 The child opens a bus with a durable queue on DATABASE, commits one unit of
 work (an order row and a sent ``Work(7)``), prints the id of the message it
 sent, and sends itself SIGKILL where the relay would begin. What it leaves is
@@ -35,11 +37,18 @@ async def _die_before_relay(self: Any) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-async def commit_and_die(path: str) -> None:
+def user_connection(database: str, schema: str | None) -> Any:
+    if schema is None:
+        return sqlite3.connect(database, check_same_thread=False)
+    import psycopg
+
+    return psycopg.connect(database, options=f"-c search_path={schema}")
+
+
+async def commit_and_die(database: str, schema: str | None) -> None:
     UnitOfWork._relay = _die_before_relay  # type: ignore[method-assign]
-    connection = sqlite3.connect(path, check_same_thread=False)
-    connection.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER)")
-    connection.commit()
+    connection = user_connection(database, schema)
+    store = {"path": database} if schema is None else {"url": database, "schema": schema}
 
     async def handle(work: Work) -> None:
         raise AssertionError("the child never handles: it dies before the relay")
@@ -47,7 +56,7 @@ async def commit_and_die(path: str) -> None:
     bus_runner = open_bus(
         Module("child").bind_request(Work, handle),
         # A long poll: the child's own feeder must not relay the row first.
-        endpoints=[durable_queue("work", path=path, poll_interval=3600)],
+        endpoints=[durable_queue("work", **store, poll_interval=3600)],
         routing=[route(Work).to("work")],
     )
     async with bus_runner as bus, unit_of_work(connection) as uow:
@@ -56,4 +65,4 @@ async def commit_and_die(path: str) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(commit_and_die, sys.argv[1])
+    trio.run(commit_and_die, sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
