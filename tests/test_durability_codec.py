@@ -301,7 +301,7 @@ json_values = st.recursive(
     ),
     max_leaves=8,
 )
-ids = st.text(min_size=1, max_size=40)
+ids = st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=40)
 dict_messages = st.dictionaries(st.text(max_size=8), json_values, max_size=4).map(
     lambda d: {**d, "message_name": "orders.audit", "message_version": 1}
 )
@@ -657,6 +657,19 @@ def test_an_unreadable_id_is_none_and_said_so() -> None:
     error = decode_error(CODEC, wire(id=12))
     assert (error.reason, error.message_id) == ("malformed", None)
     assert str(error).startswith("cannot decode an envelope (id unreadable) [malformed]")
+
+
+@pytest.mark.parametrize("field", ["id", "correlation_id", "causation_id"])
+def test_an_id_holding_a_nul_character_is_malformed_both_ways(field: str) -> None:
+    # No store can keep it: PostgreSQL's text columns hold no NUL.
+    error = decode_error(CODEC, wire(**{field: "m-\x00"}))
+    assert isinstance(error, MalformedEnvelope)
+    assert f"its {field} 'm-\\x00' contains a NUL character" in str(error)
+    assert error.message_id == (None if field == "id" else "m-1")  # never a NUL id
+    assert decode_error(CODEC, b'{"id": "m-\\u0000", "name": [').message_id is None
+    changes = {"message_id" if field == "id" else field: "m-\x00"}
+    with pytest.raises(MalformedEnvelope, match="contains a NUL character"):
+        CODEC.encode(attrs.evolve(envelope(PLACED), **changes))
 
 
 def test_an_unknown_name_says_how_to_register_it() -> None:

@@ -375,7 +375,16 @@ def _peek_id(data: bytes | bytearray | memoryview, max_length: int) -> str | Non
         found = orjson.loads(b'"' + match.group(1) + b'"')
     except orjson.JSONDecodeError:
         return None
-    return found if isinstance(found, str) and len(found) <= max_length else None
+    return _usable_id(found, max_length)
+
+
+def _usable_id(value: object, max_length: int) -> str | None:
+    """``value`` when it can name an envelope in errors and dead letters: an id
+    within the limit, without a NUL character (see :meth:`Codec._check_lengths`).
+    """
+    if isinstance(value, str) and len(value) <= max_length and "\x00" not in value:
+        return value
+    return None
 
 
 @final
@@ -474,7 +483,8 @@ class Codec:
         Refuses what :meth:`decode` would refuse, with the same errors.
 
         Raises:
-            MalformedEnvelope: a field of the envelope has the wrong type.
+            MalformedEnvelope: a field of the envelope has the wrong type, or an id
+                holds a NUL character.
             OversizeEnvelope: over a limit (bytes, header count or length, name, id).
             UnknownMessage: its name and version are not registered.
             InvalidBody: the message is not of the registered class (``"wrong_type"``),
@@ -565,7 +575,8 @@ class Codec:
 
         Raises:
             OversizeEnvelope: over a limit; over ``max_bytes`` is refused before parsing.
-            MalformedEnvelope: not a JSON object with the envelope's fields.
+            MalformedEnvelope: not a JSON object with the envelope's fields, or an id
+                holds a NUL character.
             UnknownMessage: no type is registered under its name.
             UnsupportedVersion: its version is newer than the newest registered
                 (``"version_too_new"``), or has no class and no upcaster path to one
@@ -623,9 +634,7 @@ class Codec:
         )
 
     def _readable_id(self, value: object) -> str | None:
-        if isinstance(value, str) and len(value) <= self.limits.max_id_length:
-            return value
-        return None
+        return _usable_id(value, self.limits.max_id_length)
 
     def _checked_meta(self, doc: dict[str, Any], side: _Side) -> _Meta:
         """The envelope's fields, type-checked and within the limits."""
@@ -681,6 +690,13 @@ class Codec:
                     "id_too_long",
                     f"its {field} is {len(value)} characters, over Limits.max_id_length "
                     f"({limits.max_id_length}): use shorter ids",
+                )
+            if value is not None and "\x00" in value:
+                # Durable stores keep ids in text columns, which hold no NUL on PostgreSQL.
+                raise side.error(
+                    "malformed",
+                    f"its {field} {short_repr(value)} contains a NUL character, which no "
+                    "store can keep: use ids without NUL characters",
                 )
         for key, value in meta.headers.items():
             for part, text, most in (

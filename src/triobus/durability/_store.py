@@ -191,10 +191,21 @@ LETTER_COLUMNS: Final = (
 
 
 def _letter_values(letter: StoredLetter) -> tuple[Any, ...]:
-    """``letter`` as ``LETTER_COLUMNS`` values (``decodes`` as an integer)."""
+    """``letter`` as ``LETTER_COLUMNS`` values (``decodes`` as an integer).
+
+    A NUL character in its error or traceback (an exception's text) is
+    written ``\\x00``, as ``repr`` writes it: no text column holds one on PostgreSQL.
+    """
+    letter = attrs.evolve(
+        letter, error=_without_nul(letter.error), traceback=_without_nul(letter.traceback)
+    )
     values = list(attrs.astuple(letter))
     values[12] = int(values[12])
     return tuple(values)
+
+
+def _without_nul(text: str | None) -> str | None:
+    return text.replace("\x00", "\\x00") if text is not None and "\x00" in text else text
 
 
 def stored_letter(row: Sequence[Any]) -> StoredLetter:
