@@ -1,12 +1,12 @@
-"""Retries on a durable queue go through its store and stay in flight while due."""
+"""Retries on a durable queue go through its store and stay in flight while due
+(each test on SQLite and on PostgreSQL)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import attrs
 import trio
 
+from durable_helpers import StoreAt
 from triobus import Command, Module, open_bus, route
 from triobus.durability import durable_queue
 
@@ -17,7 +17,7 @@ class Flaky(Command):
     n: int
 
 
-async def test_wait_quiet_waits_for_a_retry_that_is_due_now(tmp_path: Path) -> None:
+async def test_wait_quiet_waits_for_a_retry_that_is_due_now(store_at: StoreAt) -> None:
     calls: list[int] = []
 
     async def handle(command: Flaky) -> None:
@@ -25,7 +25,7 @@ async def test_wait_quiet_waits_for_a_retry_that_is_due_now(tmp_path: Path) -> N
         if len(calls) < 3:
             raise RuntimeError("not yet")
 
-    queue = durable_queue("flaky", path=tmp_path / "q.db", retries=2)
+    queue = durable_queue("flaky", **store_at.options(), retries=2)
     async with open_bus(
         Module("m").bind_request(Flaky, handle),
         endpoints=[queue],
@@ -39,24 +39,19 @@ async def test_wait_quiet_waits_for_a_retry_that_is_due_now(tmp_path: Path) -> N
 
 
 async def test_each_retry_is_counted_in_the_store_before_the_handler_runs(
-    tmp_path: Path,
+    store_at: StoreAt,
 ) -> None:
     seen: list[int] = []
-    path = tmp_path / "q.db"
 
     async def handle(command: Flaky) -> None:
-        import sqlite3
-
-        connection = sqlite3.connect(path)
-        (attempts,) = connection.execute("SELECT attempts FROM triobus_queue").fetchone()
-        connection.close()
+        ((attempts,),) = store_at.rows("SELECT attempts FROM triobus_queue")
         seen.append(attempts)
         if len(seen) < 3:
             raise RuntimeError("not yet")
 
     async with open_bus(
         Module("m").bind_request(Flaky, handle),
-        endpoints=[durable_queue("flaky", path=path, retries=2)],
+        endpoints=[durable_queue("flaky", **store_at.options(), retries=2)],
         routing=[route(Flaky).to("flaky")],
     ) as bus:
         await bus.send(Flaky(1))

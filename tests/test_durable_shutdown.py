@@ -1,13 +1,14 @@
-"""What reaches a durable queue after it stopped is a dead letter, never lost."""
+"""What reaches a durable queue after it stopped is a dead letter, never lost (each
+test on SQLite and on PostgreSQL)."""
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import attrs
 import trio
 
+from durable_helpers import StoreAt
 from triobus import Command, DeadLetterReason, Module, current_bus, local_queue, open_bus, route
 from triobus.durability import durable_queue
 from triobus.testing import FaultInjector, tracked
@@ -25,7 +26,7 @@ class Stored(Command):
 
 
 async def test_a_message_sent_to_a_stopped_durable_queue_is_a_dead_letter(
-    tmp_path: Path,
+    store_at: StoreAt,
 ) -> None:
     # Real time (0.3 s): the store's thread is real I/O, which autojump would outrun.
     handled: list[int] = []
@@ -40,7 +41,7 @@ async def test_a_message_sent_to_a_stopped_durable_queue_is_a_dead_letter(
     async with open_bus(
         Module("m").bind_request(Slow, slow).bind_request(Stored, store),
         # Endpoints stop in reverse order: "stored" first, while "slow" still drains.
-        endpoints=[local_queue("slow"), durable_queue("stored", path=tmp_path / "q.db")],
+        endpoints=[local_queue("slow"), durable_queue("stored", **store_at.options())],
         routing=[route(Slow).to("slow"), route(Stored).to("stored")],
         drain_timeout=0.05,
     ) as bus:
@@ -52,9 +53,8 @@ async def test_a_message_sent_to_a_stopped_durable_queue_is_a_dead_letter(
 
 
 async def test_a_feeder_whose_handler_actor_is_gone_keeps_the_message_stored(
-    tmp_path: Path,
+    store_at: StoreAt,
 ) -> None:
-    path = tmp_path / "q.db"
     handled: list[int] = []
     done = trio.Event()
 
@@ -63,7 +63,7 @@ async def test_a_feeder_whose_handler_actor_is_gone_keeps_the_message_stored(
         done.set()
 
     module = Module("m").bind_request(Stored, store)
-    queue = durable_queue("stored", path=path, poll_interval=0.05)
+    queue = durable_queue("stored", **store_at.options(), poll_interval=0.05)
     async with open_bus(module, endpoints=[queue], routing=[route(Stored).to("stored")]) as bus:
         ref = queue._ref  # the handler actor, stopped under the running queue
         assert ref is not None
@@ -74,7 +74,7 @@ async def test_a_feeder_whose_handler_actor_is_gone_keeps_the_message_stored(
     # Nothing crashed, nothing was dropped: the row waits for the next start.
     async with open_bus(
         module,
-        endpoints=[durable_queue("stored", path=path)],
+        endpoints=[durable_queue("stored", **store_at.options())],
         routing=[route(Stored).to("stored")],
     ) as bus:
         await done.wait()
@@ -90,10 +90,9 @@ class Always(random.Random):
 
 
 async def test_a_message_whose_actor_crashes_with_it_stays_stored_until_its_attempts_end(
-    tmp_path: Path,
+    store_at: StoreAt,
 ) -> None:
-    path = tmp_path / "q.db"
-    queue = durable_queue("stored", path=path)
+    queue = durable_queue("stored", **store_at.options())
     async with open_bus(
         Module("m").bind_request(Stored, lambda_store),
         endpoints=[queue],
