@@ -1,14 +1,15 @@
 """Units of work on failure paths: no transaction left open, nothing sent twice.
 
-Each test opens a bus with a durable queue on a file in ``tmp_path`` and
-checks the file through a connection of its own, as another process would.
+Each test runs on SQLite and on PostgreSQL (``store_at``): it opens a bus
+with a durable queue there, a user's connection to the same database
+(``UserDatabase``: the file, or a ``psycopg`` connection to the test's
+schema) and checks the tables through connections of their own, as another
+process would.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -17,7 +18,14 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from durable_helpers import root_envelope
+from durable_helpers import (
+    StoreAt,
+    UserDatabase,
+    leave_in_outbox,
+    root_envelope,
+    store_failure,
+    store_of,
+)
 from triobus import (
     Backoff,
     Command,
@@ -39,118 +47,87 @@ class Job(Command):
     n: int
 
 
-def job_bus(path: Path, seen: list[int]) -> Any:
+def job_bus(store_at: StoreAt, seen: list[int]) -> Any:
     async def handle(job: Job) -> None:
         seen.append(job.n)
 
     return open_bus(
         Module("units").bind_request(Job, handle),
-        endpoints=[durable_queue("jobs", path=path)],
+        endpoints=[durable_queue("jobs", **store_at.options())],
         routing=[route(Job).to("jobs")],
     )
-
-
-def orders_connection(path: Path, **options: Any) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, check_same_thread=False, **options)
-    connection.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER)")
-    if connection.in_transaction:
-        connection.commit()
-    return connection
-
-
-def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    connection = sqlite3.connect(path, timeout=30)
-    try:
-        return connection.execute(sql).fetchall()
-    finally:
-        connection.close()
-
-
-def write_lock_wait(path: Path) -> float:
-    """Take SQLite's write lock from another connection; seconds it took (at most 1)."""
-    connection = sqlite3.connect(path, timeout=1, isolation_level=None)
-    try:
-        started = time.monotonic()
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:
-            return time.monotonic() - started
-        connection.execute("ROLLBACK")
-        return time.monotonic() - started
-    finally:
-        connection.close()
 
 
 TOO_BIG_FOR_JSON = 2**70  # an int orjson refuses: the envelope cannot be encoded
 
 
-@pytest.mark.parametrize("isolation_level", ["", None])
+@pytest.mark.parametrize("autocommit", [False, True])
 async def test_a_unit_of_work_whose_commit_fails_rolls_back_and_leaves_no_transaction_open(
-    tmp_path: Path, isolation_level: str | None
+    store_at: StoreAt, autocommit: bool
 ) -> None:
-    path = tmp_path / "q.db"
-    connection = orders_connection(path, isolation_level=isolation_level)
+    user = UserDatabase(store_at)
+    connection = user.connect(autocommit=autocommit)
     seen: list[int] = []
-    async with job_bus(path, seen) as bus:
+    async with job_bus(store_at, seen) as bus:
         with pytest.raises(EnvelopeError):
             async with unit_of_work(connection) as uow:
                 await uow.execute("INSERT INTO orders (id) VALUES (1)")
                 await bus.send(Job(TOO_BIG_FOR_JSON))  # refused at commit
-        assert not connection.in_transaction
-        assert connection.isolation_level == isolation_level
-        assert write_lock_wait(path) < 0.5  # nobody holds the write lock
+        assert not user.in_transaction(connection)
+        assert user.autocommits(connection) == autocommit
+        assert user.writable_now()  # no transaction holds the table
         async with unit_of_work(connection) as uow:  # the connection is usable again
             await uow.execute("INSERT INTO orders (id) VALUES (2)")
             await bus.send(Job(2))
         await bus.wait_quiet()
     assert seen == [2]
-    assert rows(path, "SELECT id FROM orders") == [(2,)]  # the failed unit's write is gone
-    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+    assert user.rows("SELECT id FROM orders") == [(2,)]  # the failed unit's write is gone
+    assert store_at.rows("SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
     connection.close()
 
 
-async def test_a_unit_of_work_cancelled_at_its_commit_rolls_back(tmp_path: Path) -> None:
-    path = tmp_path / "q.db"
-    connection = orders_connection(path)
+async def test_a_unit_of_work_cancelled_at_its_commit_rolls_back(store_at: StoreAt) -> None:
+    user = UserDatabase(store_at)
+    connection = user.connect()
     seen: list[int] = []
-    async with job_bus(path, seen) as bus:
+    async with job_bus(store_at, seen) as bus:
         with trio.CancelScope() as scope:
             async with unit_of_work(connection) as uow:
                 await uow.execute("INSERT INTO orders (id) VALUES (1)")
                 await bus.send(Job(1))
                 scope.cancel()  # the block ends normally; the commit meets the cancellation
         assert scope.cancelled_caught
-        assert not connection.in_transaction
-        assert write_lock_wait(path) < 0.5
+        assert not user.in_transaction(connection)
+        assert user.writable_now()
         await bus.wait_quiet()
     assert seen == []
-    assert rows(path, "SELECT COUNT(*) FROM orders") == [(0,)]
-    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+    assert user.rows("SELECT COUNT(*) FROM orders") == [(0,)]
+    assert store_at.rows("SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
     connection.close()
 
 
-async def test_a_sqlite_error_in_the_feeder_is_logged_and_retried_not_a_crash_of_the_bus(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+async def test_a_database_error_in_the_feeder_is_logged_and_retried_not_a_crash_of_the_bus(
+    store_at: StoreAt, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
-    from triobus.durability._store import SqliteStore
+    from triobus.durability._store import SqlStore
 
     failing = {"take_outbox", "claim"}  # the first call of each fails as a full disk would
 
     def failing_once(name: str) -> Any:
-        real = getattr(SqliteStore, name)
+        real = getattr(SqlStore, name)
 
-        async def call(self: SqliteStore, *args: Any, **kwargs: Any) -> Any:
+        async def call(self: SqlStore, *args: Any, **kwargs: Any) -> Any:
             if name in failing:
                 failing.discard(name)
-                raise sqlite3.OperationalError("database or disk is full")
+                raise store_failure(store_at)
             return await real(self, *args, **kwargs)
 
         return call
 
     for name in sorted(failing):
-        monkeypatch.setattr(SqliteStore, name, failing_once(name))
+        monkeypatch.setattr(SqlStore, name, failing_once(name))
     seen: list[int] = []
-    async with job_bus(tmp_path / "q.db", seen) as bus:
+    async with job_bus(store_at, seen) as bus:
         await bus.send(Job(1))
         await bus.wait_quiet()
         assert seen == [1]
@@ -164,12 +141,11 @@ class Note(Command):
 
 
 async def test_a_units_rows_are_relayed_by_the_unit_alone_not_again_by_the_queue(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+    store_at: StoreAt, autojump_clock: trio.testing.MockClock
 ) -> None:
     from triobus import local_queue
 
-    path = tmp_path / "q.db"
-    connection = orders_connection(path)
+    connection = UserDatabase(store_at).connect()
     notes: list[int] = []
     gate = trio.Event()
 
@@ -184,7 +160,7 @@ async def test_a_units_rows_are_relayed_by_the_unit_alone_not_again_by_the_queue
     module = Module("units").bind_request(Job, handle).bind_request(Note, take_note)
     async with open_bus(
         module,
-        endpoints=[durable_queue("jobs", path=path), local_queue("notes", capacity=1)],
+        endpoints=[durable_queue("jobs", **store_at.options()), local_queue("notes", capacity=1)],
         routing=[route(Job).to("jobs"), route(Note).to("notes")],
     ) as bus:
         await bus.send(Note(0))  # its handler waits at the gate
@@ -197,13 +173,13 @@ async def test_a_units_rows_are_relayed_by_the_unit_alone_not_again_by_the_queue
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(unit)
-            while rows(path, "SELECT COUNT(*) FROM triobus_outbox") != [(1,)]:
+            while store_at.rows("SELECT COUNT(*) FROM triobus_outbox") != [(1,)]:
                 await trio.lowlevel.checkpoint()  # (the clock stays still meanwhile)
             await trio.sleep(10)  # committed, relaying: the queue's idle passes look too
             gate.set()
         await bus.wait_quiet()
     assert sorted(notes) == [0, 1, 2]  # the unit's note once
-    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+    assert store_at.rows("SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
     connection.close()
 
 
@@ -214,19 +190,19 @@ class Placed(Event):
 
 
 async def test_a_subscribers_unit_of_work_does_not_settle_the_subscribers_after_it(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+    store_at: StoreAt, autojump_clock: trio.testing.MockClock
 ) -> None:
     # The first subscriber's unit of work marks its own handler done with its
     # writes; the second subscriber still fails, is retried and runs again,
     # and the first one's writes are not applied twice.
-    path = tmp_path / "q.db"
-    connection = orders_connection(path)
+    user = UserDatabase(store_at)
+    connection = user.connect()
     calls: list[str] = []
     retried = trio.Event()
 
     async def record(event: Placed) -> None:
         async with unit_of_work(connection) as uow:
-            await uow.execute("INSERT INTO orders (id) VALUES (?)", (event.n,))
+            await uow.execute(user.sql("INSERT INTO orders (id) VALUES (?)"), (event.n,))
         calls.append("record")
 
     async def notify(event: Placed) -> None:
@@ -238,35 +214,35 @@ async def test_a_subscribers_unit_of_work_does_not_settle_the_subscribers_after_
     policy = ErrorPolicy().otherwise().retry_with_backoff(Backoff(initial=5, jitter=0))
     async with open_bus(
         Module("units").bind_event(Placed, [record, notify]),
-        endpoints=[durable_queue("jobs", path=path, errors=policy)],
+        endpoints=[durable_queue("jobs", **store_at.options(), errors=policy)],
         routing=[route(Placed).to("jobs")],
     ) as bus:
         await bus.publish(Placed(7))
         await bus.wait_quiet()  # the first delivery is settled: the retry waits in the store
-        assert rows(path, "SELECT progress FROM triobus_queue") == [(1,)]  # after `record`
+        assert store_at.rows("SELECT progress FROM triobus_queue") == [(1,)]  # after `record`
         await retried.wait()
         await bus.wait_quiet()
     assert calls == ["record", "notify", "notify"]
-    assert rows(path, "SELECT id FROM orders") == [(7,)]
-    assert rows(path, "SELECT COUNT(*) FROM triobus_queue") == [(0,)]
-    assert rows(path, "SELECT COUNT(*) FROM triobus_dead_letters") == [(0,)]
+    assert user.rows("SELECT id FROM orders") == [(7,)]
+    assert store_at.rows("SELECT COUNT(*) FROM triobus_queue") == [(0,)]
+    assert store_at.rows("SELECT COUNT(*) FROM triobus_dead_letters") == [(0,)]
     connection.close()
 
 
 async def test_a_handler_failing_after_its_unit_committed_is_no_dead_letter_to_replay(
-    tmp_path: Path,
+    store_at: StoreAt,
 ) -> None:
     # Its writes and "handled" are one commit: a stored dead letter would be
     # replayed (its inbox mark cleared) and apply the writes a second time.
-    path = tmp_path / "q.db"
-    connection = orders_connection(path)
+    user = UserDatabase(store_at)
+    connection = user.connect()
 
     async def write_then_fail(job: Job) -> None:
         async with unit_of_work(connection) as uow:
-            await uow.execute("INSERT INTO orders (id) VALUES (?)", (job.n,))
+            await uow.execute(user.sql("INSERT INTO orders (id) VALUES (?)"), (job.n,))
         raise RuntimeError("after the commit")
 
-    queue = durable_queue("jobs", path=path, retries=0)
+    queue = durable_queue("jobs", **store_at.options(), retries=0)
     async with open_bus(
         Module("units").bind_request(Job, write_then_fail),
         endpoints=[queue],
@@ -276,21 +252,20 @@ async def test_a_handler_failing_after_its_unit_committed_is_no_dead_letter_to_r
         await bus.wait_quiet()
         assert await queue.dead_letters.replay(reason="failed") == 0
         await bus.wait_quiet()
-    assert rows(path, "SELECT id FROM orders") == [(1,)]
-    assert rows(path, "SELECT COUNT(*) FROM triobus_dead_letters") == [(0,)]
-    assert rows(path, "SELECT COUNT(*) FROM triobus_queue") == [(0,)]
+    assert user.rows("SELECT id FROM orders") == [(1,)]
+    assert store_at.rows("SELECT COUNT(*) FROM triobus_dead_letters") == [(0,)]
+    assert store_at.rows("SELECT COUNT(*) FROM triobus_queue") == [(0,)]
     connection.close()
 
 
-async def left_claimed(path: Path, message_id: str, n: int) -> None:
+async def left_claimed(store_at: StoreAt, message_id: str, n: int) -> None:
     """Store a Job and claim it, as a process that died while handling it left it."""
     from triobus.durability import Codec, MessageTypes
-    from triobus.durability._store import SqliteStore
 
     data = Codec(MessageTypes().register(Job)).encode(
         root_envelope(Job(n), message_id, "units.job")
     )
-    store = SqliteStore(path)
+    store = store_of(store_at)
     await store.open()
     try:
         await store.enqueue("jobs", message_id, "units.job", "", time.time(), data)
@@ -301,21 +276,20 @@ async def left_claimed(path: Path, message_id: str, n: int) -> None:
 
 
 async def test_a_suspect_row_whose_attempt_cannot_be_stored_is_not_counted_in_flight_twice(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_at: StoreAt, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from triobus.durability._store import SqliteStore
+    from triobus.durability._store import SqlStore
 
-    path = tmp_path / "q.db"
-    await left_claimed(path, "left-1", 1)
-    real_started = SqliteStore.started
-    failures = [sqlite3.OperationalError("database or disk is full")]
+    await left_claimed(store_at, "left-1", 1)
+    real_started = SqlStore.started
+    failures = [store_failure(store_at)]
 
-    async def started(self: SqliteStore, seq: int) -> None:
+    async def started(self: SqlStore, seq: int) -> None:
         if failures:
             raise failures.pop()
         await real_started(self, seq)
 
-    monkeypatch.setattr(SqliteStore, "started", started)
+    monkeypatch.setattr(SqlStore, "started", started)
     seen: list[int] = []
     handled = trio.Event()
 
@@ -325,7 +299,7 @@ async def test_a_suspect_row_whose_attempt_cannot_be_stored_is_not_counted_in_fl
 
     async with open_bus(
         Module("units").bind_request(Job, handle),
-        endpoints=[durable_queue("jobs", path=path)],
+        endpoints=[durable_queue("jobs", **store_at.options())],
         routing=[route(Job).to("jobs")],
     ) as bus:
         with trio.fail_after(10):  # the feeder tries again after 1 s
@@ -336,33 +310,12 @@ async def test_a_suspect_row_whose_attempt_cannot_be_stored_is_not_counted_in_fl
     assert failures == []
 
 
-async def leave_in_outbox(path: Path, *rows_left: tuple[str, Any, str, str]) -> None:
-    """Outbox rows as units of work write them (``(endpoint, message, name, id)`` each),
-    left by a process that died before relaying them.
-    """
-    from triobus.durability import Codec, MessageTypes
-    from triobus.durability._store import SqliteStore
-
-    store = SqliteStore(path)
-    await store.open()
-    await store.close()  # the tables exist now
-    connection = sqlite3.connect(path)
-    with connection:
-        for endpoint, message, name, message_id in rows_left:
-            data = Codec(MessageTypes().register(type(message))).encode(
-                root_envelope(message, message_id, name)
-            )
-            store.outbox_insert(connection, endpoint, message_id, name, "", None, data)
-    connection.close()
-
-
 async def test_a_relayed_row_its_in_memory_endpoint_refuses_is_a_dead_letter_not_a_crash(
-    tmp_path: Path,
+    store_at: StoreAt,
 ) -> None:
     from triobus import DeadLetterReason, local_queue
 
-    path = tmp_path / "q.db"
-    await leave_in_outbox(path, ("notes", Note(0), "units.note", "left-1"))
+    await leave_in_outbox(store_at, ("notes", Note(0), "units.note", "left-1"))
     notes: list[int] = []
 
     async def take_note(note: Note) -> None:
@@ -375,7 +328,7 @@ async def test_a_relayed_row_its_in_memory_endpoint_refuses_is_a_dead_letter_not
     notes_queue = local_queue("notes", max_concurrency=2, partition_by=lambda note: 1 // note.n)
     async with open_bus(
         module,
-        endpoints=[durable_queue("jobs", path=path), notes_queue],
+        endpoints=[durable_queue("jobs", **store_at.options()), notes_queue],
         routing=[route(Job).to("jobs"), route(Note).to("notes")],
     ) as bus:
         lettered = trio.Event()
@@ -387,16 +340,15 @@ async def test_a_relayed_row_its_in_memory_endpoint_refuses_is_a_dead_letter_not
         assert [letter.reason for letter in bus.dead_letters] == [DeadLetterReason.UNDELIVERABLE]
         assert bus.in_flight == 0
     assert notes == [1]
-    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
+    assert store_at.rows("SELECT COUNT(*) FROM triobus_outbox") == [(0,)]
 
 
 async def test_rows_left_for_an_endpoint_not_run_here_do_not_hide_the_rows_after_them(
-    tmp_path: Path,
+    store_at: StoreAt,
 ) -> None:
-    path = tmp_path / "q.db"
     elsewhere = [("elsewhere", Job(n), "units.job", f"other-{n}") for n in range(501)]
     # More than one page of the relay bound elsewhere, then one row for this queue.
-    await leave_in_outbox(path, *elsewhere, ("jobs", Job(7), "units.job", "mine"))
+    await leave_in_outbox(store_at, *elsewhere, ("jobs", Job(7), "units.job", "mine"))
     seen: list[int] = []
     handled = trio.Event()
 
@@ -406,14 +358,14 @@ async def test_rows_left_for_an_endpoint_not_run_here_do_not_hide_the_rows_after
 
     async with open_bus(
         Module("units").bind_request(Job, handle),
-        endpoints=[durable_queue("jobs", path=path)],
+        endpoints=[durable_queue("jobs", **store_at.options())],
         routing=[route(Job).to("jobs")],
     ) as bus:
         with trio.fail_after(10):
             await handled.wait()
         await bus.wait_quiet()
     assert seen == [7]
-    assert rows(path, "SELECT COUNT(*) FROM triobus_outbox") == [(501,)]  # theirs stay
+    assert store_at.rows("SELECT COUNT(*) FROM triobus_outbox") == [(501,)]  # theirs stay
 
 
 @attrs.frozen
@@ -428,7 +380,7 @@ class Stored(Command):
 
 
 async def test_a_refusal_after_the_units_commit_does_not_fail_the_unit_and_the_row_stays(
-    tmp_path: Path,
+    store_at: StoreAt,
 ) -> None:
     release = trio.Event()
     started = trio.Event()
@@ -440,13 +392,12 @@ async def test_a_refusal_after_the_units_commit_does_not_fail_the_unit_and_the_r
     async def stored(command: Stored) -> None:
         pass
 
-    path = tmp_path / "q.db"
-    connection = sqlite3.connect(path, check_same_thread=False)
+    connection = UserDatabase(store_at).connect(orders=False)
     async with open_bus(
         Module("m").bind_request(Refused, refused).bind_request(Stored, stored),
         endpoints=[
             local_queue("full", capacity=1, overflow="fail"),
-            durable_queue("stored", path=path),
+            durable_queue("stored", **store_at.options()),
         ],
         routing=[route(Refused).to("full"), route(Stored).to("stored")],
     ) as bus:
@@ -457,18 +408,16 @@ async def test_a_refusal_after_the_units_commit_does_not_fail_the_unit_and_the_r
             await uow.execute("CREATE TABLE t (n INTEGER)")
             await bus.send(Refused(3))  # refused at the hand-over, after the commit
         # No exception reached the caller; the message waits in the outbox.
-        look = sqlite3.connect(path)
-        assert look.execute("SELECT COUNT(*) FROM triobus_outbox").fetchone() == (1,)
-        look.close()
+        assert store_at.rows("SELECT COUNT(*) FROM triobus_outbox") == [(1,)]
         release.set()
     connection.close()
 
 
 async def test_a_second_unit_of_work_on_an_open_units_connection_is_refused(
-    tmp_path: Path,
+    store_at: StoreAt,
 ) -> None:
-    path = tmp_path / "q.db"
-    connection = sqlite3.connect(path, check_same_thread=False)
+    user = UserDatabase(store_at)
+    connection = user.connect(orders=False)
     seen: list[int] = []
     inside = trio.Event()
     leave = trio.Event()
@@ -490,12 +439,10 @@ async def test_a_second_unit_of_work_on_an_open_units_connection_is_refused(
             refused.append(exc)
         leave.set()
 
-    async with job_bus(path, seen), trio.open_nursery() as nursery:
+    async with job_bus(store_at, seen), trio.open_nursery() as nursery:
         nursery.start_soon(first)
         nursery.start_soon(second)
     assert len(refused) == 1 and "open on this connection already" in str(refused[0])
     # The first unit was not disturbed: its writes committed.
-    look = sqlite3.connect(path)
-    assert look.execute("SELECT n FROM t").fetchall() == [(1,)]
-    look.close()
+    assert user.rows("SELECT n FROM t") == [(1,)]
     connection.close()
