@@ -301,7 +301,7 @@ json_values = st.recursive(
     ),
     max_leaves=8,
 )
-ids = st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=40)
+ids = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=40)
 dict_messages = st.dictionaries(st.text(max_size=8), json_values, max_size=4).map(
     lambda d: {**d, "message_name": "orders.audit", "message_version": 1}
 )
