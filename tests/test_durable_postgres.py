@@ -13,6 +13,7 @@ import attrs
 import psycopg
 import pytest
 import trio
+import trio.testing
 
 from durable_helpers import root_envelope
 from triobus import Command, Module, StoreError, open_bus, route
@@ -438,3 +439,25 @@ async def test_a_send_while_the_connections_are_lost_fails_clearly_and_the_next_
         await seen.reach(2)
         await bus.wait_quiet()
     assert seen.numbers == [1, 3]
+
+
+async def test_the_lease_is_renewed_in_real_time_while_trios_clock_stands_still(
+    postgres_url: str, pg_schema: str, mock_clock: trio.testing.MockClock
+) -> None:
+    # The server's clock measures the lease: a MockClock that stands still must not
+    # let it run out while the process lives.
+    def seen_at() -> float:
+        ((value,),) = sql(postgres_url, f'SELECT seen_at FROM "{pg_schema}".triobus_consumers')
+        return float(value)
+
+    def renewed() -> bool:
+        first = seen_at()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if seen_at() > first:
+                return True
+            time.sleep(0.05)
+        return False
+
+    async with bus_with(Seen(), url=postgres_url, schema=pg_schema, lease=0.3):
+        assert await trio.to_thread.run_sync(renewed)

@@ -411,14 +411,27 @@ class PostgresStore(SqlStore):
     # ------------------------------------------------------------ life cycle
 
     async def _prepare(self) -> None:
-        await self.pg.ddl(_DDL)
-        await self.pg.read(self._check_version)
+        # Tables of this version are used as they are: running the DDL again would
+        # take locks that deadlock with the writes of processes already running.
+        if await self.pg.read(self._version) != SCHEMA_VERSION:
+            await self.pg.ddl(_DDL)
+            await self.pg.read(self._check_version)
         await self.database.read(self._beat)
         self.identity = await self.pg.read(_identity)
         self._listener = _Listener(self.pg.url, self.channel, self._notified)
         await self._listener.start()
         self._heartbeat = trio.CancelScope()
         trio.lowlevel.spawn_system_task(self._beat_forever, self._heartbeat)
+
+    def _version(self, connection: PgConnection) -> int | None:
+        """The version of the schema's tables (``None``: not made yet)."""
+        (table,) = connection.raw.execute(
+            "SELECT to_regclass(%s)", (f'"{self.pg.schema}".triobus_schema',)
+        ).fetchone() or (None,)
+        if table is None:
+            return None
+        row = connection.execute("SELECT version FROM triobus_schema").fetchone()
+        return None if row is None else int(row[0])
 
     def _check_version(self, connection: PgConnection) -> None:
         with connection.raw.transaction():
