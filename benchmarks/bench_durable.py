@@ -33,10 +33,10 @@ Its payloads are orjson documents with the envelope's keys, decoded with
 orjson into the same message class. On PostgreSQL both sides ANALYZE the
 queue and inbox tables after the warm-up (untimed), as autovacuum does on a
 store in use: the plans the connections cached on a fresh schema's empty
-tables make every claim scan the whole inbox. PostgreSQL is at ``--postgres-url``
-(default ``$TRIOBUS_TEST_POSTGRES``, else
-``postgresql://postgres@127.0.0.1:5432/test``); when it cannot be reached its
-row says ``skipped: <reason>``.
+tables make every claim scan the whole inbox. PostgreSQL is at
+``--postgres-url`` (default ``$TRIOBUS_TEST_POSTGRES``, else
+``postgresql://postgres@127.0.0.1:5432/test``); when it cannot be reached
+its row says ``skipped: <reason>``.
 
 Within a round raw and triobus run back to back (the order alternates), the
 ratio is taken per round, and the table shows medians over the rounds. The
@@ -163,14 +163,13 @@ class CpuClock:
         trio_thread, process = self._now()
         trio_time = trio_thread - self.start[0]
         split = Split(trio_time, process - self.start[1] - trio_time)
-        pids = self.backends()
-        # A server process that came after begin counts from 0.
-        then = [self.server.get(pid, 0.0) for pid in pids]
-        now = [_server_cpu(pid) for pid in pids]
-        if pids and None not in then and None not in now:
-            split.server = sum(x for x in now if x is not None) - sum(
-                x for x in then if x is not None
-            )
+        server = 0.0
+        for pid in self.backends():
+            now, then = _server_cpu(pid), self.server.get(pid, 0.0)  # a newcomer counts from 0
+            if now is None or then is None:
+                return split  # not on this machine: unknown
+            server += now - then
+        split.server = server if self.server else None
         return split
 
 
