@@ -39,12 +39,31 @@ def bench_bridge() -> Iterator[ModuleType]:
 def test_the_durable_benchmark_smoke_run_handles_every_message_on_both_sides(
     bench_durable: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # measure() raises unless each side handled exactly the messages it sent.
+    # measure() raises unless each side handled exactly the messages it sent;
+    # PostgreSQL is measured when the test server is there, else its row says why not.
     assert bench_durable.main(["--smoke", "--no-memory"]) == 0
     table = capsys.readouterr().out
-    assert "| send+handle, 300 msgs, 10 senders (msg/s) |" in table
-    assert "| send+handle, absolute (msg/s)" in table
-    assert "CPU per message, raw: trio thread" in table
+    assert "| SQLite send+handle, 300 msgs, 10 senders (msg/s) " in table
+    assert "| SQLite send+handle, absolute (msg/s) " in table
+    assert "CPU per message, SQLite raw: trio thread" in table
+    postgres = next(line for line in table.splitlines() if line.startswith("| PostgreSQL"))
+    if bench_durable.postgres_problem(bench_durable.POSTGRES_URL) is None:
+        assert postgres.split("|")[-2].strip() in ("pass", "FAIL")
+        assert "CPU per message, PostgreSQL triobus: trio thread" in table
+    else:
+        assert "| skipped: " in postgres
+
+
+def test_the_durable_benchmark_says_postgresql_is_skipped_when_no_server_answers(
+    bench_durable: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nowhere = "postgresql://postgres@127.0.0.1:1/test"
+    argv = ["--smoke", "--store", "postgresql", "--postgres-url", nowhere]
+    assert bench_durable.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| PostgreSQL send+handle, 300 msgs, 10 senders (msg/s) |" in table
+    assert "| skipped: no server at postgresql://postgres@127.0.0.1:1/test (" in table
+    assert "SQLite" not in table and "RSS" not in table
 
 
 def test_the_bridge_benchmark_smoke_run_gets_every_result_back(
