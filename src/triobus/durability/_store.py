@@ -395,10 +395,9 @@ class SqlStore:
         owner = self.owner
         query = (
             "SELECT q.seq, q.message_id, q.step, q.attempts, q.progress, q.suspect, q.body, "
-            "q.counted_by IS NOT NULL AND q.counted_by = ?, i.message_id IS NOT NULL "
+            "q.counted_by IS NOT NULL AND q.counted_by = ?, EXISTS (SELECT 1 FROM triobus_inbox AS i "
+            "WHERE i.endpoint = q.endpoint AND i.message_id = q.message_id AND i.step = q.step) "
             "FROM triobus_queue AS q "
-            "LEFT JOIN triobus_inbox AS i ON i.endpoint = q.endpoint "
-            "AND i.message_id = q.message_id AND i.step = q.step "
             "WHERE q.endpoint = ? AND q.claimed_by IS NULL AND q.due <= ? {partitions}"
             f"ORDER BY q.seq LIMIT ?{self.lock_claimed}"
         )
