@@ -607,15 +607,17 @@ class SqlitePlace:
 class PostgresPlace:
     """A fresh schema on the server at ``url`` (dropped by :meth:`remove`).
 
-    Both sides connect with the schema's name as ``application_name``, so
-    the server processes serving the measurement can be found.
+    Both sides connect with the ``application_name`` triobus's pool gives
+    its connections (``triobus <schema>``), so the server processes serving
+    the measurement can be found.
     """
 
     def __init__(self, url: str, side: str) -> None:
         import psycopg
 
         self.schema = f"bench_{side}_{secrets.token_hex(4)}"
-        self.url = f"{url}{'&' if '?' in url else '?'}application_name={self.schema}"
+        self.application = f"triobus {self.schema}"
+        self.url = f"{url}{'&' if '?' in url else '?'}application_name=triobus%20{self.schema}"
         self.admin = psycopg.connect(url, autocommit=True, connect_timeout=10)
 
     def endpoint(self) -> DurableQueue:
@@ -650,7 +652,7 @@ class PostgresPlace:
 
     def backends(self) -> list[int]:
         rows = self.admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self.schema,)
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self.application,)
         ).fetchall()
         return [int(pid) for (pid,) in rows]
 
