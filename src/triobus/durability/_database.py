@@ -16,6 +16,7 @@ is; a PostgreSQL connection is adapted (see ``_postgres``).
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Final, Protocol, TypeVar
@@ -106,7 +107,7 @@ def _transaction(
     return results
 
 
-class Database:
+class Database(abc.ABC):
     """One database reached from trio: jobs on worker threads, writes batched.
 
     Subclasses connect (:meth:`open`, :meth:`close`) and run a job on a
@@ -134,15 +135,16 @@ class Database:
     # ------------------------------------------------------------ for subclasses
 
     @property
-    def is_open(self) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def is_open(self) -> bool: ...
 
-    async def open(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def open(self) -> None: ...
 
-    async def close(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def close(self) -> None: ...
 
+    @abc.abstractmethod
     async def _call(self, job: Callable[[Any], T], *, cancellable: bool) -> T:
         """Run ``job(connection)`` on a worker thread and return what it returns.
 
@@ -150,7 +152,6 @@ class Database:
         own way); otherwise the job runs to its end and the cancellation is
         delivered at the caller's next checkpoint.
         """
-        raise NotImplementedError
 
     # ------------------------------------------------------------ jobs
 

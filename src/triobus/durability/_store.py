@@ -30,6 +30,7 @@ most once more than it ran.
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 import secrets
@@ -216,7 +217,7 @@ def stored_letter(row: Sequence[Any]) -> StoredLetter:
     return StoredLetter(*values)
 
 
-class SqlStore:
+class SqlStore(abc.ABC):
     """The durable tables of one database, shared by the endpoints that use it.
 
     Every statement is here, with ``?`` placeholders and bare table names;
@@ -281,18 +282,18 @@ class SqlStore:
 
     # ------------------------------------------------------------ for subclasses
 
+    @abc.abstractmethod
     async def _prepare(self) -> None:
         """Make or check the schema (first open)."""
-        raise NotImplementedError
 
-    async def _closing(self) -> None:
+    async def _closing(self) -> None:  # noqa: B027 (a hook: nothing to do by default)
         """The last user is closing the store (its writes are not flushed yet)."""
 
     def _dead_owner(self, column: str) -> tuple[str, tuple[Any, ...]]:
         """A condition true where ``column`` names no living process; its parameters."""
         return f"({column} IS NULL OR {column} <> ?)", (self.owner,)
 
-    def _notify(self, connection: SqlConnection, endpoint: str) -> None:
+    def _notify(self, connection: SqlConnection, endpoint: str) -> None:  # noqa: B027 (a hook: nothing to do by default)
         """Tell other processes ``endpoint`` has new rows (when this transaction commits)."""
 
     def _my_share(self, connection: SqlConnection, endpoint: str) -> tuple[str, tuple[Any, ...]]:
@@ -302,10 +303,10 @@ class SqlStore:
         """
         return "", ()
 
-    async def join(self, endpoint: str) -> None:
+    async def join(self, endpoint: str) -> None:  # noqa: B027 (a hook: nothing to do by default)
         """This process consumes ``endpoint`` (it takes a share of its partition keys)."""
 
-    async def leave(self, endpoint: str) -> None:
+    async def leave(self, endpoint: str) -> None:  # noqa: B027 (a hook: nothing to do by default)
         """This process no longer consumes ``endpoint``."""
 
     def watch(self, endpoint: str, wake: Callable[[], None]) -> Callable[[], None]:

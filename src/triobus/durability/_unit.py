@@ -30,6 +30,7 @@ time per connection.
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import sqlite3
@@ -50,7 +51,7 @@ T = TypeVar("T")
 logger = logging.getLogger("triobus.durability")
 
 
-class _Side:
+class _Side(abc.ABC):
     """How a unit drives the user's connection (SQLite or psycopg)."""
 
     #: The connection as the store's statements see it.
@@ -60,23 +61,23 @@ class _Side:
         self.connection = connection
         self.store = store
 
-    def begin(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def begin(self) -> None: ...
 
-    def commit(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def commit(self) -> None: ...
 
-    def rollback(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def rollback(self) -> None: ...
 
-    def finish(self) -> None:
+    def finish(self) -> None:  # noqa: B027 (a hook: nothing to do by default)
         """The unit is over (committed or rolled back): restore the connection's settings."""
 
-    def run(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def run(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]: ...
 
-    def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None: ...
 
     async def statement(self, function: Callable[..., T], *args: Any) -> T:
         """Run the user's statement ``function(*args)`` on a worker thread."""
