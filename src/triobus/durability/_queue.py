@@ -1,4 +1,4 @@
-"""Durable local queues: an endpoint kind whose backlog lives in SQLite.
+"""Durable queues: an endpoint kind whose backlog lives in a database (SQLite or PostgreSQL).
 
 A durable queue is still a supervised actor with a trio memory-channel
 mailbox; the mailbox is its prefetch buffer, fed by a feeder task that
@@ -124,7 +124,7 @@ class Receipt:
 
 @final
 class DurableQueue:
-    """A queue endpoint stored in SQLite; declare one with :func:`durable_queue`.
+    """A queue endpoint stored in SQLite or PostgreSQL; declare one with :func:`durable_queue`.
 
     Implements :class:`~triobus.Endpoint` with :attr:`DeliveryMode.DURABLE`.
     """
@@ -257,7 +257,7 @@ class DurableQueue:
                 # The feeder unclaims what it took and did not hand over.
                 self._feeder.cancel()
                 # Not shielded, no deadline: the feeder ends as soon as its store call
-                # returns (a thread job, bounded by SQLite's busy timeout); a firm stop
+                # returns (a thread job, bounded by the database's lock timeouts); a firm stop
                 # (cancelled) goes on at once and may leave claims for the next start.
                 await self._tasks_done.wait()
             if self._ref is not None:
