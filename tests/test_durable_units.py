@@ -47,9 +47,13 @@ class Job(Command):
     n: int
 
 
-def job_bus(store_at: StoreAt, seen: list[int]) -> Any:
+def job_bus(store_at: StoreAt, seen: list[int], handled: trio.Event | None = None) -> Any:
+    """A bus whose durable queue "jobs" records each Job in ``seen`` (and sets ``handled``)."""
+
     async def handle(job: Job) -> None:
         seen.append(job.n)
+        if handled is not None:
+            handled.set()
 
     return open_bus(
         Module("units").bind_request(Job, handle),
@@ -292,16 +296,7 @@ async def test_a_suspect_row_whose_attempt_cannot_be_stored_is_not_counted_in_fl
     monkeypatch.setattr(SqlStore, "started", started)
     seen: list[int] = []
     handled = trio.Event()
-
-    async def handle(job: Job) -> None:
-        seen.append(job.n)
-        handled.set()
-
-    async with open_bus(
-        Module("units").bind_request(Job, handle),
-        endpoints=[durable_queue("jobs", **store_at.options())],
-        routing=[route(Job).to("jobs")],
-    ) as bus:
+    async with job_bus(store_at, seen, handled) as bus:
         with trio.fail_after(10):  # the feeder tries again after 1 s
             await handled.wait()
             await bus.wait_quiet()
@@ -351,16 +346,7 @@ async def test_rows_left_for_an_endpoint_not_run_here_do_not_hide_the_rows_after
     await leave_in_outbox(store_at, *elsewhere, ("jobs", Job(7), "units.job", "mine"))
     seen: list[int] = []
     handled = trio.Event()
-
-    async def handle(job: Job) -> None:
-        seen.append(job.n)
-        handled.set()
-
-    async with open_bus(
-        Module("units").bind_request(Job, handle),
-        endpoints=[durable_queue("jobs", **store_at.options())],
-        routing=[route(Job).to("jobs")],
-    ) as bus:
+    async with job_bus(store_at, seen, handled) as bus:
         with trio.fail_after(10):
             await handled.wait()
         await bus.wait_quiet()
