@@ -5,15 +5,28 @@ asyncio client runs under ``trio.run``. They run on one asyncio event loop
 in one dedicated thread, reached from trio through an
 :class:`AsyncioBridge`: :func:`shared_asyncio_bridge` gives every endpoint
 of a trio run the same one; :func:`open_asyncio_bridge` opens one of its own.
+
+Message brokers (:class:`MessageBroker`) publish integration events
+(:class:`BrokerMessage`) to a RabbitMQ exchange or a Kafka topic.
 """
 
 from ._bridge import AsyncioBridge as AsyncioBridge
 from ._bridge import BridgeStatistics as BridgeStatistics
 from ._bridge import open_asyncio_bridge as open_asyncio_bridge
 from ._bridge import shared_asyncio_bridge as shared_asyncio_bridge
+from ._brokers import AmqpMessageBroker as AmqpMessageBroker
+from ._brokers import BrokerMessage as BrokerMessage
+from ._brokers import DevnullMessageBroker as DevnullMessageBroker
+from ._brokers import KafkaMessageBroker as KafkaMessageBroker
+from ._brokers import MessageBroker as MessageBroker
 
 __all__ = [
+    "AmqpMessageBroker",
     "AsyncioBridge",
+    "BrokerMessage",
+    "DevnullMessageBroker",
+    "KafkaMessageBroker",
+    "MessageBroker",
     "BridgeStatistics",
     "open_asyncio_bridge",
     "shared_asyncio_bridge",
