@@ -11,6 +11,7 @@ import orjson
 import pytest
 import trio
 
+from broker_helpers import kafka_records
 from triobus import BridgeClosed
 from triobus.transports import (
     AmqpMessageBroker,
@@ -126,29 +127,8 @@ async def test_the_amqp_broker_publishes_to_a_topic_exchange_by_routing_key(
 async def test_the_kafka_broker_publishes_to_the_topic_keyed_by_message_id(
     kafka_bootstrap: str,
 ) -> None:
-    import aiokafka
-
     topic = f"triobus-test-{secrets.token_hex(4)}"
     sent = [placed(n, topic) for n in range(20)]
-
-    async def take(count: int) -> list[Any]:
-        consumer = aiokafka.AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=kafka_bootstrap,
-            group_id=f"{topic}-group",
-            auto_offset_reset="earliest",
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-        )
-        await consumer.start()
-        try:
-            records: list[Any] = []
-            while len(records) < count:
-                batch = await consumer.getmany(timeout_ms=500)
-                records += [record for got in batch.values() for record in got]
-            return records
-        finally:
-            await consumer.stop()
 
     async with KafkaMessageBroker(kafka_bootstrap) as broker:
         async with trio.open_nursery() as nursery:
@@ -156,7 +136,7 @@ async def test_the_kafka_broker_publishes_to_the_topic_keyed_by_message_id(
                 nursery.start_soon(broker.send_message, message)
         async with shared_asyncio_bridge() as bridge:
             with trio.fail_after(60):
-                records = await bridge.run(take, len(sent))
+                records = await bridge.run(kafka_records, kafka_bootstrap, topic, len(sent))
     assert sorted(orjson.loads(record.value)["order"] for record in records) == list(range(20))
     record = next(r for r in records if r.key == str(sent[3].message_id).encode())
     assert orjson.loads(record.value) == {"order": 3}

@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from broker_helpers import kafka_records
 from triobus.transports import AsyncioBridge, open_asyncio_bridge
 
 COUNT = 200
@@ -73,27 +74,6 @@ async def test_kafka_messages_produced_from_trio_tasks_come_back_once_each(
         await producer.start()
         return producer
 
-    async def take(count: int) -> list[bytes]:
-        consumer = aiokafka.AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=kafka_bootstrap,
-            group_id=f"{topic}-group",
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-        )
-        await consumer.start()
-        try:
-            bodies: list[bytes] = []
-            while len(bodies) < count:
-                batch = await consumer.getmany(timeout_ms=500)
-                bodies += [record.value for records in batch.values() for record in records]
-            await consumer.commit()
-            return bodies
-        finally:
-            await consumer.stop()
-
     async with open_asyncio_bridge() as bridge:
         producer = await bridge.run(open_producer)
         try:
@@ -102,6 +82,7 @@ async def test_kafka_messages_produced_from_trio_tasks_come_back_once_each(
         finally:
             await bridge.run(producer.stop)
         with trio.fail_after(60):
-            bodies = await bridge.run(take, COUNT)
+            records = await bridge.run(kafka_records, kafka_bootstrap, topic, COUNT)
+    bodies = [record.value for record in records]
     assert sorted(bodies) == sorted(str(n).encode() for n in range(COUNT))
     assert crossings < COUNT // 2  # concurrent calls crossed together
