@@ -37,6 +37,12 @@ EXPECTED: dict[str, list[str]] = {
         "shipments (order, times): [('A-1', 1), ('A-3', 1)]",
         "dead letters: [('orders.place', 'failed', 'OutOfStock')]",
     ],
+    "integration_events.py": [
+        "orders saved: ['A-1', 'A-2']",
+        "published OrderPlaced to orders.placed: {'order_id': 'A-1'}",
+        "published OrderState to orders.state: {'order_id': 'A-2', 'customer': 'grace', "
+        "'total': 990}",
+    ],
     "routing.py": [
         "request analytics.rebuild_dashboard v1 -> reports: rebuild_dashboard",
         "request notifications.send_receipt v1 -> emails: send_receipt",
