@@ -273,27 +273,21 @@ class PostgresDatabase(Database):
             raise ValueError(f"pool_size must be an int >= 2, got {pool_size!r}")
         self.pool_size = pool_size
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
-        self._users = 0
 
     @property
     def is_open(self) -> bool:
         return self._pool is not None
 
     async def open(self) -> None:
-        """Connect (a second open only counts a user).
+        """Connect (nothing more when it is open).
 
         Raises:
             StoreError: the server cannot be reached, refuses the credentials,
                 or has no such database (its own words quoted).
         """
-        self._users += 1
         if self._pool is not None:
             return
-        try:
-            self._pool = await trio.to_thread.run_sync(self._connect)
-        except BaseException:
-            self._users -= 1
-            raise
+        self._pool = await trio.to_thread.run_sync(self._connect)
 
     def _connect(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[Any]]:
         try:  # one plain connection first: the pool's own errors hide the reason
@@ -317,11 +311,8 @@ class PostgresDatabase(Database):
         return pool
 
     async def close(self) -> None:
-        """Let go of one :meth:`open`; the last one flushes and closes the pool."""
-        if self._users == 0:
-            return
-        self._users -= 1
-        if self._users or self._pool is None:
+        """Commit what is queued and close the pool (nothing when it is closed)."""
+        if self._pool is None:
             return
         await self._flush_all()
         pool, self._pool = self._pool, None
@@ -602,7 +593,7 @@ class _Listener:
         channel = self._channel
 
         def wake_listener(connection: PgConnection) -> None:
-            connection.raw.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+            connection.notify(channel, payload)
 
         with contextlib.suppress(*store.database.errors):  # else it ends at its next wait
             await store.pg.read(wake_listener)

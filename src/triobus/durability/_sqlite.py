@@ -62,7 +62,6 @@ class SqliteDatabase(Database):
         self._jobs = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
-        self._users = 0
 
     # ------------------------------------------------------------ life cycle
 
@@ -71,12 +70,11 @@ class SqliteDatabase(Database):
         return self._thread is not None
 
     async def open(self) -> None:
-        """Start the connection thread and connect (a second open only counts a user).
+        """Start the connection thread and connect (nothing more when it is open).
 
         Raises:
             StoreError: the file cannot be opened as a SQLite database.
         """
-        self._users += 1
         if self._thread is not None:
             return
         self._token = trio.lowlevel.current_trio_token()
@@ -91,7 +89,6 @@ class SqliteDatabase(Database):
         thread.start()
         await trio.to_thread.run_sync(started.wait)
         if ready[0] is not None:
-            self._users -= 1
             thread.join()
             raise StoreError(
                 f"cannot open the SQLite database {self.path!r}: {ready[0]}; check the path "
@@ -100,11 +97,8 @@ class SqliteDatabase(Database):
         self._thread = thread
 
     async def close(self) -> None:
-        """Let go of one :meth:`open`; the last one flushes and stops the thread."""
-        if self._users == 0:
-            return
-        self._users -= 1
-        if self._users or self._thread is None:
+        """Commit what is queued and stop the thread (nothing when it is closed)."""
+        if self._thread is None:
             return
         await self._flush_all()
         with trio.CancelScope(shield=True):

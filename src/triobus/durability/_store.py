@@ -259,10 +259,9 @@ class SqlStore(abc.ABC):
         return self.database.is_open
 
     async def open(self) -> None:
-        """Open the database (the first open makes or checks the schema)."""
+        """Open the database and make or check the schema (a later open only counts a user)."""
         self._opens += 1
         if self._opens > 1:
-            await self.database.open()
             return
         try:
             await self.database.open()
@@ -273,12 +272,13 @@ class SqlStore(abc.ABC):
             raise
 
     async def close(self) -> None:
+        """Let go of one :meth:`open`; the last one closes the database."""
         if self._opens == 0:
             return
         self._opens -= 1
         if self._opens == 0:
             await self._closing()
-        await self.database.close()
+            await self.database.close()
 
     # ------------------------------------------------------------ for subclasses
 
