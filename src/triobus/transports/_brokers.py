@@ -128,6 +128,10 @@ class _BridgedBroker(abc.ABC):
         if stack is not None:
             await stack.aclose()
 
+    async def send_message(self, message: BrokerMessage) -> None:
+        """Publish ``message``; return once the broker has it."""
+        await self._started().run(self._publish, message)
+
     @abc.abstractmethod
     async def _open(self) -> None:
         """Open the client (on the loop)."""
@@ -135,6 +139,10 @@ class _BridgedBroker(abc.ABC):
     @abc.abstractmethod
     async def _close(self) -> None:
         """Close the client (on the loop)."""
+
+    @abc.abstractmethod
+    async def _publish(self, message: BrokerMessage) -> None:
+        """Publish ``message`` with the client (on the loop)."""
 
 
 @final
@@ -163,9 +171,6 @@ class AmqpMessageBroker(_BridgedBroker):
     async def _close(self) -> None:
         if self._connection is not None:
             await self._connection.close()
-
-    async def send_message(self, message: BrokerMessage) -> None:
-        await self._started().run(self._publish, message)
 
     async def _publish(self, message: BrokerMessage) -> None:
         import aio_pika
@@ -205,9 +210,6 @@ class KafkaMessageBroker(_BridgedBroker):
     async def _close(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
-
-    async def send_message(self, message: BrokerMessage) -> None:
-        await self._started().run(self._publish, message)
 
     async def _publish(self, message: BrokerMessage) -> None:
         await self._producer.send_and_wait(
