@@ -10,6 +10,7 @@ from ._errors import ActorStartError as ActorStartError
 from ._errors import ActorStopped as ActorStopped
 from ._errors import AskTimeout as AskTimeout
 from ._errors import BridgeClosed as BridgeClosed
+from ._errors import BrokerUnavailable as BrokerUnavailable
 from ._errors import BusClosed as BusClosed
 from ._errors import DeadLetterNotFound as DeadLetterNotFound
 from ._errors import DeadlockError as DeadlockError
@@ -30,6 +31,7 @@ from ._errors import OversizeEnvelope as OversizeEnvelope
 from ._errors import PartitionKeyError as PartitionKeyError
 from ._errors import PipelineBehaviorAlreadyRegistered as PipelineBehaviorAlreadyRegistered
 from ._errors import PublishError as PublishError
+from ._errors import RemoteHandlerError as RemoteHandlerError
 from ._errors import ReplayError as ReplayError
 from ._errors import RequestHandlerAlreadyRegistered as RequestHandlerAlreadyRegistered
 from ._errors import RequestHandlerNotFound as RequestHandlerNotFound
@@ -118,6 +120,8 @@ from .supervision import SupervisorRef as SupervisorRef
 from .supervision import SupervisorSpec as SupervisorSpec
 from .supervision import TreeNode as TreeNode
 from .transports import AsyncioBridge as AsyncioBridge
+from .transports import BrokerTransport as BrokerTransport
+from .transports import MemoryBroker as MemoryBroker
 
 __version__ = "0.1.0"
 
@@ -162,6 +166,8 @@ __all__ = [
     "UpcasterAlreadyRegistered",
     "StoreError",
     "BridgeClosed",
+    "BrokerUnavailable",
+    "RemoteHandlerError",
     # mailbox
     "Mailbox",
     "MailboxSpec",
@@ -242,6 +248,8 @@ __all__ = [
     "durable_queue",
     # transports
     "AsyncioBridge",
+    "BrokerTransport",
+    "MemoryBroker",
 ]
 
 

@@ -324,3 +324,27 @@ class BridgeClosed(TriobusError):
     calls between ``start()`` and ``stop()`` (inside ``open_asyncio_bridge()``
     or ``shared_asyncio_bridge()``), or open a new bridge.
     """
+
+
+class BrokerUnavailable(TriobusError, ConnectionError):
+    """A broker could not be reached, refused the credentials, or lost the connection.
+
+    The message names the endpoint and the broker. What was being sent was
+    not confirmed: it was not sent.
+    """
+
+
+class RemoteHandlerError(TriobusError):
+    """The handler of an invoke in another process raised.
+
+    ``exception_type`` is the remote exception's qualified name, ``remote_message``
+    its text and ``remote_traceback`` its traceback, as text.
+    """
+
+    def __init__(
+        self, message: str, exception_type: str, remote_message: str, remote_traceback: str
+    ) -> None:
+        super().__init__(message)
+        self.exception_type = exception_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback

@@ -19,6 +19,17 @@ from ._brokers import BrokerMessage as BrokerMessage
 from ._brokers import DevnullMessageBroker as DevnullMessageBroker
 from ._brokers import KafkaMessageBroker as KafkaMessageBroker
 from ._brokers import MessageBroker as MessageBroker
+from ._memory import MemoryBroker as MemoryBroker
+from ._memory import MemoryTransport as MemoryTransport
+from ._memory import topic_matches as topic_matches
+from ._transport import BrokerTransport as BrokerTransport
+from ._transport import Consumer as Consumer
+from ._transport import Flow as Flow
+from ._transport import IncomingMessage as IncomingMessage
+from ._transport import OutgoingMessage as OutgoingMessage
+from ._transport import Subscription as Subscription
+from ._transport import Topology as Topology
+from ._transport import Verdict as Verdict
 
 __all__ = [
     "AmqpMessageBroker",
@@ -27,6 +38,17 @@ __all__ = [
     "DevnullMessageBroker",
     "KafkaMessageBroker",
     "MessageBroker",
+    "MemoryBroker",
+    "MemoryTransport",
+    "BrokerTransport",
+    "Consumer",
+    "Flow",
+    "IncomingMessage",
+    "OutgoingMessage",
+    "Subscription",
+    "Topology",
+    "Verdict",
+    "topic_matches",
     "BridgeStatistics",
     "open_asyncio_bridge",
     "shared_asyncio_bridge",
