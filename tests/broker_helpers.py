@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import trio
 
 
 async def kafka_records(bootstrap: str, topic: str, count: int) -> list[Any]:
@@ -28,3 +31,14 @@ async def kafka_records(bootstrap: str, topic: str, count: int) -> list[Any]:
         return records
     finally:
         await consumer.stop()
+
+
+async def eventually(
+    check: Callable[[], object], timeout: float = 20.0, poll: float = 0.01
+) -> None:
+    """Wait until ``check()`` is true, looking every ``poll`` seconds (fails after ``timeout``)."""
+    with trio.fail_after(timeout):
+        while True:
+            if check():
+                return
+            await trio.sleep(poll)

@@ -120,8 +120,10 @@ from .supervision import SupervisorRef as SupervisorRef
 from .supervision import SupervisorSpec as SupervisorSpec
 from .supervision import TreeNode as TreeNode
 from .transports import AsyncioBridge as AsyncioBridge
+from .transports import BrokerEndpoint as BrokerEndpoint
 from .transports import BrokerTransport as BrokerTransport
 from .transports import MemoryBroker as MemoryBroker
+from .transports import broker_endpoint as broker_endpoint
 
 __version__ = "0.1.0"
 
@@ -249,6 +251,8 @@ __all__ = [
     # transports
     "AsyncioBridge",
     "BrokerTransport",
+    "BrokerEndpoint",
+    "broker_endpoint",
     "MemoryBroker",
 ]
 

@@ -48,6 +48,7 @@ from ._routing import Route as Route
 from ._routing import route as route
 from ._routing import route_module as route_module
 from ._seam import TRIED_AGAIN as TRIED_AGAIN
+from ._seam import CrossProcessEndpoint as CrossProcessEndpoint
 from ._seam import Delivery as Delivery
 from ._seam import DeliveryMode as DeliveryMode
 from ._seam import Endpoint as Endpoint
@@ -56,6 +57,7 @@ from ._seam import Plan as Plan
 from ._seam import Settlement as Settlement
 from ._seam import Step as Step
 from ._seam import hand_over as hand_over
+from ._seam import takes_remote_routes as takes_remote_routes
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -68,6 +70,8 @@ __all__ = [
     "TRIED_AGAIN",
     "Delivery",
     "hand_over",
+    "takes_remote_routes",
+    "CrossProcessEndpoint",
     "DeliveryMode",
     "DispatchEvent",
     "DispatchKind",

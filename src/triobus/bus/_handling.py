@@ -74,6 +74,7 @@ class BusHost:
         "plugins",
         "probe",
         "random",
+        "remote_types",
         "settled",
         "wall_clock",
     )
@@ -106,6 +107,8 @@ class BusHost:
         #: The bus's plans and bound modules (set by ``open_bus`` before endpoints start).
         self.plans: PlanTable | None = None
         self.modules: tuple[Module, ...] = ()
+        #: The classes routed without a local handler (set by ``open_bus``).
+        self.remote_types: tuple[type, ...] = ()
 
     def attach(self, supervisor: SupervisorRef, nursery: trio.Nursery) -> None:
         """The bus's supervisor (endpoints start their actors under it) and its nursery."""
@@ -149,6 +152,13 @@ class BusHost:
             )
         await hand_over(delivery.plan.endpoint, delivery)
 
+    def plans_on(self, uri: str) -> tuple[Plan, ...]:
+        assert self.plans is not None, "the bus has not started"
+        plans = [plan for plan in self.plans.requests.values() if plan.endpoint.uri == uri]
+        for event_plans in self.plans.events.values():
+            plans.extend(plan for plan in event_plans if plan.endpoint.uri == uri)
+        return tuple(plans)
+
     def plan_for(self, uri: str, name: str, version: int, step: str = "") -> Plan | None:
         """The plan of message ``(name, version)`` on endpoint ``uri`` (only handler
         ``step`` when given, by its label), or ``None`` when no handler there takes it.
@@ -160,8 +170,8 @@ class BusHost:
         if request is not None:
             candidates = (request, *candidates)
         for plan in candidates:
-            if plan.endpoint.uri != uri:
-                continue
+            if plan.endpoint.uri != uri or not plan.steps:
+                continue  # elsewhere, or a remote route (no handler in this process)
             if not step:
                 return plan
             for candidate in plan.steps:

@@ -24,7 +24,16 @@ from ._bus import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INVOKE_TIMEOUT, MessageBus
 from ._envelope import default_id_factory
 from ._handlers import Callee
 from ._handling import BusHost
-from ._messages import Identity, NameDetector, describe, is_command, short_repr, type_name
+from ._messages import (
+    Event,
+    Identity,
+    NameDetector,
+    describe,
+    is_command,
+    message_version,
+    short_repr,
+    type_name,
+)
 from ._module import EventBinding, Module, RequestBinding
 from ._plans import PlanTable
 from ._plugins import Plugins
@@ -34,7 +43,7 @@ from ._routing import (
     Route,
     default_endpoints,
 )
-from ._seam import Endpoint, Plan, PlanKind, Step
+from ._seam import Endpoint, Plan, PlanKind, Step, takes_remote_routes
 
 #: Seconds a firm stop may take (cancel the endpoints, dead-letter their backlog).
 FIRM_STOP_LIMIT = 5.0
@@ -79,6 +88,8 @@ class _Wiring:
         self._check_modules(problems)
         self.type_routes: dict[str, str] = {}
         self.module_routes: dict[int, str] = {}
+        #: Classes routed to a cross-process endpoint with no handler here.
+        self.remote: list[type] = []
         self._check_routes(routing, problems)
         if problems:
             raise WiringError(problems)
@@ -154,10 +165,20 @@ class _Wiring:
                 else type_name(route.message_type)
             )
             if name not in bound_names:
-                problems.append(
-                    f"{describe(route.message_type)} is routed to {route.uri!r} but no module "
-                    "binds a handler for it"
-                )
+                endpoint = self.endpoints.get(route.uri)
+                if endpoint is None or not takes_remote_routes(endpoint):
+                    problems.append(
+                        f"{describe(route.message_type)} is routed to {route.uri!r} but no module "
+                        "binds a handler for it"
+                    )
+                elif not isinstance(route.message_type, type):
+                    problems.append(
+                        f"{describe(route.message_type)} is routed to {route.uri!r}, handled in "
+                        "another process: route it by its class, route(T).to(uri), so its "
+                        "messages can be encoded and decoded"
+                    )
+                elif route.message_type not in self.remote:
+                    self.remote.append(route.message_type)
             if name in self.type_routes and self.type_routes[name] != route.uri:
                 problems.append(f"{describe(route.message_type)} is routed to two endpoints")
             self.type_routes[name] = route.uri
@@ -183,7 +204,9 @@ def _make_plans(
     endpoints = wiring.endpoints
     for identity, binding in wiring.requests.items():
         uri = wiring.endpoint_for(identity, binding.module, binding.target, event=False)
-        step = Step(binding.handler, (*wiring.pipeline, *binding.behaviors))
+        step = Step(
+            binding.handler, (*wiring.pipeline, *binding.behaviors), module=binding.module.name
+        )
         table.requests[identity] = Plan(
             bus, new_id, identity[0], identity[1], PlanKind.REQUEST, endpoints[uri], [step], host
         )
@@ -192,12 +215,29 @@ def _make_plans(
         for subscriber in subscribers:
             uri = wiring.endpoint_for(identity, subscriber.module, subscriber.target, event=True)
             grouped.setdefault(uri, []).append(
-                Step(subscriber.handler, (*wiring.pipeline, *subscriber.behaviors))
+                Step(
+                    subscriber.handler,
+                    (*wiring.pipeline, *subscriber.behaviors),
+                    module=subscriber.module.name,
+                )
             )
         table.events[identity] = tuple(
             Plan(bus, new_id, identity[0], identity[1], PlanKind.EVENT, endpoints[uri], steps, host)
             for uri, steps in grouped.items()
         )
+    for cls in wiring.remote:
+        # Handled in another process: a plan without steps, on the endpoint that carries it.
+        identity = (type_name(cls), message_version(cls))
+        endpoint = endpoints[wiring.type_routes[identity[0]]]
+        if issubclass(cls, Event):
+            plans = table.events.get(identity, ())
+            if all(plan.endpoint is not endpoint for plan in plans):
+                remote = Plan(bus, new_id, *identity, PlanKind.EVENT, endpoint, [], host)
+                table.events[identity] = (*plans, remote)
+        elif identity not in table.requests:
+            table.requests[identity] = Plan(
+                bus, new_id, *identity, PlanKind.REQUEST, endpoint, [], host
+            )
 
 
 def trio_wall_clock() -> Callable[[], float]:
@@ -293,6 +333,7 @@ class BusRunner:
         _make_plans(bus, host, plans, self._wiring, new_id)
         host.plans = plans
         host.modules = tuple(self._wiring.modules)
+        host.remote_types = tuple(self._wiring.remote)
         for endpoint in self._wiring.endpoints.values():
             await endpoint.start(host)
             self._started.append(endpoint)

@@ -126,12 +126,17 @@ class PlanTable:
         """Which message goes to which endpoint and handlers, as text."""
         lines: list[str] = []
         for (name, version), plan in sorted(self.requests.items()):
-            lines.append(f"request {name} v{version} -> {plan.endpoint.uri}: {plan.steps[0].label}")
+            lines.append(f"request {name} v{version} -> {plan.endpoint.uri}: {_labels(plan)}")
         for (name, version), plans in sorted(self.events.items()):
             for plan in plans:
-                labels = ", ".join(step.label for step in plan.steps)
-                lines.append(f"event {name} v{version} -> {plan.endpoint.uri}: {labels}")
+                lines.append(f"event {name} v{version} -> {plan.endpoint.uri}: {_labels(plan)}")
         return "\n".join(lines)
+
+
+def _labels(plan: Plan) -> str:
+    if not plan.steps:
+        return "(handled in another process)"
+    return ", ".join(step.label for step in plan.steps)
 
 
 def _moved(plan: Plan, replace: Callable[[Endpoint], Endpoint]) -> Plan:

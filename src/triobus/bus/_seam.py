@@ -81,16 +81,23 @@ async def _no_handler(message: Any) -> Any:
 class Step:
     """One handler and the behaviors around it: one delivery of an event."""
 
-    __slots__ = ("behaviors", "call", "factory", "handler", "label", "raw")
+    __slots__ = ("behaviors", "call", "factory", "handler", "label", "module", "raw")
 
     def __init__(
-        self, handler: Callee | None, behaviors: tuple[Callee, ...], raw: Any = None
+        self,
+        handler: Callee | None,
+        behaviors: tuple[Callee, ...],
+        raw: Any = None,
+        module: str = "",
     ) -> None:
         #: The bound handler; ``None`` when a plugin routed the message to ``raw``
         #: (a handler, or a string id that a locate plugin resolves).
         self.handler = handler
         self.behaviors = behaviors
         self.raw = raw
+        #: The name of the module that bound it ("" for a plugin's handler): a
+        #: broker endpoint gives each module's event handlers their own subscription.
+        self.module = module
         self.label = handler.label if handler is not None else repr(raw)
         #: Runs the handler inside its behaviors on one message (made once, here).
         self.call: Callable[[Any], Awaitable[Any]] = _no_handler
@@ -166,6 +173,10 @@ class Plan:
 
     def only(self, step: Step, endpoint: Endpoint | None = None) -> Plan:
         """This plan with ``step`` alone (on ``endpoint``, when given)."""
+        return self.with_steps([step], endpoint)
+
+    def with_steps(self, steps: Sequence[Step], endpoint: Endpoint | None = None) -> Plan:
+        """This plan with ``steps`` instead (on ``endpoint``, when given)."""
         return Plan(
             self.bus,
             self.new_id,
@@ -173,7 +184,7 @@ class Plan:
             self.version,
             self.kind,
             endpoint or self.endpoint,
-            [step],
+            steps,
             self.host,
         )
 
@@ -427,6 +438,15 @@ class EndpointHost(Protocol):
         alone, by its label, when given), or ``None`` when no handler there takes it.
         """
 
+    def plans_on(self, uri: str) -> tuple[Plan, ...]:
+        """Every plan routed to endpoint ``uri``: with this bus's handlers, or none
+        (a remote route: the handlers live in another process).
+        """
+
+    @property
+    def remote_types(self) -> tuple[type, ...]:
+        """The message classes routed to endpoints without a handler here (for a codec)."""
+
     def accepted(self) -> None:
         """Count one delivery in flight (the bus is quiet when none is)."""
 
@@ -510,6 +530,26 @@ class Endpoint(Protocol):
         Returns ``True`` when the endpoint keeps it (settled as left for
         redelivery), ``False`` to let it be dead-lettered (reason ``shutdown``).
         """
+
+
+@runtime_checkable
+class CrossProcessEndpoint(Protocol):
+    """An endpoint that other processes consume too (a broker endpoint).
+
+    A route to such an endpoint may name a message type that no module of
+    this bus binds: its handler lives in another process. Start-up
+    validation accepts the route, and the endpoint carries the message
+    there.
+    """
+
+    @property
+    def cross_process(self) -> bool:
+        """Whether messages routed here may be handled in another process."""
+
+
+def takes_remote_routes(endpoint: Endpoint) -> bool:
+    """Whether a route to ``endpoint`` may name a type with no handler in this process."""
+    return isinstance(endpoint, CrossProcessEndpoint) and endpoint.cross_process
 
 
 async def hand_over(endpoint: Endpoint, delivery: Delivery) -> None:

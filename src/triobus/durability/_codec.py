@@ -127,12 +127,16 @@ class MessageTypes:
         self._upcasters: dict[Identity, Upcaster] = {}
 
     @classmethod
-    def from_modules(cls, modules: Iterable[Module], *, responses: bool = True) -> MessageTypes:
+    def from_modules(
+        cls, modules: Iterable[Module], *, responses: bool = True, also: Iterable[type] = ()
+    ) -> MessageTypes:
         """A registry of every message the ``modules`` bind, under the bound identity.
 
         With ``responses``, the response class ``R`` of each bound
         ``Request[R]`` is registered too (when it is an attrs class or a
-        dataclass), so replies can be encoded.
+        dataclass), so replies can be encoded. ``also`` adds classes that
+        no module binds (routed to handlers in another process), with their
+        responses.
 
         Raises:
             MessageTypeAlreadyRegistered: two modules bind different classes
@@ -153,6 +157,11 @@ class MessageTypes:
                 response = _response_type(target) if isinstance(target, type) else None
                 if responses and response is not None:
                     types.register(response)
+        for message in also:
+            types.register(message)
+            response = _response_type(message)
+            if responses and response is not None:
+                types.register(response)
         return types
 
     def register(

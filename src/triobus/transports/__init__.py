@@ -19,6 +19,8 @@ from ._brokers import BrokerMessage as BrokerMessage
 from ._brokers import DevnullMessageBroker as DevnullMessageBroker
 from ._brokers import KafkaMessageBroker as KafkaMessageBroker
 from ._brokers import MessageBroker as MessageBroker
+from ._endpoint import BrokerEndpoint as BrokerEndpoint
+from ._endpoint import broker_endpoint as broker_endpoint
 from ._memory import MemoryBroker as MemoryBroker
 from ._memory import MemoryTransport as MemoryTransport
 from ._memory import topic_matches as topic_matches
@@ -39,6 +41,8 @@ __all__ = [
     "KafkaMessageBroker",
     "MessageBroker",
     "MemoryBroker",
+    "BrokerEndpoint",
+    "broker_endpoint",
     "MemoryTransport",
     "BrokerTransport",
     "Consumer",
