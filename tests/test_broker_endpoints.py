@@ -9,6 +9,7 @@ test_broker_rabbitmq.py and test_broker_kafka.py.
 from __future__ import annotations
 
 import collections
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,6 +35,7 @@ from triobus import (
     route,
     route_module,
 )
+from triobus.durability import durable_inbox, unit_of_work
 
 URI = "orders"
 
@@ -379,7 +381,9 @@ async def test_a_broker_down_at_start_is_one_error_naming_the_endpoint() -> None
 async def test_a_lost_connection_fails_sends_clearly_then_reconnects_and_resumes() -> None:
     broker, seen = MemoryBroker(), Seen()
     async with (
-        process(broker, orders_module(seen), reconnect=triobus.Backoff(initial=0.05, maximum=0.1)),
+        process(
+            broker, orders_module(seen), reconnect=triobus.Backoff(initial=0.05, maximum=0.1)
+        ) as consumer,
         process(
             broker, remote=(PlaceOrder,), reconnect=triobus.Backoff(initial=0.05, maximum=0.1)
         ) as sender,
@@ -402,4 +406,68 @@ async def test_a_lost_connection_fails_sends_clearly_then_reconnects_and_resumes
         await seen.until(
             lambda: len({key for (what, key) in seen.handled if what == "place"}) == 20
         )
+        letters = [*consumer.dead_letters, *sender.dead_letters]
     assert ("place", 99) not in seen.handled
+    assert letters == []
+
+
+# ---------------------------------------------------------------- the durable inbox
+
+
+def _place_order_body(bus: MessageBus, message_id: str, order: int) -> bytes:
+    codec: triobus.Codec = bus.endpoints[URI].codec  # type: ignore[attr-defined]
+    name = f"{PlaceOrder.__module__}.PlaceOrder"
+    envelope = triobus.Envelope(
+        message_id, name, 1, message_id, None, {}, None, 0.0, PlaceOrder(order)
+    )
+    return codec.encode(envelope)
+
+
+async def test_a_message_handled_before_a_restart_is_not_handled_again(tmp_path: Any) -> None:
+    broker, seen = MemoryBroker(), Seen()
+    inbox = durable_inbox(path=tmp_path / "inbox.db")
+    async with process(broker, orders_module(seen), inbox=inbox) as first:
+        body = _place_order_body(first, "m-1", 1)
+        broker.inject(URI, body)
+        await seen.until(lambda: seen.count("place") == 1)
+    # The ack was lost (a crash): the broker delivers it again, to a fresh process.
+    broker.inject(URI, body)
+    async with process(broker, orders_module(seen), inbox=inbox):
+        await eventually(lambda: not broker.queue(URI) and not _unacked(broker))
+    assert seen.count("place") == 1
+
+
+def _unacked(broker: MemoryBroker) -> int:
+    return sum(len(consumer.unacked) for consumer in broker._consumers)
+
+
+async def test_a_unit_of_work_commits_a_redelivered_message_once(tmp_path: Any) -> None:
+    """Two copies handled at once (both passed the inbox look-up): one commits its writes."""
+    broker = MemoryBroker()
+    path = tmp_path / "effects.db"
+    inbox = durable_inbox(path=path)
+    connection = sqlite3.connect(path, check_same_thread=False)
+    connection.execute("CREATE TABLE effects (n INTEGER)")
+    connection.commit()
+    started, release = Seen(), trio.Event()
+
+    async def place(command: PlaceOrder) -> None:
+        started.add("place", command.order_id)
+        await release.wait()
+        async with unit_of_work(connection) as uow:
+            await uow.execute("INSERT INTO effects (n) VALUES (?)", (command.order_id,))
+
+    def module() -> Module:
+        return Module("orders").bind_request(PlaceOrder, place)
+
+    async with (
+        process(broker, module(), inbox=inbox, prefetch=1) as one,
+        process(broker, module(), inbox=inbox, prefetch=1),
+    ):
+        body = _place_order_body(one, "m-2", 2)
+        broker.inject(URI, body)
+        broker.inject(URI, body)
+        await started.until(lambda: started.count("place") == 2)
+        release.set()
+        await eventually(lambda: not broker.queue(URI) and not _unacked(broker))
+    assert connection.execute("SELECT n FROM effects").fetchall() == [(2,)]

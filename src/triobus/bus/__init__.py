@@ -27,6 +27,7 @@ from ._messages import Event as Event
 from ._messages import NameDetector as NameDetector
 from ._messages import Request as Request
 from ._messages import default_message_name as default_message_name
+from ._messages import message_version as message_version
 from ._module import Module as Module
 from ._open import BusRunner as BusRunner
 from ._open import open_bus as open_bus
@@ -54,6 +55,7 @@ from ._seam import DeliveryMode as DeliveryMode
 from ._seam import Endpoint as Endpoint
 from ._seam import EndpointHost as EndpointHost
 from ._seam import Plan as Plan
+from ._seam import PlanKind as PlanKind
 from ._seam import Settlement as Settlement
 from ._seam import Step as Step
 from ._seam import hand_over as hand_over
@@ -92,6 +94,7 @@ __all__ = [
     "Phase",
     "PipelineBehavior",
     "Plan",
+    "PlanKind",
     "PluginHandle",
     "Probe",
     "Request",
@@ -109,6 +112,7 @@ __all__ = [
     "current_bus",
     "current_context",
     "default_message_name",
+    "message_version",
     "instrumented",
     "local_queue",
     "open_bus",

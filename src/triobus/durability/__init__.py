@@ -14,6 +14,8 @@ from ._codec import Limits as Limits
 from ._codec import MessageTypes as MessageTypes
 from ._codec import Upcaster as Upcaster
 from ._dead_letters import DurableDeadLetters as DurableDeadLetters
+from ._inbox import DurableInbox as DurableInbox
+from ._inbox import durable_inbox as durable_inbox
 from ._queue import DurableQueue as DurableQueue
 from ._queue import durable_queue as durable_queue
 from ._store import Counts as Counts
@@ -28,6 +30,8 @@ __all__ = [
     "Limits",
     "MessageTypes",
     "DurableDeadLetters",
+    "DurableInbox",
+    "durable_inbox",
     "UnitOfWork",
     "Upcaster",
     "durable_queue",

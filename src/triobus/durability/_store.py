@@ -589,6 +589,29 @@ class SqlStore(abc.ABC):
         )
         return cursor.rowcount
 
+    def mark_handled(
+        self, connection: SqlConnection, endpoint: str, message_id: str, step: str, now: float
+    ) -> int:
+        """Mark a message handled in the inbox: 1, or 0 when it was marked before (a duplicate)."""
+        cursor = connection.execute(
+            "INSERT INTO triobus_inbox (endpoint, message_id, step, handled_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (endpoint, message_id, step) DO NOTHING",
+            (endpoint, message_id, step, now),
+        )
+        return cursor.rowcount
+
+    async def handled(self, endpoint: str, message_id: str, step: str) -> bool:
+        """Whether the inbox marks this message (this handler step) handled."""
+
+        def job(connection: SqlConnection) -> bool:
+            row = connection.execute(
+                "SELECT 1 FROM triobus_inbox WHERE endpoint = ? AND message_id = ? AND step = ?",
+                (endpoint, message_id, step),
+            ).fetchone()
+            return row is not None
+
+        return await self.database.read(job)
+
     def advance(self, connection: SqlConnection, seq: int, done: int) -> int:
         """Mark the first ``done`` handlers of row ``seq``'s event done; rows updated.
 

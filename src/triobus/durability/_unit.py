@@ -43,6 +43,7 @@ import trio
 from .._errors import ActorStopped, MailboxFull, PartitionKeyError, StoreError
 from ..bus import Delivery, Endpoint, delivery_in_hand, enlisting, hand_over
 from ._database import SqlConnection
+from ._inbox import InboxEndpoint
 from ._queue import DurableQueue, Receipt, open_stores, store_for
 from ._store import SqlStore
 
@@ -191,10 +192,14 @@ class UnitOfWork:
         """Write the outbox rows (and the inbox mark) and commit; ``False``: a duplicate."""
         rows = [self._outbox_row(endpoint, delivery) for endpoint, delivery in self._sent]
         handled = _handled_here(self._store)
+        inbox = _inbox_mark(self._store)
         side, store = self._side, self._store
 
         def commit() -> tuple[bool, list[int]]:
             connection = side.adapted
+            if inbox is not None and not store.mark_handled(connection, *inbox):
+                side.rollback()  # a redelivery of a message handled already
+                return False, []
             if handled is not None:
                 uri, row, now, through = handled
                 if through is None:
@@ -284,6 +289,21 @@ def _handled_here(store: SqlStore) -> tuple[str, Any, float, int | None] | None:
             return None  # this handler's mark is committed already
         through = index + 1
     return endpoint.uri, receipt.row, endpoint.wall_clock(), through
+
+
+def _inbox_mark(store: SqlStore) -> tuple[str, str, str, float] | None:
+    """What the commit marks in ``store``'s inbox for the broker delivery in hand, if any."""
+    delivery = delivery_in_hand()
+    if delivery is None:
+        return None
+    endpoint = delivery.plan.endpoint
+    if not isinstance(endpoint, InboxEndpoint):
+        return None
+    found = endpoint.inbox_key(delivery)
+    if found is None or found[0].store is not store:
+        return None
+    _, key, now = found
+    return (*key, now)
 
 
 @asynccontextmanager

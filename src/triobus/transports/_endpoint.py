@@ -37,6 +37,7 @@ from .._errors import (
     EnvelopeError,
     PartitionKeyError,
     RemoteHandlerError,
+    StoreError,
 )
 from ..actors import Actor, ActorRef
 from ..bus import (
@@ -46,12 +47,13 @@ from ..bus import (
     Envelope,
     ErrorPolicy,
     Plan,
+    PlanKind,
     Settlement,
+    default_message_name,
+    message_version,
 )
-from ..bus._messages import message_version, type_name
-from ..bus._seam import PlanKind
-from ..durability import Codec, MessageTypes
-from ..mailbox import DeadLetterReason, MailboxSpec, exception_type_name
+from ..durability import Codec, DurableInbox, MessageTypes
+from ..mailbox import Carrier, DeadLetterReason, MailboxSpec, exception_type_name
 from ..supervision import Backoff, SupervisorRef
 from ._transport import (
     HEADER_PREFIX,
@@ -148,10 +150,41 @@ class _Waiting:
         self.result: outcome.Outcome[Any] | None = None
 
 
+def _cause(error: Exception) -> Exception:
+    """What ended the fetch loops: a lost connection, if any of them saw one."""
+    if not isinstance(error, ExceptionGroup):
+        return error
+    leaves = [_cause(inner) for inner in error.exceptions]
+    lost = [leaf for leaf in leaves if isinstance(leaf, BrokerUnavailable)]
+    return (lost or leaves)[0]
+
+
+@final
+class _Lost(Carrier):
+    """Told to the link when its connection is lost: it exits, and its supervisor starts it
+    again (with backoff). Its owner keeps it: never a dead letter.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def carried(self) -> tuple[object, Mapping[str, Any] | None]:
+        return f"connection lost: {self.error}", None
+
+    def left_over(self) -> bool:
+        return True
+
+
 class _Link(Actor):
-    """The endpoint's connection to its broker, supervised: a lost connection crashes it,
-    and its supervisor starts it again (with backoff), which reconnects, declares the
-    topology again and resumes consuming.
+    """The endpoint's connection to its broker, supervised.
+
+    Each incarnation consumes (in a task of the bus's nursery) until the
+    connection is lost; then it exits and its supervisor starts it again,
+    with backoff: the new incarnation reconnects, declares the topology
+    again and resumes consuming. A reconnection that fails is a failed
+    restart, tried again later.
     """
 
     def __init__(self, endpoint: BrokerEndpoint) -> None:
@@ -164,12 +197,11 @@ class _Link(Actor):
     async def on_start(self) -> None:
         if self.restarted:
             await self.endpoint._reconnect()
+        self.endpoint._start_consuming(self.ref)
 
     async def receive(self, message: Any) -> Any:
-        await self.endpoint._consume()
-
-
-_CONSUME: Final = "consume"
+        if isinstance(message, _Lost):
+            self.stop_self()
 
 
 @final
@@ -199,6 +231,7 @@ class BrokerEndpoint:
         patterns: Mapping[str, Sequence[str]],
         reconnect: Backoff,
         inbox_retention: float,
+        inbox: DurableInbox | None = None,
     ) -> None:
         self._uri = endpoint_uri(uri)
         self.transport = transport
@@ -210,6 +243,8 @@ class BrokerEndpoint:
         self.patterns = {module: tuple(p) for module, p in patterns.items()}
         self.reconnect = reconnect
         self._inbox = _Inbox(positive_seconds("inbox_retention", inbox_retention))
+        #: Where handled messages are marked across restarts (``None``: in memory only).
+        self.inbox = inbox
         self._host: EndpointHost | None = None
         self._codec: Codec | None = None
         self._supervisor: SupervisorRef | None = None
@@ -224,11 +259,10 @@ class BrokerEndpoint:
         self._due: dict[_Receipt, trio.CancelScope] = {}
         self._settle_send: trio.MemorySendChannel[_Settling] | None = None
         self._settler_done = trio.Event()
-        self._driver_done = trio.Event()
-        #: Around the link's fetch loops while it consumes.
+        #: Around the fetch loops while the link consumes; set when they ended.
         self._fetching: trio.CancelScope | None = None
-        #: Around the task that keeps the link consuming.
-        self._driving = trio.CancelScope()
+        self._fetched = trio.Event()
+        self._fetched.set()
         self._stopping = False
 
     @property
@@ -263,6 +297,12 @@ class BrokerEndpoint:
         except BrokerUnavailable as exc:
             await self._close_transport()
             raise BrokerUnavailable(f"broker endpoint {self._uri!r} cannot start: {exc}") from exc
+        if self.inbox is not None:
+            try:
+                await self.inbox.open(self._codec)
+            except StoreError as exc:
+                await self._close_transport()
+                raise StoreError(f"broker endpoint {self._uri!r} cannot start: {exc}") from exc
         self._host = host
         name = self._uri.replace("/", "%2F")
         try:
@@ -283,15 +323,13 @@ class BrokerEndpoint:
             if self._supervisor is not None:
                 await self._supervisor.stop()
             await self._close_transport()
+            if self.inbox is not None:
+                await self.inbox.close()
             raise
         send, receive = trio.open_memory_channel[_Settling](math.inf)
         self._settle_send = send
         self._settler_done = trio.Event()
-        self._driver_done = trio.Event()
-        self._driving = trio.CancelScope()
-        self._stopping = False
         host.nursery.start_soon(self._settle, receive)
-        host.nursery.start_soon(self._drive)
 
     async def stop(self) -> None:
         host = self._host
@@ -301,10 +339,8 @@ class BrokerEndpoint:
             # No more fetching; the consumers stay open to settle what is in hand.
             self._stopping = True
             if self._fetching is not None:
-                self._fetching.cancel()  # the link's consume returns: its ask ends
-            else:
-                self._driving.cancel()  # reconnecting: nothing to wait for
-            await self._driver_done.wait()
+                self._fetching.cancel()
+            await self._fetched.wait()
             if self._link is not None:
                 await self._link.stop()
             for scope in list(self._due.values()):
@@ -330,6 +366,8 @@ class BrokerEndpoint:
             self._supervisor = self._handler = self._link = None
             self._settle_send = None
             await self._close_transport()
+            if self.inbox is not None:
+                await self.inbox.close()
 
     async def _close_transport(self) -> None:
         consumers, self._consumers = self._consumers, {}
@@ -364,30 +402,6 @@ class BrokerEndpoint:
         assert self.topology is not None
         for subscription in self.topology.subscriptions:
             self._consumers[subscription.name] = await self.transport.subscribe(subscription)
-
-    async def _drive(self) -> None:
-        """Keep the link consuming: each ask runs its consumers until the connection is lost
-        (the link crashes, and its supervisor starts it again with backoff).
-        """
-        try:
-            with self._driving:
-                await self._keep_consuming()
-        finally:
-            self._driver_done.set()
-
-    async def _keep_consuming(self) -> None:
-        while self._link is not None and not self._stopping:
-            link = self._link
-            try:
-                await link.ask(_CONSUME, timeout=None)
-            except ActorStopped:
-                return
-            except BrokerUnavailable as exc:
-                logger.warning(
-                    "%s: lost %s (%s); reconnecting", self._uri, self.transport.description, exc
-                )
-            except Exception:
-                logger.exception("%s: the broker link failed; restarting it", self._uri)
 
     # ------------------------------------------------------------ topology
 
@@ -631,7 +645,7 @@ class BrokerEndpoint:
         assert self._host is not None
         envelope = Envelope(
             message_id=delivery.plan.new_id(),
-            message_name=type_name(type(result)),
+            message_name=default_message_name(result),
             message_version=message_version(result),
             correlation_id=delivery.correlation_id,
             causation_id=delivery.message_id,
@@ -654,19 +668,37 @@ class BrokerEndpoint:
 
     # ------------------------------------------------------------ consuming
 
-    async def _consume(self) -> None:
-        """Fetch from every subscription until a stop, or until the connection is lost."""
-        if self._stopping:
+    def _start_consuming(self, link: ActorRef) -> None:
+        """Fetch from every subscription (a task of the bus's nursery) until a stop; a lost
+        connection is told to ``link``.
+        """
+        if self._stopping or self._host is None:
             return
         self._fetching = trio.CancelScope()
+        self._fetched = trio.Event()
+        self._host.nursery.start_soon(self._consume, link, self._fetching, self._fetched)
+
+    async def _consume(self, link: ActorRef, scope: trio.CancelScope, done: trio.Event) -> None:
         try:
-            with self._fetching:
+            with scope:
                 async with trio.open_nursery() as nursery:
                     for name, consumer in list(self._consumers.items()):
                         subscription = self._subscription(name)
                         nursery.start_soon(self._fetch_loop, subscription, consumer)
+        except Exception as exc:
+            lost = _cause(exc)
+            if isinstance(lost, BrokerUnavailable):
+                logger.warning(
+                    "%s: lost %s (%s); reconnecting", self._uri, self.transport.description, lost
+                )
+            else:
+                logger.error("%s: consuming failed; reconnecting", self._uri, exc_info=lost)
+            with contextlib.suppress(ActorStopped):  # stopping
+                link.tell_nowait(_Lost(lost))
         finally:
-            self._fetching = None
+            if self._fetching is scope:
+                self._fetching = None
+            done.set()
 
     def _subscription(self, name: str) -> Subscription:
         assert self.topology is not None
@@ -713,7 +745,10 @@ class BrokerEndpoint:
             )
             return
         now = host.wall_clock()
-        if self._inbox.seen((subscription.name, envelope.message_id), now):
+        if self._inbox.seen((subscription.name, envelope.message_id), now) or (
+            self.inbox is not None
+            and await self.inbox.handled((subscription.name, envelope.message_id, ""))
+        ):
             logger.info(
                 "%s: %s id=%s was handled already (a redelivery)",
                 self._uri,
@@ -785,12 +820,11 @@ class BrokerEndpoint:
         if host is None:
             return
         now = host.wall_clock()
-        key = (receipt.subscription.name, delivery.message_id)
         if settlement is Settlement.HANDLED:
-            self._inbox.mark(key, now)
+            self._mark_handled(receipt, delivery, now)
             self._queue(_Settling(receipt, Verdict.ACK, None, True))
         elif settlement is Settlement.DEAD_LETTERED and failures:
-            self._inbox.mark(key, now)
+            self._mark_handled(receipt, delivery, now)
             _, error, attempts = failures[-1]
             letter = self._dead_letter_message(
                 receipt, DeadLetterReason.FAILED, str(error), error, attempts
@@ -805,6 +839,24 @@ class BrokerEndpoint:
 
     def keep(self, delivery: Delivery) -> bool:
         return isinstance(delivery.receipt, _Receipt)
+
+    def _mark_handled(self, receipt: _Receipt, delivery: Delivery, now: float) -> None:
+        """Remember ``delivery`` as done (acked after the mark is committed)."""
+        self._inbox.mark((receipt.subscription.name, delivery.message_id), now)
+        if self.inbox is not None:
+            self.inbox.mark_soon((receipt.subscription.name, delivery.message_id, ""), now)
+
+    def inbox_key(
+        self, delivery: Delivery
+    ) -> tuple[DurableInbox, tuple[str, str, str], float] | None:
+        """The durable inbox's key of the handler running on ``delivery`` (for a unit of work)."""
+        receipt = delivery.receipt
+        if self.inbox is None or self._host is None or not isinstance(receipt, _Receipt):
+            return None
+        steps = delivery.plan.steps
+        step = "" if len(steps) == 1 else steps[delivery.progress].label
+        key = (receipt.subscription.name, delivery.message_id, step)
+        return self.inbox, key, self._host.wall_clock()
 
     def _queue(self, settling: _Settling) -> None:
         send = self._settle_send
@@ -884,6 +936,11 @@ class BrokerEndpoint:
 
     async def _settle_batch(self, batch: list[_Settling]) -> None:
         host = self._host
+        if self.inbox is not None:
+            try:
+                await self.inbox.flush()  # the marks of what is acked now
+            except self.inbox.store.database.errors as exc:
+                logger.warning("%s: the inbox could not be written (%r)", self._uri, exc)
         publish = [item.publish for item in batch if item.publish is not None]
         published = True
         if publish:
@@ -932,6 +989,7 @@ def broker_endpoint(
     partition_by: Callable[[Any], str | int] | None = None,
     patterns: Mapping[str, Sequence[str]] | None = None,
     reconnect: Backoff = DEFAULT_RECONNECT,
+    inbox: DurableInbox | None = None,
     inbox_retention: float = DEFAULT_INBOX_RETENTION,
     types: MessageTypes | None = None,
 ) -> BrokerEndpoint:
@@ -960,8 +1018,14 @@ def broker_endpoint(
         patterns: per module name, extra topic patterns its event
             subscription takes (``*`` one word, ``#`` zero or more).
         reconnect: the backoff between reconnections after a lost connection.
-        inbox_retention: seconds a handled message id is remembered, so a
-            redelivery of it is acked without running its handler again.
+        inbox: a :func:`~triobus.durability.durable_inbox`: handled messages
+            are marked there before they are acked, and a redelivery of one
+            is acked without running its handler again, across restarts.
+            A handler's :func:`~triobus.durability.unit_of_work` on the
+            inbox's database marks it with the handler's own writes.
+        inbox_retention: seconds a handled message id is remembered in
+            memory (and by default in ``inbox``, set there), so a redelivery
+            of it is acked without running its handler again.
         types: the message types the codec accepts (default: every type the
             bus's modules bind or route).
     """
@@ -976,4 +1040,5 @@ def broker_endpoint(
         patterns=patterns or {},
         reconnect=reconnect,
         inbox_retention=inbox_retention,
+        inbox=inbox,
     )
