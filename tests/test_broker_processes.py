@@ -14,8 +14,8 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ import triobus
 from triobus import MessageBus, broker_endpoint, open_bus, route
 
 sys.path.insert(0, str(Path(__file__).parent / "workers"))
-from broker_helpers import eventually  # noqa: E402
-from broker_messages import REMOTE, GetQuote, OrderPlaced, OrderShipped, PlaceOrder, Quote  # noqa: E402
+from broker_messages import REMOTE, GetQuote, OrderPlaced, OrderShipped, PlaceOrder, Quote
+
+from broker_helpers import eventually
 
 WORKER = Path(__file__).parent / "workers" / "broker_worker.py"
 
@@ -101,7 +102,9 @@ class Workers:
             return []
         with sqlite3.connect(self.path, timeout=30) as connection:
             try:
-                rows = connection.execute("SELECT kind, message_id, n, calls FROM effects").fetchall()
+                rows = connection.execute(
+                    "SELECT kind, message_id, n, calls FROM effects"
+                ).fetchall()
             except sqlite3.OperationalError:
                 return []  # no table yet
         return [row for row in rows if kind is None or row[0] == kind]

@@ -16,10 +16,13 @@ import sqlite3
 import sys
 
 import trio
-
 from broker_messages import GetQuote, OrderPlaced, OrderShipped, PlaceOrder, Quote
+
 from triobus import Module, broker_endpoint, current_context, open_bus, route_module
-from triobus.durability import durable_inbox, unit_of_work
+from triobus.durability import Limits, durable_inbox, unit_of_work
+
+#: The largest message the workers take (bytes): a bigger one is a dead letter.
+LIMIT = 64 * 1024
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS effects (kind TEXT NOT NULL, message_id TEXT NOT NULL, "
@@ -91,6 +94,7 @@ async def serve(broker: str, address: str, uri: str, path: str) -> None:
         inbox=durable_inbox(path=path),
         patterns={"audit": ["orders.#"]},
         prefetch=32,
+        limits=Limits(max_bytes=LIMIT),
     )
     async with open_bus(
         *served, endpoints=[endpoint], routing=[route_module(m).to(uri) for m in served]

@@ -52,7 +52,7 @@ from ..bus import (
     default_message_name,
     message_version,
 )
-from ..durability import Codec, DurableInbox, MessageTypes
+from ..durability import Codec, DurableInbox, Limits, MessageTypes
 from ..mailbox import Carrier, DeadLetterReason, MailboxSpec, exception_type_name
 from ..supervision import Backoff, SupervisorRef
 from ._transport import (
@@ -74,6 +74,8 @@ logger = logging.getLogger("triobus.transports")
 DEFAULT_PREFETCH: Final = 64
 #: Handled message ids are remembered this long (seconds) to drop redeliveries.
 DEFAULT_INBOX_RETENTION: Final = 300.0
+#: What a broker endpoint's codec accepts unless told otherwise.
+DEFAULT_LIMITS: Final = Limits()
 #: What the connection's supervisor waits between reconnections.
 DEFAULT_RECONNECT = Backoff(initial=0.5, maximum=10.0, reset_after=60.0)
 
@@ -232,6 +234,7 @@ class BrokerEndpoint:
         reconnect: Backoff,
         inbox_retention: float,
         inbox: DurableInbox | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._uri = endpoint_uri(uri)
         self.transport = transport
@@ -239,6 +242,8 @@ class BrokerEndpoint:
         self.prefetch = positive_int("prefetch", prefetch)
         self.shutdown = positive_seconds("shutdown", shutdown)
         self._types = types
+        #: What the codec accepts (a bigger message is a dead letter, reason undecodable).
+        self.limits = limits
         self.partition_by = partition_by
         self.patterns = {module: tuple(p) for module, p in patterns.items()}
         self.reconnect = reconnect
@@ -288,7 +293,7 @@ class BrokerEndpoint:
         if self._host is not None:
             raise RuntimeError(f"endpoint {self._uri!r} is running in a bus already")
         types = self._types or MessageTypes.from_modules(host.modules, also=host.remote_types)
-        self._codec = Codec(types)
+        self._codec = Codec(types, limits=self.limits)
         self.topology = self._topology(host)
         self._plans = {}
         try:
@@ -992,6 +997,7 @@ def broker_endpoint(
     inbox: DurableInbox | None = None,
     inbox_retention: float = DEFAULT_INBOX_RETENTION,
     types: MessageTypes | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> BrokerEndpoint:
     """Declare an endpoint whose messages travel through a broker, over ``transport``.
 
@@ -1028,6 +1034,8 @@ def broker_endpoint(
             of it is acked without running its handler again.
         types: the message types the codec accepts (default: every type the
             bus's modules bind or route).
+        limits: what the codec accepts (sizes, header counts); a message over
+            them is a dead letter (``undecodable``), and cannot be sent.
     """
     return BrokerEndpoint(
         uri,
@@ -1041,4 +1049,5 @@ def broker_endpoint(
         reconnect=reconnect,
         inbox_retention=inbox_retention,
         inbox=inbox,
+        limits=limits,
     )

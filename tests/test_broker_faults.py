@@ -1,0 +1,169 @@
+"""Faults at the edge, on the real brokers: bad input injected with the raw client, and
+RabbitMQ dropping every connection mid-stream.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from broker_messages import PlaceOrder
+from broker_worker import LIMIT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from broker_helpers import eventually
+from test_broker_processes import Workers, make_transport, once_each, sender
+from triobus.transports import Flow, Subscription, Topology, Verdict
+
+
+@pytest.fixture(scope="module", params=["rabbitmq", "kafka"])
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Workers]:
+    """One worker process for the whole module, per broker."""
+    if request.param == "rabbitmq":
+        address: str = request.getfixturevalue("rabbitmq_url")
+    else:
+        address = request.getfixturevalue("kafka_bootstrap")
+    workers = Workers(
+        (request.param, address),
+        f"faults-{uuid.uuid4().hex[:8]}",
+        tmp_path_factory.mktemp("faults") / "effects.db",
+    )
+
+    async def start() -> None:
+        await workers.started()
+
+    trio.run(start)
+    try:
+        yield workers
+    finally:
+        workers.stop_all()
+
+
+async def inject(workers: Workers, bodies: list[bytes]) -> None:
+    """Put raw bytes where PlaceOrder commands go, with the broker's own client."""
+    kind, address = workers.broker
+    if kind == "rabbitmq":
+        import aio_pika
+
+        connection = await aio_pika.connect(address)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            for body in bodies:
+                await channel.default_exchange.publish(
+                    aio_pika.Message(body), routing_key=workers.uri
+                )
+        return
+    import aiokafka  # type: ignore[import-untyped]
+
+    producer = aiokafka.AIOKafkaProducer(bootstrap_servers=address, acks="all")
+    await producer.start()
+    try:
+        for body in bodies:
+            await producer.send_and_wait(f"{workers.uri}.{PlaceOrder.message_name}", body)
+    finally:
+        await producer.stop()
+
+
+async def read_dead_letters(workers: Workers, count: int) -> list[tuple[bytes, dict[str, str]]]:
+    """``count`` dead letters from the broker's dead-letter destination (acked)."""
+    transport = make_transport(workers.broker)
+    await transport.connect()
+    try:
+        name = f"{workers.uri}.dead-letters"
+        letters = Subscription(Flow.DEAD_LETTER, workers.uri, name)
+        await transport.declare(Topology(workers.uri, (), (), (letters,)))
+        consumer = await transport.subscribe(letters)
+        taken: list[Any] = []
+        with trio.fail_after(60):
+            while len(taken) < count:
+                taken.extend(await consumer.fetch(count - len(taken)))
+        await consumer.settle([(message, Verdict.ACK) for message in taken])
+        await consumer.close()
+    finally:
+        await transport.close()
+    return [(bytes(m.body), dict(m.headers)) for m in taken]
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    bodies=st.lists(
+        st.one_of(
+            st.binary(min_size=1, max_size=64),
+            st.text(min_size=1, max_size=40).map(str.encode),
+            st.just(b'{"message_name": "nope", "message_version": 1}'),
+            st.just(b"{}"),
+            st.just(b"x" * (LIMIT + 1)),  # more than the worker's codec takes
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_malformed_payloads_are_dead_letters_with_reasons_while_good_messages_flow(
+    served: Workers, bodies: list[bytes]
+) -> None:
+    async def main() -> None:
+        before = len(served.effects("place"))
+        await inject(served, bodies)
+        async with sender(served.broker, served.uri) as bus:
+            await bus.send(PlaceOrder(len(bodies)))
+        letters = await read_dead_letters(served, len(bodies))
+        await eventually(lambda: len(served.effects("place")) == before + 1, timeout=60)
+        assert sorted(body for body, _ in letters) == sorted(bodies)
+        for _, headers in letters:
+            assert headers["triobus-dead-letter-reason"] == "undecodable"
+            assert headers["triobus-error"]
+
+    trio.run(main)
+
+
+def _close_all_connections() -> None:
+    subprocess.run(
+        ["rabbitmqctl", "close_all_connections", "test: drop every connection"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+async def test_rabbitmq_dropping_every_connection_mid_stream_loses_nothing(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
+    workers = Workers(("rabbitmq", rabbitmq_url), f"drop-{uuid.uuid4().hex[:8]}", tmp_path / "e.db")
+    try:
+        await workers.started()
+        accepted: list[int] = []
+        async with sender(workers.broker, workers.uri) as bus:
+            for n in range(600):
+                if n == 200:
+                    await trio.to_thread.run_sync(_close_all_connections)
+                with trio.fail_after(60):
+                    while True:
+                        try:
+                            await bus.send(PlaceOrder(n))
+                        except Exception as exc:  # the sender's connection dropped too
+                            assert "was not sent" in str(exc)
+                            await trio.sleep(0.1)
+                            continue
+                        accepted.append(n)
+                        break
+            await eventually(
+                lambda: {n for _, _, n, _ in workers.effects("place")} >= set(accepted), timeout=120
+            )
+        effects = workers.effects("place")
+        assert once_each(effects)
+        # (A send that failed may have reached the broker anyway: it is another message.)
+        assert {n for _, _, n, _ in effects} == set(accepted)
+    finally:
+        workers.stop_all()
