@@ -122,6 +122,7 @@ from .supervision import TreeNode as TreeNode
 from .transports import AsyncioBridge as AsyncioBridge
 from .transports import BrokerTransport as BrokerTransport
 from .transports import MemoryBroker as MemoryBroker
+from .transports import rabbitmq_transport as rabbitmq_transport
 
 __version__ = "0.1.0"
 
@@ -250,6 +251,7 @@ __all__ = [
     "AsyncioBridge",
     "BrokerTransport",
     "MemoryBroker",
+    "rabbitmq_transport",
 ]
 
 
