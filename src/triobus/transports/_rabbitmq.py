@@ -282,13 +282,22 @@ class RabbitMQTransport:
         return self._bridge
 
     async def _run(self, fn: Callable[[Unpack[Ts]], Coroutine[Any, Any, T]], *args: *Ts) -> T:
-        bridge = self._connected()
-        try:
-            return await bridge.run(fn, *args)
-        except BridgeClosed as exc:
-            raise BrokerUnavailable(
-                f"{self._description}: the asyncio bridge stopped ({exc}); connect() again"
-            ) from exc
+        return await _cross(self._connected(), self._description, fn, *args)
+
+
+async def _cross(
+    bridge: AsyncioBridge,
+    description: str,
+    fn: Callable[[Unpack[Ts]], Coroutine[Any, Any, T]],
+    *args: *Ts,
+) -> T:
+    """Run ``fn(*args)`` on the loop; a stopped bridge is a broker out of reach."""
+    try:
+        return await bridge.run(fn, *args)
+    except BridgeClosed as exc:
+        raise BrokerUnavailable(
+            f"{description}: the asyncio bridge stopped ({exc}); connect() again"
+        ) from exc
 
 
 @final
@@ -312,7 +321,7 @@ class _RabbitMQConsumer:
         """
         if max_count < 1:
             raise ValueError(f"max_count must be at least 1, not {max_count}")
-        return await self._run(self._consumer.fetch, max_count)
+        return await _cross(self._bridge, self._description, self._consumer.fetch, max_count)
 
     async def settle(self, outcomes: Sequence[tuple[IncomingMessage, Verdict]]) -> None:
         """Ack or requeue each fetched message, all in one crossing.
@@ -324,21 +333,12 @@ class _RabbitMQConsumer:
                 delivers what was not settled again.
         """
         if outcomes:
-            await self._run(self._consumer.settle, list(outcomes))
+            await _cross(self._bridge, self._description, self._consumer.settle, list(outcomes))
 
     async def close(self) -> None:
         """Cancel the consumer and close its channel: what was not settled goes back."""
         with trio.move_on_after(_CLOSE_DEADLINE, shield=True), contextlib.suppress(BridgeClosed):
             await self._bridge.run(self._consumer.close)
-
-    async def _run(self, fn: Callable[[Unpack[Ts]], Coroutine[Any, Any, T]], *args: *Ts) -> T:
-        try:
-            return await self._bridge.run(fn, *args)
-        except BridgeClosed as exc:
-            raise BrokerUnavailable(
-                f"{self._description}: the consumer of {self._consumer.queue!r} is gone "
-                f"with its asyncio bridge ({exc})"
-            ) from exc
 
 
 # ---------------------------------------------------------------- the loop side
@@ -346,7 +346,12 @@ class _RabbitMQConsumer:
 
 def _client_errors() -> tuple[type[BaseException], ...]:
     """What aio-pika and aiormq raise when the broker or the connection fails."""
-    from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+    try:
+        from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+    except ImportError as exc:
+        raise ImportError(
+            "the RabbitMQ transport needs aio-pika: pip install 'triobus[rabbitmq]'"
+        ) from exc
 
     return (*CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
 
