@@ -42,3 +42,58 @@ async def eventually(
             if check():
                 return
             await trio.sleep(poll)
+
+
+class RecordedTransport:
+    """A transport that notes each topology it declares, so a test can delete them after."""
+
+    def __init__(self, transport: Any, declared: list[Any]) -> None:
+        self.transport = transport
+        self.declared = declared
+
+    @property
+    def description(self) -> str:
+        return str(self.transport.description)
+
+    async def connect(self) -> None:
+        await self.transport.connect()
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    async def declare(self, topology: Any) -> None:
+        self.declared.append(topology)
+        await self.transport.declare(topology)
+
+    async def publish(self, messages: Any) -> None:
+        await self.transport.publish(messages)
+
+    async def subscribe(self, subscription: Any) -> Any:
+        return await self.transport.subscribe(subscription)
+
+
+def delete_rabbitmq_topologies(url: str, topologies: list[Any]) -> None:
+    """Delete the queues and exchanges of ``topologies`` (plain asyncio, after the trio test)."""
+    import asyncio
+
+    import aio_pika
+
+    if not topologies:
+        return
+
+    async def delete() -> None:
+        connection = await aio_pika.connect(url)
+        try:
+            channel = await connection.channel()
+            for topology in topologies:
+                uri = topology.endpoint
+                queues = {uri, f"{uri}.dead-letters"}
+                queues.update(subscription.name for subscription in topology.subscriptions)
+                for queue in sorted(queues):
+                    await channel.queue_delete(queue)
+                for exchange in (uri, f"{uri}.dead-letters"):
+                    await channel.exchange_delete(exchange)
+        finally:
+            await connection.close()
+
+    asyncio.run(delete())

@@ -8,12 +8,13 @@ when a server is missing).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import trio
 
 import triobus
+from broker_helpers import RecordedTransport, delete_rabbitmq_topologies
 from triobus.transports import (
     BrokerTransport,
     Flow,
@@ -36,7 +37,18 @@ def memory_factory() -> TransportFactory:
     return broker.transport
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture
+def rabbitmq_factory(rabbitmq_url: str) -> Iterator[TransportFactory]:
+    declared: list[Topology] = []
+
+    def make() -> BrokerTransport:
+        return RecordedTransport(triobus.rabbitmq_transport(rabbitmq_url), declared)
+
+    yield make
+    delete_rabbitmq_topologies(rabbitmq_url, declared)
+
+
+@pytest.fixture(params=["memory", "rabbitmq"])
 def make_transport(request: pytest.FixtureRequest) -> TransportFactory:
     """A factory of transports to one broker (each call: one more connection, as a process)."""
     factory: TransportFactory = request.getfixturevalue(f"{request.param}_factory")

@@ -6,6 +6,10 @@ in one dedicated thread, reached from trio through an
 :class:`AsyncioBridge`: :func:`shared_asyncio_bridge` gives every endpoint
 of a trio run the same one; :func:`open_asyncio_bridge` opens one of its own.
 
+Broker endpoints reach their broker through a :class:`BrokerTransport`:
+:func:`rabbitmq_transport` (RabbitMQ), or :class:`MemoryBroker`'s in-memory
+double for tests.
+
 Message brokers (:class:`MessageBroker`) publish integration events
 (:class:`BrokerMessage`) to a RabbitMQ exchange or a Kafka topic.
 """
@@ -24,6 +28,8 @@ from ._endpoint import broker_endpoint as broker_endpoint
 from ._memory import MemoryBroker as MemoryBroker
 from ._memory import MemoryTransport as MemoryTransport
 from ._memory import topic_matches as topic_matches
+from ._rabbitmq import RabbitMQTransport as RabbitMQTransport
+from ._rabbitmq import rabbitmq_transport as rabbitmq_transport
 from ._transport import BrokerTransport as BrokerTransport
 from ._transport import Consumer as Consumer
 from ._transport import Flow as Flow
@@ -44,6 +50,8 @@ __all__ = [
     "BrokerEndpoint",
     "broker_endpoint",
     "MemoryTransport",
+    "RabbitMQTransport",
+    "rabbitmq_transport",
     "BrokerTransport",
     "Consumer",
     "Flow",
