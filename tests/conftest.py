@@ -16,12 +16,16 @@ import secrets
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The worker scripts of the multi-process tests (and what they share with the tests).
+sys.path.insert(0, str(Path(__file__).parent / "workers"))
 
 POSTGRES_URL = os.environ.get("TRIOBUS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 RABBITMQ_URL = os.environ.get("TRIOBUS_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/")

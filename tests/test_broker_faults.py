@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from broker_helpers import eventually
 from test_broker_processes import Workers, make_transport, once_each, sender
-from triobus.transports import Flow, Subscription, Topology, Verdict
+from triobus.transports import Flow, Subscription, Topology, Verdict, shared_asyncio_bridge
 
 
 @pytest.fixture(scope="module", params=["rabbitmq", "kafka"])
@@ -49,6 +49,11 @@ def served(
 
 async def inject(workers: Workers, bodies: list[bytes]) -> None:
     """Put raw bytes where PlaceOrder commands go, with the broker's own client."""
+    async with shared_asyncio_bridge() as bridge:
+        await bridge.run(_inject, workers, bodies)
+
+
+async def _inject(workers: Workers, bodies: list[bytes]) -> None:
     kind, address = workers.broker
     if kind == "rabbitmq":
         import aio_pika

@@ -58,13 +58,16 @@ class Workers:
         self.uri = uri
         self.path = path
         self.running: list[subprocess.Popen[str]] = []
+        self._logs: list[Any] = []
 
     def start(self) -> subprocess.Popen[str]:
         kind, address = self.broker
+        log = open(self.path.with_suffix(f".{len(self.running)}.log"), "w")  # noqa: SIM115
+        self._logs.append(log)
         worker = subprocess.Popen(
             [sys.executable, str(WORKER), kind, address, self.uri, str(self.path)],
             stdout=subprocess.PIPE,
-            stderr=open(self.path.with_suffix(f".{len(self.running)}.log"), "w"),  # noqa: SIM115
+            stderr=log,
             text=True,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )
@@ -96,6 +99,10 @@ class Workers:
                 except subprocess.TimeoutExpired:
                     worker.kill()
                     worker.wait()
+            if worker.stdout is not None:
+                worker.stdout.close()
+        for log in self._logs:
+            log.close()
 
     def effects(self, kind: str | None = None) -> list[tuple[str, str, int, int]]:
         if not self.path.exists():
