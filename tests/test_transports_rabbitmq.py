@@ -144,6 +144,23 @@ async def test_a_url_that_is_not_amqp_fails_connect() -> None:
         await transport.connect()
 
 
+async def test_connect_twice_keeps_the_connection_and_close_twice_is_harmless(
+    make_transport: Factory,
+) -> None:
+    transport = make_transport()
+    assert "closed" in repr(transport.transport) and "guest@" in repr(transport.transport)
+    await transport.connect()
+    await transport.connect()
+    assert "connected" in repr(transport.transport)
+    uri = _uri()
+    await transport.declare(Topology(uri, (), ("orders.placed",), ()))
+    await transport.publish([_message(Flow.EVENT, uri, 1, "orders.placed")])
+    await transport.close()
+    await transport.close()
+    with pytest.raises(triobus.BrokerUnavailable, match="not connected"):
+        await transport.publish([_message(Flow.EVENT, uri, 2, "orders.placed")])
+
+
 def test_bad_options_are_refused_at_once() -> None:
     with pytest.raises(ValueError, match="queue_type"):
         rabbitmq_transport(queue_type="lazy")  # type: ignore[arg-type]
