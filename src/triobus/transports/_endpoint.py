@@ -55,6 +55,7 @@ from ..bus import (
 from ..durability import Codec, DurableInbox, Limits, MessageTypes
 from ..mailbox import Carrier, DeadLetterReason, MailboxSpec, exception_type_name
 from ..supervision import Backoff, SupervisorRef
+from ._batching import PublishBatcher
 from ._transport import (
     HEADER_PREFIX,
     BrokerTransport,
@@ -263,6 +264,9 @@ class BrokerEndpoint:
         #: Consumed messages waiting for their due moment, and what cancels each wait.
         self._due: dict[_Receipt, trio.CancelScope] = {}
         self._settle_send: trio.MemorySendChannel[_Settling] | None = None
+        #: Publishes what is sent and invoked here, in batches (while running).
+        self._batcher: PublishBatcher | None = None
+        self._publishing = trio.CancelScope()
         self._settler_done = trio.Event()
         #: Around the fetch loops while the link consumes; set when they ended.
         self._fetching: trio.CancelScope | None = None
@@ -335,6 +339,14 @@ class BrokerEndpoint:
         self._settle_send = send
         self._settler_done = trio.Event()
         host.nursery.start_soon(self._settle, receive)
+        self._batcher = PublishBatcher(self.transport.publish)
+        self._publishing = trio.CancelScope()
+        host.nursery.start_soon(self._run_batcher, self._batcher, self._publishing)
+
+    @staticmethod
+    async def _run_batcher(batcher: PublishBatcher, scope: trio.CancelScope) -> None:
+        with scope:
+            await batcher.run()
 
     async def stop(self) -> None:
         host = self._host
@@ -367,6 +379,8 @@ class BrokerEndpoint:
             self._waiting.clear()
             if self._supervisor is not None:
                 await self._supervisor.stop()
+            self._publishing.cancel()
+            self._batcher = None
             self._host = None
             self._supervisor = self._handler = self._link = None
             self._settle_send = None
@@ -482,8 +496,11 @@ class BrokerEndpoint:
         await self._publish(delivery, self._outgoing(delivery, flow))
 
     async def _publish(self, delivery: Delivery, message: OutgoingMessage) -> None:
+        batcher = self._batcher
+        if batcher is None:
+            raise ActorStopped(f"broker endpoint {self._uri!r} is not running")
         try:
-            await self.transport.publish([message])
+            await batcher.publish(message)
         except BrokerUnavailable as exc:
             raise BrokerUnavailable(
                 f"broker endpoint {self._uri!r} could not send {delivery.plan.name} "
