@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, final
 
-import outcome
 import trio
 
 from .._errors import ActorStopped
@@ -24,12 +23,13 @@ BATCH_LIMIT: Final = 1024
 
 @final
 class _Slot:
-    __slots__ = ("done", "message", "result")
+    __slots__ = ("done", "error", "message")
 
     def __init__(self, message: OutgoingMessage) -> None:
         self.message = message
         self.done = trio.Event()
-        self.result: outcome.Outcome[None] | None = None
+        #: What publishing its batch raised (``None``: confirmed).
+        self.error: BaseException | None = None
 
 
 @final
@@ -67,8 +67,8 @@ class PublishBatcher:
         self._pending.append(slot)
         self._wake.set()
         await slot.done.wait()
-        assert slot.result is not None
-        slot.result.unwrap()
+        if slot.error is not None:
+            raise slot.error  # (one error for the whole batch)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Publish batches as messages come, until cancelled (then :meth:`close`)."""
@@ -80,9 +80,13 @@ class PublishBatcher:
                 while self._pending:
                     batch = self._pending[: self._limit]
                     del self._pending[: self._limit]
-                    result = await outcome.acapture(self._publish, [slot.message for slot in batch])
+                    error: Exception | None = None
+                    try:
+                        await self._publish([slot.message for slot in batch])
+                    except Exception as exc:
+                        error = exc
                     for slot in batch:
-                        slot.result = result
+                        slot.error = error
                         slot.done.set()
         finally:
             self.close(ActorStopped("the endpoint stopped before the message was published"))
@@ -92,5 +96,5 @@ class PublishBatcher:
         self._closed = error
         pending, self._pending = self._pending, []
         for slot in pending:
-            slot.result = outcome.Error(error)
+            slot.error = error
             slot.done.set()
