@@ -124,6 +124,7 @@ from .transports import BrokerEndpoint as BrokerEndpoint
 from .transports import BrokerTransport as BrokerTransport
 from .transports import MemoryBroker as MemoryBroker
 from .transports import broker_endpoint as broker_endpoint
+from .transports import rabbitmq_endpoint as rabbitmq_endpoint
 from .transports import rabbitmq_transport as rabbitmq_transport
 
 __version__ = "0.1.0"
@@ -256,6 +257,7 @@ __all__ = [
     "broker_endpoint",
     "MemoryBroker",
     "rabbitmq_transport",
+    "rabbitmq_endpoint",
 ]
 
 

@@ -29,6 +29,7 @@ from ._memory import MemoryBroker as MemoryBroker
 from ._memory import MemoryTransport as MemoryTransport
 from ._memory import topic_matches as topic_matches
 from ._rabbitmq import RabbitMQTransport as RabbitMQTransport
+from ._rabbitmq import rabbitmq_endpoint as rabbitmq_endpoint
 from ._rabbitmq import rabbitmq_transport as rabbitmq_transport
 from ._transport import BrokerTransport as BrokerTransport
 from ._transport import Consumer as Consumer
@@ -52,6 +53,7 @@ __all__ = [
     "MemoryTransport",
     "RabbitMQTransport",
     "rabbitmq_transport",
+    "rabbitmq_endpoint",
     "BrokerTransport",
     "Consumer",
     "Flow",

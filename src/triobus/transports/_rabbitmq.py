@@ -51,6 +51,7 @@ import trio
 
 from .._errors import BridgeClosed, BrokerUnavailable
 from ._bridge import AsyncioBridge, shared_asyncio_bridge
+from ._endpoint import BrokerEndpoint, broker_endpoint
 from ._transport import (
     Flow,
     IncomingMessage,
@@ -115,6 +116,18 @@ def rabbitmq_transport(
         connect_timeout=connect_timeout,
         connection_name=connection_name,
     )
+
+
+def rabbitmq_endpoint(
+    uri: str, *, url: str = DEFAULT_URL, queue_type: QueueType = "quorum", **options: Any
+) -> BrokerEndpoint:
+    """A broker endpoint on the RabbitMQ at ``url``: ``broker_endpoint(uri,
+    rabbitmq_transport(url, queue_type=queue_type), **options)``.
+
+    ``options`` are :func:`~triobus.broker_endpoint`'s (``retries``,
+    ``errors``, ``prefetch``, ``inbox``, ``patterns``, ...).
+    """
+    return broker_endpoint(uri, rabbitmq_transport(url, queue_type=queue_type), **options)
 
 
 def _without_password(url: str) -> str:
