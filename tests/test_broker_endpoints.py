@@ -423,9 +423,9 @@ def _place_order_body(bus: MessageBus, message_id: str, order: int) -> bytes:
     return codec.encode(envelope)
 
 
-async def test_a_message_handled_before_a_restart_is_not_handled_again(tmp_path: Any) -> None:
+async def test_a_message_handled_before_a_restart_is_not_handled_again(store_at: Any) -> None:
     broker, seen = MemoryBroker(), Seen()
-    inbox = durable_inbox(path=tmp_path / "inbox.db")
+    inbox = durable_inbox(**store_at.options())
     async with process(broker, orders_module(seen), inbox=inbox) as first:
         body = _place_order_body(first, "m-1", 1)
         broker.inject(URI, body)
@@ -435,6 +435,7 @@ async def test_a_message_handled_before_a_restart_is_not_handled_again(tmp_path:
     async with process(broker, orders_module(seen), inbox=inbox):
         await eventually(lambda: not broker.queue(URI) and not _unacked(broker))
     assert seen.count("place") == 1
+    assert store_at.rows("SELECT endpoint, message_id FROM triobus_inbox") == [(URI, "m-1")]
 
 
 def _unacked(broker: MemoryBroker) -> int:
