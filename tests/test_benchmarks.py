@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +75,44 @@ def test_the_bridge_benchmark_smoke_run_gets_every_result_back(
     table = capsys.readouterr().out
     assert "| 8 concurrent trio tasks |" in table
     assert "| one trio task at a time |" in table
+
+
+@pytest.fixture
+def bench_brokers() -> Iterator[ModuleType]:
+    yield from load_benchmark("bench_brokers")
+
+
+def test_the_broker_benchmark_quick_run_prints_a_row_per_broker_operation_and_system(
+    bench_brokers: ModuleType, rabbitmq_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each consume raises unless it got every message, and each RabbitMQ publish
+    # checks that the queue holds them all; the script starts its own Tansu.
+    assert bench_brokers.main(["--quick", "--rabbitmq-url", rabbitmq_url]) == 0
+    table = capsys.readouterr().out
+    kafka = next(line for line in table.splitlines() if line.startswith("| Kafka"))
+    if "| skipped: " in kafka:  # no Tansu binary: the Kafka tests say the same
+        message = f"the broker benchmark's Kafka rows: {kafka.split('| skipped: ')[1]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    faststream = importlib.util.find_spec("faststream") is not None
+    for broker in ("RabbitMQ", "Kafka (Tansu)"):
+        for operation in ("publish", "consume"):
+            for system in ("raw", "FastStream", "triobus"):
+                line = next(
+                    line
+                    for line in table.splitlines()
+                    if [cell.strip() for cell in line.split("|")[1:4]]
+                    == [broker, operation, system]
+                )
+                cells = [cell.strip() for cell in line.split("|")[4:-1]]
+                rate, result = cells[0], cells[-1]
+                if system == "FastStream" and not faststream:
+                    assert result.startswith("not installed"), line
+                elif result.startswith("not measured yet"):
+                    assert system == "triobus" and operation == "consume", line
+                else:
+                    assert int(rate.replace(",", "")) > 0, line
+                    assert result.split(" ")[0] in (
+                        ("pass", "FAIL") if system == "triobus" else ("-",)
+                    ), line
