@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 from broker_messages import PlaceOrder
-from broker_worker import LIMIT
+from broker_worker import CRASH, LIMIT, POISON
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -170,5 +170,52 @@ async def test_rabbitmq_dropping_every_connection_mid_stream_loses_nothing(
         assert once_each(effects)
         # (A send that failed may have reached the broker anyway: it is another message.)
         assert {n for _, _, n, _ in effects} == set(accepted)
+    finally:
+        workers.stop_all()
+
+
+def test_a_poison_message_is_dead_lettered_after_its_attempts(served: Workers) -> None:
+    async def main() -> None:
+        async with sender(served.broker, served.uri) as bus:
+            await bus.send(PlaceOrder(POISON))
+        ((_, headers),) = await read_dead_letters(served, 1)
+        assert headers["triobus-dead-letter-reason"] == "failed"
+        assert headers["triobus-exception-type"] == "ValueError"
+        assert headers["triobus-error"] == "poison order"
+        assert headers["triobus-attempts"] == "3"  # counted on the envelope: 3 handler calls
+
+    trio.run(main)
+
+
+async def test_a_message_that_kills_its_consumer_every_time_is_interrupted(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
+    """Counted by RabbitMQ's delivery count, across the processes it killed."""
+    workers = Workers(
+        ("rabbitmq", rabbitmq_url), f"crash-{uuid.uuid4().hex[:8]}", tmp_path / "e.db"
+    )
+    try:
+        await workers.started()
+        async with sender(workers.broker, workers.uri) as bus:
+            await bus.send(PlaceOrder(CRASH))
+            deaths = 0
+            async with trio.open_nursery() as nursery:
+
+                async def restart_the_dead() -> None:
+                    nonlocal deaths
+                    while True:
+                        worker = workers.running[-1]
+                        if await trio.to_thread.run_sync(worker.wait, abandon_on_cancel=True) == 3:
+                            deaths += 1
+                        await workers.started()
+
+                nursery.start_soon(restart_the_dead)
+                ((_, headers),) = await read_dead_letters(workers, 1)
+                nursery.cancel_scope.cancel()
+            await bus.send(PlaceOrder(1))  # the consumer that took over goes on
+            await eventually(lambda: workers.effects("place"), timeout=60)
+        assert headers["triobus-dead-letter-reason"] == "interrupted"
+        assert deaths == 3  # the error policy's 3 attempts, each cut off
+        assert [n for _, _, n, _ in workers.effects("place")] == [1]
     finally:
         workers.stop_all()

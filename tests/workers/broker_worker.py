@@ -12,6 +12,7 @@ the unit), to show the redeliveries. Prints ``ready`` once consuming.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 
@@ -21,6 +22,9 @@ from broker_messages import GetQuote, OrderPlaced, OrderShipped, PlaceOrder, Quo
 from triobus import Module, broker_endpoint, current_context, open_bus, route_module
 from triobus.durability import Limits, durable_inbox, unit_of_work
 
+#: An order whose handler raises every time, and one that kills its process every time.
+POISON = -1
+CRASH = -2
 #: The largest message the workers take (bytes): a bigger one is a dead letter.
 LIMIT = 64 * 1024
 
@@ -59,6 +63,10 @@ def modules(path: str) -> list[Module]:
             )
 
     async def place(command: PlaceOrder) -> None:
+        if command.n == POISON:
+            raise ValueError("poison order")
+        if command.n == CRASH:
+            os._exit(3)  # the process dies in the handler, every time
         await effect("place", command.n)
 
     async def quote(request: GetQuote) -> Quote:
