@@ -447,18 +447,21 @@ async def test_a_unit_of_work_commits_a_redelivered_message_once(tmp_path: Any) 
     broker = MemoryBroker()
     path = tmp_path / "effects.db"
     inbox = durable_inbox(path=path)
-    connection = sqlite3.connect(path, check_same_thread=False)
-    connection.execute("CREATE TABLE effects (n INTEGER)")
-    connection.commit()
+    setup = sqlite3.connect(path)
+    setup.execute("CREATE TABLE effects (n INTEGER)")
+    setup.commit()
     started, release = Seen(), trio.Event()
 
-    async def place(command: PlaceOrder) -> None:
-        started.add("place", command.order_id)
-        await release.wait()
-        async with unit_of_work(connection) as uow:
-            await uow.execute("INSERT INTO effects (n) VALUES (?)", (command.order_id,))
-
     def module() -> Module:
+        # Each process has its own connection, as two processes would.
+        connection = sqlite3.connect(path, check_same_thread=False, timeout=30)
+
+        async def place(command: PlaceOrder) -> None:
+            started.add("place", command.order_id)
+            await release.wait()
+            async with unit_of_work(connection) as uow:
+                await uow.execute("INSERT INTO effects (n) VALUES (?)", (command.order_id,))
+
         return Module("orders").bind_request(PlaceOrder, place)
 
     async with (
@@ -471,4 +474,4 @@ async def test_a_unit_of_work_commits_a_redelivered_message_once(tmp_path: Any) 
         await started.until(lambda: started.count("place") == 2)
         release.set()
         await eventually(lambda: not broker.queue(URI) and not _unacked(broker))
-    assert connection.execute("SELECT n FROM effects").fetchall() == [(2,)]
+    assert setup.execute("SELECT n FROM effects").fetchall() == [(2,)]

@@ -367,8 +367,9 @@ class BrokerEndpoint:
             for receipt in list(self._due):
                 self._queue(_Settling(receipt, Verdict.REQUEUE, None, True))
             self._due.clear()
-            if self._settle_send is not None:
-                await self._settle_send.aclose()
+            send, self._settle_send = self._settle_send, None
+            if send is not None:
+                await send.aclose()  # the settler sends what is queued, then ends
                 await self._settler_done.wait()
         finally:
             for waiting in self._waiting.values():
@@ -574,6 +575,12 @@ class BrokerEndpoint:
         reply = self._reply
         if self._host is None or reply is None:
             raise ActorStopped(f"broker endpoint {self._uri!r} is not running")
+        if delivery.plan.kind is PlanKind.EVENT:
+            raise ValueError(
+                f"broker endpoint {self._uri!r} cannot wait for an event's handlers "
+                "(collect_listener_exceptions): they run in whichever process consumes them; "
+                "open the bus without collect_listener_exceptions=True"
+            )
         waiting = self._waiting[delivery.message_id] = _Waiting()
         try:
             message = self._outgoing(delivery, Flow.WORK, extra={REPLY_ADDRESS: reply.name})
@@ -636,6 +643,10 @@ class BrokerEndpoint:
         headers = {IN_REPLY_TO: delivery.message_id}
         try:
             result = await self._handler.post_ask(delivery, None)
+        except ActorStopped:
+            # Stopping before it ran: another consumer answers it.
+            self._queue(_Settling(receipt, Verdict.REQUEUE, None, True))
+            return
         except Exception as exc:
             headers[OUTCOME] = "error"
             body = orjson.dumps(
@@ -883,7 +894,10 @@ class BrokerEndpoint:
     def _queue(self, settling: _Settling) -> None:
         send = self._settle_send
         if send is None:
-            return  # stopped: unsettled, the broker delivers it again
+            # Stopped: unsettled, the broker delivers it again.
+            if settling.counted and self._host is not None:
+                self._host.settled()
+            return
         send.send_nowait(settling)
 
     def _dead(
