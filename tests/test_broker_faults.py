@@ -40,8 +40,8 @@ def served(
     async def start() -> None:
         await workers.started()
 
-    trio.run(start)
     try:
+        trio.run(start)
         yield workers
     finally:
         workers.stop_all()
