@@ -22,7 +22,7 @@ from typing import Any, Final, final
 
 import trio
 
-from .._checks import endpoint_uri, positive_int, positive_seconds
+from .._checks import endpoint_uri, positive_int, positive_seconds, wire_partition_key
 from .._errors import ActorStopped, EnvelopeError, MailboxFull, PartitionKeyError, StoreError
 from ..actors import ActorRef
 from ..bus import (
@@ -314,28 +314,8 @@ class DurableQueue:
             ) from exc
 
     def _partition_key(self, message: object) -> str | None:
-        """The stored partition key of ``message`` (``None`` without ``partition_by``).
-
-        Raises:
-            PartitionKeyError: ``partition_by`` raised, or gave neither a str nor an int.
-        """
-        if self.partition_by is None:
-            return None
-        try:
-            key = self.partition_by(message)
-        except Exception as exc:
-            raise PartitionKeyError(
-                f"durable endpoint {self._uri!r}: partition_by failed on "
-                f"{type(message).__qualname__} ({exc!r}); it must return a key for every "
-                "message routed here"
-            ) from exc
-        if isinstance(key, bool) or not isinstance(key, str | int):
-            raise PartitionKeyError(
-                f"durable endpoint {self._uri!r}: partition_by gave {key!r} for "
-                f"{type(message).__qualname__}; a durable queue stores the key and compares it "
-                "across processes, so it must be a str or an int"
-            )
-        return str(key)
+        """The partition key of ``message`` (see :func:`wire_partition_key`)."""
+        return wire_partition_key(f"durable endpoint {self._uri!r}", self.partition_by, message)
 
     async def _enqueue(
         self,

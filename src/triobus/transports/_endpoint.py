@@ -29,13 +29,12 @@ import orjson
 import outcome
 import trio
 
-from .._checks import endpoint_uri, positive_int, positive_seconds
+from .._checks import endpoint_uri, positive_int, positive_seconds, wire_partition_key
 from .._errors import (
     ActorStopped,
     AskTimeout,
     BrokerUnavailable,
     EnvelopeError,
-    PartitionKeyError,
     RemoteHandlerError,
     StoreError,
 )
@@ -542,22 +541,8 @@ class BrokerEndpoint:
         )
 
     def _partition_key(self, message: object) -> str | None:
-        if self.partition_by is None:
-            return None
-        try:
-            key = self.partition_by(message)
-        except Exception as exc:
-            raise PartitionKeyError(
-                f"broker endpoint {self._uri!r}: partition_by failed on "
-                f"{type(message).__qualname__} ({exc!r}); it must return a key for every "
-                "message routed here"
-            ) from exc
-        if isinstance(key, bool) or not isinstance(key, str | int):
-            raise PartitionKeyError(
-                f"broker endpoint {self._uri!r}: partition_by gave {key!r} for "
-                f"{type(message).__qualname__}; it must be a str or an int"
-            )
-        return str(key)
+        """The partition key of ``message`` (see :func:`wire_partition_key`)."""
+        return wire_partition_key(f"broker endpoint {self._uri!r}", self.partition_by, message)
 
     # ------------------------------------------------------------ invoke
 
