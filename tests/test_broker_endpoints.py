@@ -475,3 +475,17 @@ async def test_a_unit_of_work_commits_a_redelivered_message_once(tmp_path: Any) 
         release.set()
         await eventually(lambda: not broker.queue(URI) and not _unacked(broker))
     assert setup.execute("SELECT n FROM effects").fetchall() == [(2,)]
+
+
+async def test_the_context_travels_in_broker_headers() -> None:
+    broker, seen = MemoryBroker(), Seen()
+    async with process(broker, orders_module(seen)), process(broker, remote=(PlaceOrder,)) as a:
+        await a.send(PlaceOrder(1), headers={"traceparent": "00-abc-01"}, correlation_id="c-1")
+        await seen.until(lambda: seen.count("place") == 1)
+    (sent,) = [m for m in broker.published if m.flow == "work"]
+    headers = sent.headers
+    assert headers["traceparent"] == "00-abc-01"
+    assert headers["triobus-correlation-id"] == "c-1"
+    assert headers["triobus-message-id"] == sent.message_id
+    assert headers["triobus-message-name"] == f"{PlaceOrder.__module__}.PlaceOrder"
+    assert headers["triobus-attempt"] == "1"

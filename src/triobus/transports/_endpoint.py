@@ -523,6 +523,7 @@ class BrokerEndpoint:
             causation_id=delivery.causation_id,
             reply_to=delivery.reply_to,
             attempt=delivery.attempt,
+            own=delivery.headers,
             extra=extra,
         )
         if delivery.due is not None:

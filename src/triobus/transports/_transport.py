@@ -214,10 +214,18 @@ def context_headers(
     causation_id: str | None,
     reply_to: str | None,
     attempt: int,
+    own: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The context of one message as broker headers (strings only)."""
-    headers = {
+    """The context of one message as broker headers (strings only).
+
+    ``own`` are the message's own headers (``send(..., headers=...)``, kept
+    along the chain): they travel under their own names, so tools that read
+    broker headers (tracing, routing) see them; the context's
+    ``triobus-*`` headers, then ``extra``, win over them.
+    """
+    headers = dict(own) if own else {}
+    headers |= {
         f"{HEADER_PREFIX}message-id": message_id,
         f"{HEADER_PREFIX}message-name": message_name,
         f"{HEADER_PREFIX}correlation-id": correlation_id,
