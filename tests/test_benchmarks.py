@@ -36,6 +36,11 @@ def bench_bridge() -> Iterator[ModuleType]:
     yield from load_benchmark("bench_bridge")
 
 
+@pytest.fixture
+def bench_kafka() -> Iterator[ModuleType]:
+    yield from load_benchmark("bench_kafka")
+
+
 def test_the_durable_benchmark_smoke_run_handles_every_message_on_both_sides(
     bench_durable: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -74,3 +79,13 @@ def test_the_bridge_benchmark_smoke_run_gets_every_result_back(
     table = capsys.readouterr().out
     assert "| 8 concurrent trio tasks |" in table
     assert "| one trio task at a time |" in table
+
+
+@pytest.mark.slow
+def test_the_kafka_benchmark_smoke_run_takes_every_message_back(
+    bench_kafka: ModuleType, kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench_kafka.main(["--smoke", "-n", "500", "--bootstrap", kafka_bootstrap]) == 0
+    table = capsys.readouterr().out
+    assert "| transport publish, one per call (64 trio tasks) |" in table
+    assert "| transport fetch+settle, prefetch 512 |" in table

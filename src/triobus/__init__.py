@@ -124,6 +124,7 @@ from .transports import BrokerEndpoint as BrokerEndpoint
 from .transports import BrokerTransport as BrokerTransport
 from .transports import MemoryBroker as MemoryBroker
 from .transports import broker_endpoint as broker_endpoint
+from .transports import kafka_transport as kafka_transport
 
 __version__ = "0.1.0"
 
@@ -253,6 +254,7 @@ __all__ = [
     "BrokerTransport",
     "BrokerEndpoint",
     "broker_endpoint",
+    "kafka_transport",
     "MemoryBroker",
 ]
 

@@ -6,6 +6,10 @@ in one dedicated thread, reached from trio through an
 :class:`AsyncioBridge`: :func:`shared_asyncio_bridge` gives every endpoint
 of a trio run the same one; :func:`open_asyncio_bridge` opens one of its own.
 
+Broker endpoints (:func:`broker_endpoint`) reach their broker through a
+:class:`BrokerTransport`: :func:`kafka_transport` (Kafka, aiokafka), or a
+:class:`MemoryBroker`'s in tests.
+
 Message brokers (:class:`MessageBroker`) publish integration events
 (:class:`BrokerMessage`) to a RabbitMQ exchange or a Kafka topic.
 """
@@ -21,6 +25,8 @@ from ._brokers import KafkaMessageBroker as KafkaMessageBroker
 from ._brokers import MessageBroker as MessageBroker
 from ._endpoint import BrokerEndpoint as BrokerEndpoint
 from ._endpoint import broker_endpoint as broker_endpoint
+from ._kafka import KafkaTransport as KafkaTransport
+from ._kafka import kafka_transport as kafka_transport
 from ._memory import MemoryBroker as MemoryBroker
 from ._memory import MemoryTransport as MemoryTransport
 from ._memory import topic_matches as topic_matches
@@ -44,6 +50,8 @@ __all__ = [
     "BrokerEndpoint",
     "broker_endpoint",
     "MemoryTransport",
+    "KafkaTransport",
+    "kafka_transport",
     "BrokerTransport",
     "Consumer",
     "Flow",
