@@ -37,6 +37,11 @@ def bench_bridge() -> Iterator[ModuleType]:
     yield from load_benchmark("bench_bridge")
 
 
+@pytest.fixture
+def bench_kafka() -> Iterator[ModuleType]:
+    yield from load_benchmark("bench_kafka")
+
+
 def test_the_durable_benchmark_smoke_run_handles_every_message_on_both_sides(
     bench_durable: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -116,3 +121,13 @@ def test_the_broker_benchmark_quick_run_prints_a_row_per_broker_operation_and_sy
                     assert result.split(" ")[0] in (
                         ("pass", "FAIL") if system == "triobus" else ("-",)
                     ), line
+
+
+@pytest.mark.slow
+def test_the_kafka_benchmark_smoke_run_takes_every_message_back(
+    bench_kafka: ModuleType, kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench_kafka.main(["--smoke", "-n", "500", "--bootstrap", kafka_bootstrap]) == 0
+    table = capsys.readouterr().out
+    assert "| transport publish, one per call (64 trio tasks) |" in table
+    assert "| transport fetch+settle, prefetch 512 |" in table

@@ -7,6 +7,7 @@ when a server is missing).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -48,7 +49,12 @@ def rabbitmq_factory(rabbitmq_url: str) -> Iterator[TransportFactory]:
     delete_rabbitmq_topologies(rabbitmq_url, declared)
 
 
-@pytest.fixture(params=["memory", "rabbitmq"])
+@pytest.fixture
+def kafka_factory(kafka_bootstrap: str) -> TransportFactory:
+    return functools.partial(triobus.kafka_transport, kafka_bootstrap)
+
+
+@pytest.fixture(params=["memory", "rabbitmq", "kafka"])
 def make_transport(request: pytest.FixtureRequest) -> TransportFactory:
     """A factory of transports to one broker (each call: one more connection, as a process)."""
     factory: TransportFactory = request.getfixturevalue(f"{request.param}_factory")

@@ -124,6 +124,8 @@ from .transports import BrokerEndpoint as BrokerEndpoint
 from .transports import BrokerTransport as BrokerTransport
 from .transports import MemoryBroker as MemoryBroker
 from .transports import broker_endpoint as broker_endpoint
+from .transports import kafka_endpoint as kafka_endpoint
+from .transports import kafka_transport as kafka_transport
 from .transports import rabbitmq_endpoint as rabbitmq_endpoint
 from .transports import rabbitmq_transport as rabbitmq_transport
 
@@ -255,6 +257,8 @@ __all__ = [
     "BrokerTransport",
     "BrokerEndpoint",
     "broker_endpoint",
+    "kafka_transport",
+    "kafka_endpoint",
     "MemoryBroker",
     "rabbitmq_transport",
     "rabbitmq_endpoint",

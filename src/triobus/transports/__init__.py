@@ -6,9 +6,10 @@ in one dedicated thread, reached from trio through an
 :class:`AsyncioBridge`: :func:`shared_asyncio_bridge` gives every endpoint
 of a trio run the same one; :func:`open_asyncio_bridge` opens one of its own.
 
-Broker endpoints reach their broker through a :class:`BrokerTransport`:
-:func:`rabbitmq_transport` (RabbitMQ), or :class:`MemoryBroker`'s in-memory
-double for tests.
+Broker endpoints (:func:`broker_endpoint`) reach their broker through a
+:class:`BrokerTransport`: :func:`rabbitmq_transport` (RabbitMQ, aio-pika),
+:func:`kafka_transport` (Kafka, aiokafka), or a :class:`MemoryBroker`'s in
+tests.
 
 Message brokers (:class:`MessageBroker`) publish integration events
 (:class:`BrokerMessage`) to a RabbitMQ exchange or a Kafka topic.
@@ -25,6 +26,9 @@ from ._brokers import KafkaMessageBroker as KafkaMessageBroker
 from ._brokers import MessageBroker as MessageBroker
 from ._endpoint import BrokerEndpoint as BrokerEndpoint
 from ._endpoint import broker_endpoint as broker_endpoint
+from ._kafka import KafkaTransport as KafkaTransport
+from ._kafka import kafka_endpoint as kafka_endpoint
+from ._kafka import kafka_transport as kafka_transport
 from ._memory import MemoryBroker as MemoryBroker
 from ._memory import MemoryTransport as MemoryTransport
 from ._memory import topic_matches as topic_matches
@@ -54,6 +58,9 @@ __all__ = [
     "RabbitMQTransport",
     "rabbitmq_transport",
     "rabbitmq_endpoint",
+    "KafkaTransport",
+    "kafka_transport",
+    "kafka_endpoint",
     "BrokerTransport",
     "Consumer",
     "Flow",
