@@ -141,3 +141,57 @@ async def test_the_kafka_broker_publishes_to_the_topic_keyed_by_message_id(
     record = next(r for r in records if r.key == str(sent[3].message_id).encode())
     assert orjson.loads(record.value) == {"order": 3}
     assert dict(record.headers)["message_name"] == b"OrderPlaced"
+
+
+async def test_a_broker_endpoint_publishes_through_a_message_broker() -> None:
+    """Integration events of a bus go out through a MessageBroker (here the test double)."""
+    import attrs
+
+    from triobus import Command, Event, broker_endpoint, open_bus, route
+    from triobus.transports import message_broker_transport
+
+    @attrs.frozen
+    class OrderPlaced(Event):
+        message_name = "orders.placed"
+        order_id: str
+
+    @attrs.frozen
+    class ShipOrder(Command):
+        message_name = "shipping.ship"
+        order_id: str
+
+    broker = DevnullMessageBroker()
+    endpoint = broker_endpoint("integration", message_broker_transport(broker))
+    routing = [route(OrderPlaced).to("integration"), route(ShipOrder).to("integration")]
+    async with open_bus(endpoints=[endpoint], routing=routing) as bus:
+        await bus.publish(OrderPlaced("A-1"), headers={"tenant": "t-1"})
+        await bus.send(ShipOrder("A-1"))
+    assert [(m.message_name, m.topic) for m in broker.sent] == [
+        ("orders.placed", "orders.placed"),
+        ("shipping.ship", "shipping.ship"),
+    ]
+    first = broker.sent[0]
+    assert first.headers["tenant"] == "t-1"
+    assert first.wire_headers()["message_id"] == first.headers["triobus-message-id"]
+    assert b'"A-1"' in first.body()
+
+
+async def test_a_publish_only_endpoint_refuses_handlers_with_what_to_do() -> None:
+    import attrs
+
+    from triobus import Command, Module, broker_endpoint, open_bus, route_module
+    from triobus.transports import message_broker_transport
+
+    @attrs.frozen
+    class ShipOrder(Command):
+        order_id: str
+
+    async def ship(command: ShipOrder) -> None: ...
+
+    shipping = Module("shipping").bind_request(ShipOrder, ship)
+    endpoint = broker_endpoint("integration", message_broker_transport(DevnullMessageBroker()))
+    with pytest.raises(TypeError, match="only publishes"):
+        async with open_bus(
+            shipping, endpoints=[endpoint], routing=[route_module(shipping).to("integration")]
+        ):
+            pass

@@ -24,6 +24,8 @@ from ._brokers import BrokerMessage as BrokerMessage
 from ._brokers import DevnullMessageBroker as DevnullMessageBroker
 from ._brokers import KafkaMessageBroker as KafkaMessageBroker
 from ._brokers import MessageBroker as MessageBroker
+from ._brokers import MessageBrokerTransport as MessageBrokerTransport
+from ._brokers import message_broker_transport as message_broker_transport
 from ._endpoint import BrokerEndpoint as BrokerEndpoint
 from ._endpoint import broker_endpoint as broker_endpoint
 from ._kafka import KafkaTransport as KafkaTransport
@@ -51,6 +53,8 @@ __all__ = [
     "DevnullMessageBroker",
     "KafkaMessageBroker",
     "MessageBroker",
+    "MessageBrokerTransport",
+    "message_broker_transport",
     "MemoryBroker",
     "BrokerEndpoint",
     "broker_endpoint",

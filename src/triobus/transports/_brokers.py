@@ -27,14 +27,24 @@ import abc
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, Self, final, runtime_checkable
 
 import attrs
 import orjson
+import trio
 
 from .._errors import BridgeClosed
 from ._bridge import AsyncioBridge, shared_asyncio_bridge
+from ._transport import (
+    Consumer,
+    Flow,
+    IncomingMessage,
+    OutgoingMessage,
+    Subscription,
+    Topology,
+    Verdict,
+)
 
 logger = logging.getLogger("triobus.transports")
 
@@ -50,7 +60,8 @@ class BrokerMessage:
     topic: str
     #: What it carries, written as JSON (unless ``payload_bytes`` is given).
     payload: Any
-    message_id: uuid.UUID = attrs.field(factory=uuid.uuid4)
+    #: A UUID by default; a broker endpoint publishing through the broker gives its own id.
+    message_id: uuid.UUID | str = attrs.field(factory=uuid.uuid4)
     #: Bytes to send as they are, instead of ``payload`` as JSON.
     payload_bytes: bytes | None = None
     headers: Mapping[str, str] = attrs.field(factory=dict)
@@ -218,3 +229,95 @@ class KafkaMessageBroker(_BridgedBroker):
             key=str(message.message_id).encode(),
             headers=[(key, value.encode()) for key, value in message.wire_headers().items()],
         )
+
+
+@final
+class MessageBrokerTransport:
+    """A :class:`~triobus.BrokerTransport` that publishes through a :class:`MessageBroker`.
+
+    Make one with :func:`message_broker_transport`. A broker endpoint on it
+    sends and publishes (remote routes) through the message broker, yours
+    or one of triobus's; it consumes nothing, so the endpoint binds no
+    handler here and cannot invoke (no replies come back).
+    """
+
+    def __init__(self, broker: MessageBroker, topic: Callable[[str, str], str]) -> None:
+        self.broker = broker
+        self._topic = topic
+
+    @property
+    def description(self) -> str:
+        return f"the message broker {self.broker!r}"
+
+    async def connect(self) -> None:
+        """Nothing to open: the message broker is opened (and closed) by its owner."""
+
+    async def close(self) -> None:
+        """Nothing to close (see :meth:`connect`)."""
+
+    async def declare(self, topology: Topology) -> None:
+        """A message broker declares what it publishes to; only subscriptions are refused.
+
+        Raises:
+            TypeError: ``topology`` subscribes (handlers or invokes on this endpoint).
+        """
+        consuming = [s for s in topology.subscriptions if s.flow is not Flow.REPLY]
+        if consuming:
+            names = [subscription.name for subscription in consuming]
+            raise TypeError(
+                f"endpoint {topology.endpoint!r} publishes through {self.broker!r}, which only "
+                f"publishes, but it needs to consume {names}: bind no handler there and "
+                "invoke nothing through it, or give it a transport that consumes "
+                "(rabbitmq_transport, kafka_transport)"
+            )
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Hand each message to the message broker, in order."""
+        for message in messages:
+            await self.broker.send_message(
+                BrokerMessage(
+                    message_name=message.message_name,
+                    topic=self._topic(message.endpoint, message.message_name),
+                    payload=None,
+                    message_id=message.message_id,
+                    payload_bytes=message.body,
+                    headers=message.headers,
+                )
+            )
+
+    async def subscribe(self, subscription: Subscription) -> Consumer:
+        """Replies never come (an invoke through this endpoint times out); the rest is
+        refused: see :meth:`declare`.
+        """
+        if subscription.flow is not Flow.REPLY:
+            raise TypeError(
+                f"{self.description} only publishes: it cannot consume {subscription.name!r}"
+            )
+        return _NoReplies()
+
+
+@final
+class _NoReplies:
+    """The reply consumer of a publish-only transport: nothing ever comes."""
+
+    async def fetch(self, max_count: int) -> Sequence[IncomingMessage]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def settle(self, outcomes: Sequence[tuple[IncomingMessage, Verdict]]) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def close(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def message_broker_transport(
+    broker: MessageBroker, *, topic: Callable[[str, str], str] | None = None
+) -> MessageBrokerTransport:
+    """A transport that publishes what a broker endpoint sends through ``broker``.
+
+    Args:
+        topic: the topic (Kafka) or routing key (AMQP) of a message, from the
+            endpoint's uri and the message's name (default: the name).
+    """
+    return MessageBrokerTransport(broker, topic or (lambda endpoint, name: name))
