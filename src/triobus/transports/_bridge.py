@@ -495,3 +495,22 @@ async def shared_asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
             if _shared.get(token) is entry:
                 del _shared[token]
             await entry.bridge.stop()
+
+
+@contextlib.asynccontextmanager
+async def client_on_bridge(
+    open_client: Callable[[], Coroutine[Any, Any, object]],
+    close_client: Callable[[], Coroutine[Any, Any, object]],
+) -> AsyncIterator[AsyncioBridge]:
+    """This trio run's shared bridge, with a client opened on its loop by ``open_client``
+    and closed there by ``close_client`` when the block is left.
+
+    Raises:
+        Exception: what ``open_client`` raised (the bridge is left at once).
+    """
+    async with shared_asyncio_bridge() as bridge:
+        await bridge.run(open_client)
+        try:
+            yield bridge
+        finally:
+            await bridge.run(close_client)

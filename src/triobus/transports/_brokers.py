@@ -35,7 +35,7 @@ import orjson
 import trio
 
 from .._errors import BridgeClosed
-from ._bridge import AsyncioBridge, shared_asyncio_bridge
+from ._bridge import AsyncioBridge, client_on_bridge
 from ._transport import (
     Consumer,
     Flow,
@@ -123,15 +123,8 @@ class _BridgedBroker(abc.ABC):
 
     async def __aenter__(self) -> Self:
         stack = contextlib.AsyncExitStack()
-        await stack.__aenter__()
-        try:
-            bridge = await stack.enter_async_context(shared_asyncio_bridge())
-            await bridge.run(self._open)
-            stack.push_async_callback(bridge.run, self._close)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._bridge, self._stack = bridge, stack
+        self._bridge = await stack.enter_async_context(client_on_bridge(self._open, self._close))
+        self._stack = stack
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -50,7 +50,7 @@ from typing import Any, Final, final
 import trio
 
 from .._errors import BrokerUnavailable
-from ._bridge import AsyncioBridge, shared_asyncio_bridge
+from ._bridge import AsyncioBridge, client_on_bridge
 from ._endpoint import BrokerEndpoint, broker_endpoint
 from ._transport import (
     HEADER_PREFIX,
@@ -249,15 +249,9 @@ class KafkaTransport:
             await trio.lowlevel.checkpoint()
             return
         stack = contextlib.AsyncExitStack()
-        await stack.__aenter__()
-        try:
-            bridge = await stack.enter_async_context(shared_asyncio_bridge())
-            await bridge.run(self._open)
-            stack.push_async_callback(bridge.run, self._close_clients)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._stack, self._bridge = stack, bridge
+        opened = client_on_bridge(self._open, self._close_clients)
+        self._bridge = await stack.enter_async_context(opened)
+        self._stack = stack
 
     async def close(self) -> None:
         """Stop every consumer of this connection, then the producer (within the timeouts)."""
