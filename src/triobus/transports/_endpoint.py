@@ -302,6 +302,7 @@ class BrokerEndpoint:
         try:
             await self.transport.connect()
             await self.transport.declare(self.topology)
+            await self._subscribe()
         except BrokerUnavailable as exc:
             await self._close_transport()
             raise BrokerUnavailable(f"broker endpoint {self._uri!r} cannot start: {exc}") from exc
@@ -324,7 +325,6 @@ class BrokerEndpoint:
                 mailbox=MailboxSpec(capacity=self.prefetch),
                 shutdown=self.shutdown,
             )
-            await self._subscribe()
             self._link = await supervisor.spawn(lambda: _Link(self), name="link")
         except BaseException:
             self._host = None
