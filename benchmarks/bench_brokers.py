@@ -15,22 +15,32 @@ at ``--kafka-bootstrap``), three systems do the same work:
   aiokafka's ``AIOKafkaProducer`` / ``AIOKafkaConsumer``);
 - **FastStream** 0.7 (``RabbitBroker`` / ``KafkaBroker``, its logger off) on
   the same broker;
-- **triobus**, inside ``trio.run``: the four ``triobus_*`` functions below.
+- **triobus**, inside ``trio.run``: a bus and a broker endpoint
+  (``rabbitmq_endpoint`` with ``queue_type="classic"``, like the other
+  systems' classic durable queue; ``kafka_endpoint``), the four
+  ``triobus_*`` functions below. The endpoint declares its own topology
+  (RabbitMQ: the durable queue ``U``, published to through the default
+  exchange; Kafka: the topic ``U.bench.command`` of the endpoint's
+  partitions), and sends the bus's own messages: a ``BenchCommand`` of a
+  100-character payload in the bus's envelope, with its context headers.
+  triobus on RabbitMQ is measured once more on quorum queues (the
+  endpoint's default), reported below the table.
 
 **Publish**: N messages of 100 bytes by K concurrent publishers (64 by
 default; each takes the next message number until N are sent), each
 publish waiting for the broker: publisher confirms and persistent delivery
 on RabbitMQ (to a durable topic exchange bound to a durable queue by the
 queue's name as routing key), ``acks="all"`` on Kafka (to a topic of one
-partition). Every message is the one triobus's brokers put on the wire: the
-payload, the headers ``message_name`` and ``message_id`` (a fresh UUID per
-message), on RabbitMQ the message id property, on Kafka the id as the key.
-Time (wall clock) runs from the first publish until the last one is
-confirmed, the connection already open; on RabbitMQ the queue is then
-checked to hold exactly N messages.
+partition). The raw and FastStream messages are the payload, the headers
+``message_name`` and ``message_id`` (a fresh UUID per message), on RabbitMQ
+the message id property, on Kafka the id as the key; triobus's are
+``await bus.send(BenchCommand(...))``. Time (wall clock) runs from the first
+publish until the last one is confirmed, the connection already open; on
+RabbitMQ the queue is then checked to hold exactly N messages.
 
 **Consume**: N such messages are published into a fresh queue or topic
-first (untimed, by the script), then the system consumes them: raw aio-pika
+first (untimed, by the script; for triobus by a sending bus), then the
+system consumes them: raw aio-pika
 consumes with a callback that acks each message (prefetch ``--prefetch``, 64
 by default); raw aiokafka reads batches (``getmany``) and commits after each;
 FastStream runs a subscriber whose handler counts the messages (RabbitMQ:
@@ -38,9 +48,13 @@ the same prefetch, acked after the handler, FastStream's default; Kafka:
 its default ``ack_first``, offsets auto-committed). Kafka consumers are
 given the topic's partition (``assign``, group id for the commits) instead
 of joining a group: a group join waits about 3 s on Tansu whatever the
-client. Time runs from the moment the consumer starts (its connection
-open, except aiokafka's consumer, which connects in ``start``) until the Nth
-message is handled and, for the raw clients, acknowledged or committed.
+client. triobus opens a bus whose handler, bound on the endpoint, counts
+(prefetch ``--prefetch``, each message acked after its handler; its Kafka
+consumer joins the group ``U``). Time runs from the moment the consumer
+starts (its connection open, except aiokafka's consumer, which connects in
+``start``, and triobus's bus, whose start connects and declares the
+endpoint's topology) until the Nth message is handled and, for the raw
+clients, acknowledged or committed.
 
 Every measurement runs in its own event loop with a fresh queue (and
 exchange) or topic of unique name, deleted afterwards. Within a round the
@@ -66,11 +80,15 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
+import attrs
 import trio
+
+import triobus
+from triobus import Command, Module, open_bus, route, route_module
 
 RABBITMQ_URL = os.environ.get("TRIOBUS_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/")
 PAYLOAD = bytes(range(100))
@@ -114,11 +132,16 @@ def _name() -> str:
 
 @dataclass(frozen=True)
 class RabbitPlace:
-    """A durable topic exchange and a durable queue bound to it by the queue's name."""
+    """A durable topic exchange and a durable queue bound to it by the queue's name.
+
+    For triobus, the name of its endpoint (which declares a queue and an
+    exchange of that name itself, of ``queue_type``).
+    """
 
     url: str
     exchange: str
     queue: str  # also the routing key
+    queue_type: str = "classic"
 
     @classmethod
     def fresh(cls, url: str) -> RabbitPlace:
@@ -530,37 +553,55 @@ def faststream_kafka_consume(place: KafkaPlace, n: int, prefetch: int) -> float:
 
 # --- triobus ---------------------------------------------------------------------
 # The four functions that measure triobus, each with the signature of the raw
-# client's function and the same contract:
+# client's function. triobus goes through its bus and a broker endpoint, as an
+# application does: `rabbitmq_endpoint` / `kafka_endpoint` named place.queue
+# (place.topic), which declares its own topology (the harness uses the
+# triobus_* set-ups below instead of the raw clients' queue or topic), and
+# the bus's own messages on the wire (a BenchCommand of a 100-character
+# payload, encoded in the bus's envelope, with its context headers).
 #
-# - publish(place, n, publishers): n messages (100-byte PAYLOAD, named
-#   MESSAGE_NAME) to place.exchange with routing key place.queue (RabbitMQ) or
-#   to place.topic (Kafka), by `publishers` concurrent tasks, each publish
-#   waiting for the broker; msg/s from the first publish to the last
-#   confirmation, the connection already open.
-# - consume(place, n, prefetch): place.queue (place.topic, partition 0, with
-#   place.group for commits) already holds n messages as triobus's brokers
-#   write them (rabbit_fill, kafka_fill); handle all n, acknowledging each
-#   (RabbitMQ, at most `prefetch` unacknowledged) or committing (Kafka); msg/s
-#   from the consumer's start to the nth message handled. Raise NotMeasuredYet
-#   for a row that cannot be measured yet.
-#
-# Publishing goes through triobus.transports' message brokers for now; these
-# functions move to the bus's broker endpoints (rabbitmq_endpoint,
-# kafka_endpoint) when those land, and consuming is measured from then on.
+# - publish(place, n, publishers): a bus routing BenchCommand to the endpoint
+#   (no handler here) is opened; then `publishers` trio tasks each
+#   `await bus.send(...)` their share (each returns once RabbitMQ confirmed it,
+#   or Kafka acknowledged it with acks=all); msg/s from the first send to the
+#   last confirmed.
+# - consume(place, n, prefetch): the endpoint's work queue (topic) already
+#   holds n messages sent by such a bus (triobus_*_fill); a bus binding a
+#   handler that counts is opened; msg/s from its start (connection and
+#   declarations included) to the nth message handled (each acked after its
+#   handler, at most `prefetch` unsettled).
+
+#: The payload of each BenchCommand: as many characters as the raw clients' payload has bytes.
+TEXT = "x" * len(PAYLOAD)
+#: What each triobus endpoint declared, by uri: its set-up deletes it.
+_DECLARED: dict[str, list[Any]] = {}
+#: The size of a triobus message on the wire, once seen: body bytes and header count.
+WIRE: dict[str, tuple[int, int]] = {}
 
 
-def _triobus_publish(broker: Any, topic: str, n: int, publishers: int) -> float:
-    """``await broker.send_message(...)`` by ``publishers`` trio tasks, in a fresh trio run."""
-    from triobus.transports import BrokerMessage
+@attrs.frozen
+class BenchCommand(Command):
+    """The command the triobus rows send and handle."""
+
+    message_name = "bench.command"
+    payload: str
+
+
+def _noted(endpoint: Any) -> None:
+    _DECLARED.setdefault(endpoint.uri, []).append(endpoint.topology)
+
+
+def _triobus_send(endpoint: Any, n: int, publishers: int) -> float:
+    """``await bus.send(BenchCommand(...))`` by ``publishers`` trio tasks, in a fresh trio run."""
 
     async def main() -> float:
-        async with broker:
+        routing = [route(BenchCommand).to(endpoint.uri)]
+        async with open_bus(endpoints=[endpoint], routing=routing) as bus:
+            _noted(endpoint)
 
             async def publisher(numbers: range) -> None:
                 for _ in numbers:
-                    await broker.send_message(
-                        BrokerMessage(MESSAGE_NAME, topic, None, payload_bytes=PAYLOAD)
-                    )
+                    await bus.send(BenchCommand(TEXT))
 
             with trio.fail_after(deadline(n)):
                 start = time.perf_counter()
@@ -573,30 +614,145 @@ def _triobus_publish(broker: Any, topic: str, n: int, publishers: int) -> float:
     return trio.run(main)
 
 
-def triobus_rabbitmq_publish(place: RabbitPlace, n: int, publishers: int) -> float:
-    """``AmqpMessageBroker.send_message`` (confirms, persistent) inside ``trio.run``; msg/s."""
-    from triobus.transports import AmqpMessageBroker
+def _triobus_handle(endpoint: Any, n: int) -> float:
+    """A bus whose handler counts to ``n`` on ``endpoint``, in a fresh trio run; msg/s."""
 
-    return _triobus_publish(
-        AmqpMessageBroker(place.url, place.exchange), place.queue, n, publishers
+    async def main() -> float:
+        done = trio.Event()
+        count = 0
+
+        async def handle(command: BenchCommand) -> None:
+            nonlocal count
+            count += 1
+            if count == n:
+                done.set()
+
+        module = Module("bench").bind_request(BenchCommand, handle)
+        with trio.fail_after(deadline(n)):
+            start = time.perf_counter()
+            async with open_bus(
+                module, endpoints=[endpoint], routing=[route_module(module).to(endpoint.uri)]
+            ):
+                _noted(endpoint)
+                await done.wait()
+                elapsed = time.perf_counter() - start
+        if count != n:
+            raise AssertionError(f"{count} messages handled on {endpoint.uri}, {n} were there")
+        return n / elapsed
+
+    gc.collect()
+    return trio.run(main)
+
+
+def _rabbitmq_endpoint(place: RabbitPlace, **options: Any) -> Any:
+    return triobus.rabbitmq_endpoint(
+        place.queue, url=place.url, queue_type=place.queue_type, **options
     )
 
 
+def triobus_rabbitmq_publish(place: RabbitPlace, n: int, publishers: int) -> float:
+    """``bus.send`` to a ``rabbitmq_endpoint`` (confirms, persistent) inside ``trio.run``; msg/s."""
+    return _triobus_send(_rabbitmq_endpoint(place), n, publishers)
+
+
 def triobus_rabbitmq_consume(place: RabbitPlace, n: int, prefetch: int) -> float:
-    """Not measured yet: triobus consumes from RabbitMQ once its broker endpoint lands."""
-    raise NotMeasuredYet("triobus has no RabbitMQ consumer yet")
+    """A handler bound on a ``rabbitmq_endpoint`` (``prefetch``, acked after it); msg/s."""
+    return _triobus_handle(_rabbitmq_endpoint(place, prefetch=prefetch), n)
+
+
+def _kafka_endpoint(place: KafkaPlace, **options: Any) -> Any:
+    make = getattr(triobus, "kafka_endpoint", None)
+    if make is None:
+        raise NotMeasuredYet("triobus has no kafka_endpoint yet")
+    return make(place.topic, bootstrap_servers=place.bootstrap, **options)
 
 
 def triobus_kafka_publish(place: KafkaPlace, n: int, publishers: int) -> float:
-    """``KafkaMessageBroker.send_message`` (acks=all) inside ``trio.run``; msg/s."""
-    from triobus.transports import KafkaMessageBroker
-
-    return _triobus_publish(KafkaMessageBroker(place.bootstrap), place.topic, n, publishers)
+    """``bus.send`` to a ``kafka_endpoint`` (acks=all) inside ``trio.run``; msg/s."""
+    return _triobus_send(_kafka_endpoint(place), n, publishers)
 
 
 def triobus_kafka_consume(place: KafkaPlace, n: int, prefetch: int) -> float:
-    """Not measured yet: triobus consumes from Kafka once its broker endpoint lands."""
-    raise NotMeasuredYet("triobus has no Kafka consumer yet")
+    """A handler bound on a ``kafka_endpoint`` (its consumer group joins first); msg/s."""
+    return _triobus_handle(_kafka_endpoint(place, prefetch=prefetch), n)
+
+
+def triobus_rabbit_prepare(place: RabbitPlace) -> None:
+    """Nothing: the endpoint declares its queues and exchanges when its bus starts."""
+
+
+def triobus_rabbit_fill(place: RabbitPlace, n: int) -> None:
+    """Send ``n`` BenchCommands through a bus to the endpoint's queue (untimed)."""
+    _triobus_send(_rabbitmq_endpoint(place), n, 64)
+    rabbit_check(place, n)
+
+
+def triobus_rabbit_check(place: RabbitPlace, n: int) -> None:
+    """The endpoint's queue holds ``n`` messages; note the size of one of them."""
+    rabbit_check(place, n)
+    if "rabbitmq" in WIRE:
+        return
+
+    async def main() -> None:
+        connection, channel = await _rabbit_channel(place)
+        async with connection:
+            queue = await channel.get_queue(place.queue)
+            message = await queue.get(no_ack=False)
+            WIRE["rabbitmq"] = (len(message.body), len(message.headers or {}))
+            await message.reject(requeue=True)
+
+    asyncio.run(main())
+
+
+def triobus_rabbit_drop(place: RabbitPlace) -> None:
+    """Delete what the endpoint declared: its queues (work, dead letters, replies), exchanges."""
+
+    async def main() -> None:
+        uri = place.queue
+        queues = {uri, f"{uri}.dead-letters"}
+        for topology in _DECLARED.pop(uri, []):
+            if topology is not None:
+                queues.update(subscription.name for subscription in topology.subscriptions)
+        connection, channel = await _rabbit_channel(place)
+        async with connection:
+            for queue in sorted(queues):
+                await channel.queue_delete(queue)
+            for exchange in (uri, f"{uri}.dead-letters"):
+                await channel.exchange_delete(exchange)
+
+    asyncio.run(main())
+
+
+def triobus_kafka_prepare(place: KafkaPlace) -> None:
+    """Nothing: the endpoint creates its topics when its bus starts."""
+
+
+def triobus_kafka_fill(place: KafkaPlace, n: int) -> None:
+    """Send ``n`` BenchCommands through a bus to the endpoint's work topic (untimed)."""
+    _triobus_send(_kafka_endpoint(place), n, 64)
+
+
+def triobus_kafka_drop(place: KafkaPlace) -> None:
+    """Delete every topic of the endpoint (``U.*``: work, retry, replies, dead letters)."""
+    _DECLARED.pop(place.topic, None)
+
+    async def main() -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=place.bootstrap)
+        await admin.start()
+        try:
+            mine = [
+                topic
+                for topic in await admin.list_topics()
+                if topic == place.topic or topic.startswith(f"{place.topic}.")
+            ]
+            if mine:
+                await admin.delete_topics(mine)
+        finally:
+            await admin.close()
+
+    asyncio.run(main())
 
 
 # --- the harness -----------------------------------------------------------------
@@ -604,18 +760,30 @@ def triobus_kafka_consume(place: KafkaPlace, n: int, prefetch: int) -> float:
 P = TypeVar("P")
 
 
-@dataclass
-class Broker(Generic[P]):
-    """One broker: how to make, fill and drop a place, and each system's operations."""
+@dataclass(frozen=True)
+class Setup(Generic[P]):
+    """How a measurement's place is made ready, filled, checked after a publish and dropped."""
 
-    key: str
-    fresh: Callable[[], P]
     prepare: Callable[[P], None]
     fill: Callable[[P, int], None]
     check: Callable[[P, int], None]
     drop: Callable[[P], None]
+
+
+@dataclass
+class Broker(Generic[P]):
+    """One broker: how to make a place and set it up, and each system's operations."""
+
+    key: str
+    fresh: Callable[[], P]
+    #: The raw clients' and FastStream's set-up.
+    setup: Setup[P]
     publish: dict[str, Callable[[P, int, int], float]]
     consume: dict[str, Callable[[P, int, int], float]]
+    #: A system's own set-up, where it differs.
+    setups: dict[str, Setup[P]] = field(default_factory=dict)
+    #: Measured once after the rounds, outside the table: triobus on a place changed so.
+    variants: dict[str, Callable[[P], P]] = field(default_factory=dict)
 
 
 @dataclass
@@ -636,10 +804,7 @@ def rabbitmq(url: str) -> Broker[RabbitPlace]:
     return Broker(
         "rabbitmq",
         lambda: RabbitPlace.fresh(url),
-        rabbit_prepare,
-        rabbit_fill,
-        rabbit_check,
-        rabbit_drop,
+        Setup(rabbit_prepare, rabbit_fill, rabbit_check, rabbit_drop),
         publish={
             "raw": raw_rabbitmq_publish,
             "FastStream": faststream_rabbitmq_publish,
@@ -650,6 +815,15 @@ def rabbitmq(url: str) -> Broker[RabbitPlace]:
             "FastStream": faststream_rabbitmq_consume,
             "triobus": triobus_rabbitmq_consume,
         },
+        setups={
+            "triobus": Setup(
+                triobus_rabbit_prepare,
+                triobus_rabbit_fill,
+                triobus_rabbit_check,
+                triobus_rabbit_drop,
+            )
+        },
+        variants={"quorum queues": lambda place: replace(place, queue_type="quorum")},
     )
 
 
@@ -657,10 +831,7 @@ def kafka(bootstrap: str) -> Broker[KafkaPlace]:
     return Broker(
         "kafka",
         lambda: KafkaPlace.fresh(bootstrap),
-        kafka_prepare,
-        kafka_fill,
-        kafka_check,
-        kafka_drop,
+        Setup(kafka_prepare, kafka_fill, kafka_check, kafka_drop),
         publish={
             "raw": raw_kafka_publish,
             "FastStream": faststream_kafka_publish,
@@ -671,14 +842,50 @@ def kafka(bootstrap: str) -> Broker[KafkaPlace]:
             "FastStream": faststream_kafka_consume,
             "triobus": triobus_kafka_consume,
         },
+        setups={
+            "triobus": Setup(
+                triobus_kafka_prepare, triobus_kafka_fill, kafka_check, triobus_kafka_drop
+            )
+        },
     )
 
 
-def measure(
-    broker: Broker[Any], args: argparse.Namespace, rows: dict[tuple[str, str, str], Row]
-) -> None:
-    """Every round of ``broker``'s publish and consume, into ``rows``."""
+def measure_one(
+    broker: Broker[Any], system: str, operation: str, place: Any, args: argparse.Namespace
+) -> tuple[float, float]:
+    """One measurement on a fresh ``place``: msg/s and this process's CPU seconds per message.
+
+    Raises:
+        NotMeasuredYet: the system cannot do this yet.
+    """
     n = args.messages
+    setup = broker.setups.get(system, broker.setup)
+    setup.prepare(place)
+    try:
+        if operation == "publish":
+            cpu = time.process_time()
+            rate = broker.publish[system](place, n, args.publishers)
+            cpu = time.process_time() - cpu
+            setup.check(place, n)
+        else:
+            setup.fill(place, n)
+            cpu = time.process_time()
+            rate = broker.consume[system](place, n, args.prefetch)
+            cpu = time.process_time() - cpu
+    finally:
+        setup.drop(place)
+    return rate, cpu / n
+
+
+def measure(
+    broker: Broker[Any],
+    args: argparse.Namespace,
+    rows: dict[tuple[str, str, str], Row],
+    extra: list[str],
+) -> None:
+    """Every round of ``broker``'s publish and consume, into ``rows``; then its
+    variants once each, a line each into ``extra``.
+    """
     for operation in ("publish", "consume"):
         for system in SYSTEMS:
             row = rows.setdefault((broker.key, operation, system), Row())
@@ -692,30 +899,17 @@ def measure(
                 row = rows[broker.key, operation, system]
                 if row.missing is not None:
                     continue
-                place = broker.fresh()
-                broker.prepare(place)
                 try:
-                    if operation == "publish":
-                        cpu = time.process_time()
-                        rate = broker.publish[system](place, n, args.publishers)
-                        cpu = time.process_time() - cpu
-                        broker.check(place, n)
-                    else:
-                        broker.fill(place, n)
-                        cpu = time.process_time()
-                        rate = broker.consume[system](place, n, args.prefetch)
-                        cpu = time.process_time() - cpu
+                    rate, cpu = measure_one(broker, system, operation, broker.fresh(), args)
                 except NotMeasuredYet as exc:
                     row.missing = f"not measured yet ({exc})"
                     continue
-                finally:
-                    broker.drop(place)
                 rates[system] = rate
                 row.rates.append(rate)
-                row.cpu.append(cpu / n)
+                row.cpu.append(cpu)
                 _log(
                     f"  round {round_ + 1}: {BROKERS[broker.key]} {operation} {system}: "
-                    f"{rate:,.0f} msg/s, {cpu / n * 1e6:,.0f} us CPU/msg"
+                    f"{rate:,.0f} msg/s, {cpu * 1e6:,.0f} us CPU/msg"
                 )
             for system, rate in rates.items():
                 row = rows[broker.key, operation, system]
@@ -723,6 +917,20 @@ def measure(
                     row.to_raw.append(rate / rates["raw"])
                 if "FastStream" in rates:
                     row.to_faststream.append(rate / rates["FastStream"])
+    for label, change in broker.variants.items():
+        figures = []
+        for operation in ("publish", "consume"):
+            row = rows[broker.key, operation, "triobus"]
+            if row.missing is not None:
+                continue
+            rate, cpu = measure_one(broker, "triobus", operation, change(broker.fresh()), args)
+            _log(f"  {BROKERS[broker.key]} {operation} triobus, {label}: {rate:,.0f} msg/s")
+            figure = f"{operation} {rate:,.0f} msg/s ({cpu * 1e6:,.0f} us CPU/msg"
+            if row.rates:
+                figure += f", {rate / statistics.median(row.rates):.2f}x the table's triobus"
+            figures.append(figure + ")")
+        if figures:
+            extra.append(f"triobus on {BROKERS[broker.key]}, {label} (once): " + ", ".join(figures))
 
 
 def _row(cells: list[str], widths: list[int]) -> str:
@@ -884,6 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[tuple[str, str, str], Row] = {}
     skipped: dict[str, str] = {}
     notes: list[str] = []
+    extra: list[str] = []
     with contextlib.ExitStack() as stack:
         for key in brokers:
             per_broker = argparse.Namespace(**vars(args))
@@ -908,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
                 broker = kafka(where)
             notes.append(f"{BROKERS[key]} at {where}: {per_broker.messages:,} messages")
             _log(f"{BROKERS[key]} at {where}, {per_broker.messages:,} messages per measurement")
-            measure(broker, per_broker, rows)
+            measure(broker, per_broker, rows, extra)
 
     print(
         f"\nPublish and consume, {len(PAYLOAD)}-byte messages, {args.publishers} publishers, "
@@ -916,9 +1125,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     for note in notes:
         print(f"  {note}")
+    if "rabbitmq" in brokers and "rabbitmq" not in skipped:
+        print('  triobus on RabbitMQ: rabbitmq_endpoint(queue_type="classic"), as the raw and')
+        print("    FastStream rows' classic durable queue (quorum, the default: below the table)")
+    for key, (size, headers) in WIRE.items():
+        print(
+            f"  triobus's message on {BROKERS[key]}: the bus's envelope, {size} bytes, and "
+            f"{headers} headers (raw and FastStream: {len(PAYLOAD)} bytes, 2 headers)"
+        )
     print()
     print(table(rows, skipped, brokers))
     print(cpu_lines(rows))
+    for line in extra:
+        print(line)
     return 0
 
 
