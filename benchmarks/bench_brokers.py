@@ -620,25 +620,29 @@ def _triobus_handle(endpoint: Any, n: int) -> float:
     async def main() -> float:
         done = trio.Event()
         count = 0
+        first = 0.0
 
         async def handle(command: BenchCommand) -> None:
-            nonlocal count
+            nonlocal count, first
             count += 1
+            if count == 1:
+                first = time.perf_counter()
             if count == n:
                 done.set()
 
         module = Module("bench").bind_request(BenchCommand, handle)
-        with trio.fail_after(deadline(n)):
-            start = time.perf_counter()
+        with trio.fail_after(deadline(n) + 30):
             async with open_bus(
                 module, endpoints=[endpoint], routing=[route_module(module).to(endpoint.uri)]
             ):
                 _noted(endpoint)
                 await done.wait()
-                elapsed = time.perf_counter() - start
+                elapsed = time.perf_counter() - first
         if count != n:
             raise AssertionError(f"{count} messages handled on {endpoint.uri}, {n} were there")
-        return n / elapsed
+        # From the first message handled: a Kafka consumer group's join (about 3 s on
+        # Tansu) is not throughput; the raw row is assigned its partition instead.
+        return (n - 1) / elapsed
 
     gc.collect()
     return trio.run(main)
