@@ -44,7 +44,17 @@ import collections
 import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, TypeVarTuple, Unpack, final
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Literal,
+    TypeVar,
+    TypeVarTuple,
+    Unpack,
+    cast,
+    final,
+)
 from urllib.parse import urlsplit, urlunsplit
 
 import trio
@@ -439,7 +449,6 @@ class _Link:
         #: Why it closed.
         self.lost: BaseException | None = None
         self._publisher: aio_pika.abc.AbstractChannel | None = None
-        self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self.errors = _client_errors()
 
     def failure(self, doing: str, exc: BaseException | None = None) -> BrokerUnavailable:
@@ -489,7 +498,6 @@ class _Link:
     async def close(self) -> None:
         connection, self.connection = self.connection, None
         self._publisher = None
-        self._exchanges.clear()
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(*self.errors):
                 await connection.close()
@@ -555,7 +563,6 @@ class _Link:
         if channel is None or channel.is_closed:
             # The first publish, or a channel RabbitMQ closed (e.g. a missing exchange).
             connection = self.check_open("publishing")
-            self._exchanges.clear()
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self._publisher = channel
         return channel
@@ -563,29 +570,26 @@ class _Link:
     async def _publish_one(
         self, channel: aio_pika.abc.AbstractChannel, message: OutgoingMessage
     ) -> None:
-        import aio_pika
+        """Publish through aiormq's channel itself: an ``aio_pika.Message`` per message cost
+        a tenth of the loop's time per publish, and the confirm is what is awaited (not
+        the socket write: ``wait=False``).
+        """
+        import aiormq
 
         name, key, mandatory = _destination(message)
-        if not name:
-            exchange = channel.default_exchange
-        else:
-            found = self._exchanges.get(name)
-            if found is None:
-                found = self._exchanges[name] = await channel.get_exchange(name, ensure=False)
-            exchange = found
-        await exchange.publish(
-            aio_pika.Message(
-                message.body,
+        # The concrete channel: its basic_publish takes ``wait`` (the abstract one does not).
+        underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+        await underlay.basic_publish(
+            message.body,
+            exchange=name,
+            routing_key=key,
+            properties=aiormq.spec.Basic.Properties(
                 headers=dict(message.headers),
                 message_id=message.message_id,
-                delivery_mode=(
-                    aio_pika.DeliveryMode.NOT_PERSISTENT
-                    if message.flow is Flow.REPLY
-                    else aio_pika.DeliveryMode.PERSISTENT
-                ),
+                delivery_mode=1 if message.flow is Flow.REPLY else 2,
             ),
-            routing_key=key,
             mandatory=mandatory,
+            wait=False,
         )
 
     async def publish(self, messages: list[OutgoingMessage]) -> None:
