@@ -256,3 +256,31 @@ async def test_a_lost_connection_fails_fetch_and_publish_with_broker_unavailable
     broker.come_back()
     await transport.connect()
     await transport.publish([_message(Flow.WORK, uri, "PlaceOrder", 1)])
+
+
+async def test_acking_later_messages_leaves_an_earlier_one_to_come_back(
+    make_transport: TransportFactory,
+) -> None:
+    uri = _uri()
+    work = Subscription(Flow.WORK, uri, uri, message_names=("PlaceOrder",), prefetch=8)
+    first = make_transport()
+    await first.connect()
+    await first.declare(Topology(uri, ("PlaceOrder",), (), (work,)))
+    await first.publish([_message(Flow.WORK, uri, "PlaceOrder", i) for i in range(3)])
+    consumer = await first.subscribe(work)
+    taken = sorted(await _fetch(consumer, 3), key=lambda message: message.body)
+    await consumer.settle([(taken[1], Verdict.ACK), (taken[2], Verdict.ACK)])
+    await consumer.close()
+    await first.close()
+    second = make_transport()
+    await second.connect()
+    try:
+        await second.declare(Topology(uri, ("PlaceOrder",), (), (work,)))
+        again = await second.subscribe(work)
+        back = await _fetch(again, 1)
+        # (Kafka commits offsets: the acked ones after it may come back too.)
+        assert taken[0].body in {message.body for message in back}
+        await again.settle([(message, Verdict.ACK) for message in back])
+        await again.close()
+    finally:
+        await second.close()

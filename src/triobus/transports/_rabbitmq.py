@@ -640,6 +640,16 @@ class _Link:
         return self.failure(doing, exc)
 
 
+def _one_ack_for_all(sends: list[tuple[int, Verdict]], unsettled: set[int]) -> bool:
+    """Whether one ``multiple`` ack settles ``sends``: all acks, and nothing still
+    unsettled on the channel below the highest of them.
+    """
+    if len(sends) < 2 or any(verdict is not Verdict.ACK for _, verdict in sends):
+        return False
+    highest = max(tag for tag, _ in sends)
+    return not unsettled or min(unsettled) > highest
+
+
 def _destination(message: OutgoingMessage) -> tuple[str, str, bool]:
     """Where ``message`` goes: exchange, routing key, and whether it must reach a queue.
 
@@ -765,6 +775,10 @@ class _LoopConsumer:
                 sends.append((tag, verdict))
         try:
             channel: aiormq.abc.AbstractChannel = await self._channel.get_underlay_channel()
+            if _one_ack_for_all(sends, unsettled):
+                # Every delivery up to the highest is acked now: one frame says so.
+                await channel.basic_ack(max(tag for tag, _ in sends), multiple=True, wait=True)
+                return
             last = len(sends) - 1
             for index, (tag, verdict) in enumerate(sends):
                 # Frames go out in order: waiting for the last one's write waits for all.
