@@ -152,6 +152,17 @@ class _Waiting:
         self.result: outcome.Outcome[Any] | None = None
 
 
+def _failure_body(error: BaseException, message: str, remote_traceback: str) -> bytes:
+    """An ``error`` reply's body: the exception's type name, ``message`` and its traceback."""
+    return orjson.dumps(
+        {
+            "type": exception_type_name(type(error)),
+            "message": message,
+            "traceback": remote_traceback[-TRACEBACK_LIMIT:],
+        }
+    )
+
+
 def _cause(error: Exception) -> Exception:
     """What ended the fetch loops: a lost connection, if any of them saw one."""
     if not isinstance(error, ExceptionGroup):
@@ -635,13 +646,7 @@ class BrokerEndpoint:
             return
         except Exception as exc:
             headers[OUTCOME] = "error"
-            body = orjson.dumps(
-                {
-                    "type": exception_type_name(type(exc)),
-                    "message": str(exc),
-                    "traceback": "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:],
-                }
-            )
+            body = _failure_body(exc, str(exc), "".join(traceback.format_exception(exc)))
         else:
             if result is None:
                 headers[OUTCOME] = "none"
@@ -677,13 +682,7 @@ class BrokerEndpoint:
             return self.codec.encode(envelope)
         except EnvelopeError as exc:
             headers[OUTCOME] = "error"
-            return orjson.dumps(
-                {
-                    "type": exception_type_name(type(exc)),
-                    "message": f"the response could not be encoded: {exc}",
-                    "traceback": "",
-                }
-            )
+            return _failure_body(exc, f"the response could not be encoded: {exc}", "")
 
     # ------------------------------------------------------------ consuming
 
